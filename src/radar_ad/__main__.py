@@ -1,0 +1,7 @@
+"""``python -m radar_ad`` is the ``radar`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,237 @@
+"""The ``radar`` command line: a thin layer over the Python API.
+
+Every user-fixable failure surfaces as one ``radar: error: ...`` line on
+stderr and exit code 2; nothing half-written is left behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+import numpy as np
+import typer
+
+from . import __version__
+from .config import RadarConfig
+from .errors import ConfigError, DataError, RadarError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="RADAR: one-step diffusion anomaly detection and segmentation.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"radar-ad {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """RADAR: reconstruction-free anomaly detection with diffusion models."""
+
+
+def _parse_set(pairs: list[str]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. train.steps=500), got {pair!r}")
+        try:
+            overrides[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = raw
+    return overrides
+
+
+@app.command()
+def train(
+    data: Path = typer.Argument(..., help="Folder of normal images, or an MVTec-layout category."),
+    out: Path = typer.Option(..., "--out", "-o", help="Model directory to write."),
+    config_file: Optional[Path] = typer.Option(None, "--config", help="JSON config file."),
+    steps: Optional[int] = typer.Option(None, help="Training steps."),
+    batch_size: Optional[int] = typer.Option(None, help="Patches per training step."),
+    patch_size: Optional[int] = typer.Option(None, help="Patch size in pixels."),
+    resize: Optional[int] = typer.Option(None, help="Scale the longer image side to this many px."),
+    rgb: bool = typer.Option(False, "--rgb", help="Use colour (default: grayscale)."),
+    seed: Optional[int] = typer.Option(None, help="Seed of every random draw."),
+    set_: list[str] = typer.Option([], "--set", help="Any setting, e.g. --set inference.stride=7."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: CUDA if present)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its checkpoint."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Train on normal images and write a model directory."""
+    from .pipeline import Radar
+
+    config = RadarConfig.from_file(config_file) if config_file else RadarConfig()
+    overrides = {k: v for k, v in {"train.steps": steps, "train.batch_size": batch_size,
+                                   "patch_size": patch_size, "data.resize": resize,
+                                   "seed": seed}.items() if v is not None}
+    if rgb:
+        overrides["data.grayscale"] = False
+    overrides.update(_parse_set(set_))
+    config = config.updated(overrides)
+    if out.exists() and not (out / "radar.json").is_file() and (not out.is_dir() or any(out.iterdir())):
+        raise DataError(f"{out} exists and is not a radar model directory; choose another --out")
+    checkpoint = out.with_name(out.name + ".checkpoint")
+    if resume and not (checkpoint / "checkpoint.json").is_file():
+        raise DataError(f"nothing to resume: no checkpoint at {checkpoint}")
+    radar = Radar(config, device=device).fit(data, progress=not quiet, checkpoint_dir=checkpoint,
+                                             resume=resume)
+    radar.save(out)
+    shutil.rmtree(checkpoint, ignore_errors=True)
+    info = radar.training_
+    typer.echo(f"model written to {out} ({info['n_train']} training + {info['n_calibration']} "
+               f"calibration images, {info['steps']} steps in {info['seconds']:.0f} s, "
+               f"final loss {info['final_loss']:.4f})")
+
+
+@app.command()
+def detect(
+    model_dir: Path = typer.Argument(..., help="Model directory from `radar train`."),
+    paths: list[Path] = typer.Argument(..., help="Images or folders of images."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for results.csv and maps."),
+    batch_size: int = typer.Option(16, help="Images read and analysed at a time."),
+    maps: bool = typer.Option(True, "--maps/--no-maps", help="Write anomaly map, mask and overlay PNGs."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda ... (default: CUDA if present)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Score images: results.csv (file, score, verdict) plus map PNGs."""
+    from .data import list_images
+    from .files import atomic_file
+    from .pipeline import Radar
+    from .progress import progress_bar
+    from .report import colorize, overlay, save_png
+
+    if batch_size < 1:
+        raise ConfigError("--batch-size must be >= 1")
+    radar = Radar.load(model_dir, device=device)
+    images = [image for path in paths for image in list_images(path)]
+    out.mkdir(parents=True, exist_ok=True)
+    vmax = 2 * radar.pixel_threshold_
+    used: set[str] = set()
+    flagged = 0
+    with atomic_file(out / "results.csv") as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "score", "threshold", "verdict", "mask_fraction"])
+        for start in progress_bar(range(0, len(images), batch_size), enabled=not quiet,
+                                  desc="detecting", unit="batch"):
+            chunk = images[start:start + batch_size]
+            for path, pred in zip(chunk, radar.predict_many(chunk)):
+                verdict = "anomalous" if pred.is_anomalous else "normal"
+                flagged += pred.is_anomalous
+                writer.writerow([str(path), f"{pred.score:.6f}", f"{pred.threshold:.6f}", verdict,
+                                 f"{pred.mask.mean():.6f}"])
+                if maps:
+                    stem = _unique_stem(path, used)
+                    save_png(colorize(pred.anomaly_map, vmax), out / f"{stem}_anomaly.png")
+                    save_png(pred.mask.astype(np.uint8) * 255, out / f"{stem}_mask.png")
+                    save_png(overlay(pred.image, pred.anomaly_map, pred.mask, vmax),
+                             out / f"{stem}_overlay.png")
+    typer.echo(f"{len(images)} images, {flagged} anomalous; results in {out / 'results.csv'}")
+
+
+def _unique_stem(path: Path, used: set[str]) -> str:
+    stem, n = path.stem, 1
+    while stem in used:
+        n += 1
+        stem = f"{path.stem}-{n}"
+    used.add(stem)
+    return stem
+
+
+@app.command()
+def evaluate(
+    model_dir: Path = typer.Argument(..., help="Model directory from `radar train`."),
+    dataset: Path = typer.Argument(..., help="MVTec-layout folder with test/ (and ground_truth/)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda ... (default: CUDA if present)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Accuracy/precision/recall/F1 at the model's threshold, AUROC, F1-max, pixel AUROC, AUPRO."""
+    from .evaluation import evaluate as run_evaluation
+    from .pipeline import Radar
+
+    radar = Radar.load(model_dir, device=device)
+    result = run_evaluation(radar, dataset, progress=not quiet and not as_json)
+    if as_json:
+        typer.echo(json.dumps(result.metrics))
+        return
+    for key, value in result.metrics.items():
+        shown = "n/a" if value is None else (f"{value:.4f}" if isinstance(value, float) else value)
+        typer.echo(f"{key:>20}  {shown}")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("radar-demo"), "--out", "-o", help="Folder for data, model and report."),
+    steps: Optional[int] = typer.Option(None, help="Training steps (default: the demo's)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Generate surfaces, train, evaluate and write an HTML report."""
+    from .demo import run_demo
+
+    result = run_demo(out, steps=steps, progress=not quiet)
+    m = result.metrics
+    typer.echo(f"image AUROC {m['image_auroc']:.3f}  F1 {m['f1']:.3f}  "
+               f"pixel AUROC {m['pixel_auroc']:.3f}  AUPRO {m['aupro']:.3f}  "
+               f"{m['seconds_per_image'] * 1000:.0f} ms/image")
+    typer.echo(f"metrics: {out / 'metrics.json'}")
+    typer.echo(str(result.report))
+
+
+@app.command("make-data")
+def make_data(
+    out: Path = typer.Argument(..., help="Folder to create (MVTec layout)."),
+    size: int = typer.Option(128, help="Image size in pixels."),
+    n_train: int = typer.Option(60, help="Normal training images."),
+    n_test_good: int = typer.Option(20, help="Normal test images."),
+    n_test_per_defect: int = typer.Option(5, help="Defective test images per defect type."),
+    seed: int = typer.Option(0, help="Seed of the generator."),
+) -> None:
+    """Write the built-in synthetic surfaces (with defects and masks)."""
+    from .synthetic import SyntheticSpec, make_dataset
+
+    path = make_dataset(out, SyntheticSpec(size=size, n_train=n_train, n_test_good=n_test_good,
+                                           n_test_per_defect=n_test_per_defect, seed=seed))
+    typer.echo(str(path))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app, turning errors into one line and an exit code."""
+    try:
+        result = app(args=argv, prog_name="radar", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except RadarError as exc:
+        click.echo(f"radar: error: {exc}", err=True)
+        code = 2
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("radar: interrupted", err=True)
+        code = 130
+    except KeyboardInterrupt:
+        click.echo("radar: interrupted", err=True)
+        code = 130
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except Exception as exc:  # a bug, not bad input: still one line, with a way to see more
+        if os.environ.get("RADAR_DEBUG"):
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        click.echo(f"radar: internal error: {type(exc).__name__}: {first} "
+                   "(set RADAR_DEBUG=1 for a traceback)", err=True)
+        code = 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

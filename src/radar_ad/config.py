@@ -1,0 +1,276 @@
+"""Every setting of the method, in one validated, JSON-round-trippable place.
+
+The config IS the saved description of a model (the diffusers habit): a model
+directory holds this JSON next to the weights, so a loaded model behaves
+exactly like the one that was trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+BLOCK_TYPES_DOWN = ("DownBlock2D", "AttnDownBlock2D")
+ONE_CLASS_MODELS = ("isolation_forest", "local_outlier_factor")
+FEATURE_NORMS = ("rms", "sum")
+
+
+def _require(ok: bool, name: str, allowed: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{name} must be {allowed}, got {value!r}")
+
+
+@dataclass
+class DataConfig:
+    """How images are read. ``resize`` scales the longer side to that many
+    pixels (aspect kept); ``None`` keeps native size."""
+
+    grayscale: bool = True
+    resize: int | None = None
+
+    def validate(self) -> None:
+        _require(self.resize is None or (isinstance(self.resize, int) and self.resize >= 8),
+                 "data.resize", "null or an integer >= 8", self.resize)
+
+
+@dataclass
+class NetworkConfig:
+    """The diffusers ``UNet2DModel`` and the DDPM noise schedule.
+
+    ``attention`` says, per resolution level (finest first), whether that
+    level uses attention blocks; the paper puts attention in the U-Net but
+    does not say where, so the default places it at the two coarser levels
+    (14 and 7 px for a 28 px patch), where it is cheap.
+    """
+
+    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    attention: tuple[bool, ...] = (False, True, True)
+    layers_per_block: int = 1
+    attention_head_dim: int = 8
+    norm_num_groups: int = 8
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "linear"
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+
+    def validate(self) -> None:
+        _require(len(self.block_out_channels) >= 1 and all(
+            isinstance(c, int) and c > 0 for c in self.block_out_channels),
+            "network.block_out_channels", "a non-empty list of positive integers",
+            self.block_out_channels)
+        _require(len(self.attention) == len(self.block_out_channels),
+                 "network.attention", "one boolean per entry of block_out_channels",
+                 self.attention)
+        _require(all(c % self.norm_num_groups == 0 for c in self.block_out_channels),
+                 "network.norm_num_groups", "a divisor of every block_out_channels entry",
+                 self.norm_num_groups)
+        _require(self.layers_per_block >= 1, "network.layers_per_block", ">= 1",
+                 self.layers_per_block)
+        _require(self.num_train_timesteps >= 2, "network.num_train_timesteps", ">= 2",
+                 self.num_train_timesteps)
+        _require(self.beta_schedule in ("linear", "scaled_linear", "squaredcos_cap_v2"),
+                 "network.beta_schedule", "one of linear, scaled_linear, squaredcos_cap_v2",
+                 self.beta_schedule)
+        _require(0 < self.beta_start < self.beta_end < 1, "network.beta_start/beta_end",
+                 "0 < beta_start < beta_end < 1", (self.beta_start, self.beta_end))
+
+
+@dataclass
+class TrainConfig:
+    """The training loop. ``max_timestep`` limits the timesteps drawn in
+    training (``None``: uniform over all T, the standard DDPM objective)."""
+
+    steps: int = 2000
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    ema_decay: float = 0.0
+    max_timestep: int | None = None
+    checkpoint_every: int = 500
+    calibration_fraction: float = 0.15
+    calibrate_on_training: bool = False
+
+    def validate(self) -> None:
+        _require(self.steps >= 1, "train.steps", ">= 1", self.steps)
+        _require(self.batch_size >= 1, "train.batch_size", ">= 1", self.batch_size)
+        _require(self.learning_rate > 0, "train.learning_rate", "> 0", self.learning_rate)
+        _require(self.weight_decay >= 0, "train.weight_decay", ">= 0", self.weight_decay)
+        _require(self.warmup_steps >= 0, "train.warmup_steps", ">= 0", self.warmup_steps)
+        _require(0 <= self.ema_decay < 1, "train.ema_decay", "in [0, 1) (0 turns EMA off)",
+                 self.ema_decay)
+        _require(self.max_timestep is None or self.max_timestep >= 1, "train.max_timestep",
+                 "null or >= 1", self.max_timestep)
+        _require(self.checkpoint_every >= 1, "train.checkpoint_every", ">= 1",
+                 self.checkpoint_every)
+        _require(0 < self.calibration_fraction < 1, "train.calibration_fraction",
+                 "in (0, 1)", self.calibration_fraction)
+
+
+@dataclass
+class InferenceConfig:
+    """The one-step noise map, the response map and the image features.
+
+    ``timestep`` is 0-based as in diffusers: 0 is the paper's first forward
+    step x_1. ``draws`` averages the predicted noise over K seeded noise draws.
+    ``feature_norm`` "rms" divides each L2 norm by the square root of its pixel
+    count, so scores of images of different sizes are comparable; "sum" is the
+    paper's raw L2 norm.
+    """
+
+    timestep: int = 0
+    stride: int = 14
+    draws: int = 1
+    batch_size: int = 256
+    blur_ksize: int = 5
+    sobel_ksize: int = 5
+    window: int = 20
+    window_stride: int = 20
+    feature_norm: str = "rms"
+
+    def validate(self) -> None:
+        _require(self.timestep >= 0, "inference.timestep", ">= 0", self.timestep)
+        _require(self.stride >= 1, "inference.stride", ">= 1", self.stride)
+        _require(self.draws >= 1, "inference.draws", ">= 1", self.draws)
+        _require(self.batch_size >= 1, "inference.batch_size", ">= 1", self.batch_size)
+        _require(self.blur_ksize in (1, 3, 5, 7, 9, 11), "inference.blur_ksize",
+                 "an odd integer from 1 to 11", self.blur_ksize)
+        _require(self.sobel_ksize in (3, 5, 7), "inference.sobel_ksize", "3, 5 or 7",
+                 self.sobel_ksize)
+        _require(self.window >= 1, "inference.window", ">= 1", self.window)
+        _require(self.window_stride >= 1, "inference.window_stride", ">= 1",
+                 self.window_stride)
+        _require(self.feature_norm in FEATURE_NORMS, "inference.feature_norm",
+                 "one of " + ", ".join(FEATURE_NORMS), self.feature_norm)
+
+
+@dataclass
+class DecisionConfig:
+    """The one-class image verdict and the pixel mask threshold."""
+
+    one_class_model: str = "isolation_forest"
+    contamination: float = 0.05
+    n_estimators: int = 200
+    n_neighbors: int = 20
+    pixel_quantile: float = 0.999
+
+    def validate(self) -> None:
+        _require(self.one_class_model in ONE_CLASS_MODELS, "decision.one_class_model",
+                 "one of " + ", ".join(ONE_CLASS_MODELS), self.one_class_model)
+        _require(0 < self.contamination <= 0.5, "decision.contamination", "in (0, 0.5]",
+                 self.contamination)
+        _require(self.n_estimators >= 1, "decision.n_estimators", ">= 1", self.n_estimators)
+        _require(self.n_neighbors >= 1, "decision.n_neighbors", ">= 1", self.n_neighbors)
+        _require(0 < self.pixel_quantile < 1, "decision.pixel_quantile", "in (0, 1)",
+                 self.pixel_quantile)
+
+
+@dataclass
+class RadarConfig:
+    """All settings of a RADAR model. ``seed`` seeds every random draw."""
+
+    patch_size: int = 28
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    decision: DecisionConfig = field(default_factory=DecisionConfig)
+
+    def validate(self) -> RadarConfig:
+        levels = len(self.network.block_out_channels)
+        factor = 2 ** (levels - 1)
+        _require(self.patch_size >= 8 and self.patch_size % factor == 0, "patch_size",
+                 f"an integer >= 8 divisible by {factor} (the U-Net halves it "
+                 f"{levels - 1} times)", self.patch_size)
+        _require(isinstance(self.seed, int) and self.seed >= 0, "seed",
+                 "a non-negative integer", self.seed)
+        for part in (self.data, self.network, self.train, self.inference, self.decision):
+            part.validate()
+        _require(self.inference.timestep < self.network.num_train_timesteps,
+                 "inference.timestep", f"< network.num_train_timesteps "
+                 f"({self.network.num_train_timesteps})", self.inference.timestep)
+        _require(self.inference.stride <= self.patch_size, "inference.stride",
+                 f"<= patch_size ({self.patch_size}) so patches cover the image",
+                 self.inference.stride)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RadarConfig:
+        """Build from a (possibly partial) dict; unknown keys are an error,
+        so a typo in a config file never passes silently."""
+        if not isinstance(data, dict):
+            raise ConfigError("a config must be a JSON object")
+        return _build(cls, data, "").validate()
+
+    def updated(self, overrides: dict[str, Any]) -> RadarConfig:
+        """A copy with dotted-key overrides, e.g. ``{"train.steps": 500}``."""
+        data = self.to_dict()
+        for key, value in overrides.items():
+            node = data
+            *parents, leaf = key.split(".")
+            for part in parents:
+                if not isinstance(node.get(part), dict):
+                    raise ConfigError(f"unknown setting {key!r}")
+                node = node[part]
+            if leaf not in node:
+                raise ConfigError(f"unknown setting {key!r}")
+            node[leaf] = value
+        return RadarConfig.from_dict(data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> RadarConfig:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from None
+        return cls.from_dict(data)
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown setting {prefix + unknown[0]!r}; known: "
+                          + ", ".join(prefix + k for k in known))
+    kwargs: dict[str, Any] = {}
+    defaults = cls()
+    for name, value in data.items():
+        current = getattr(defaults, name)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{prefix + name} must be an object")
+            kwargs[name] = _build(type(current), value, f"{prefix}{name}.")
+        elif isinstance(current, tuple):
+            if not isinstance(value, (list, tuple)):
+                raise ConfigError(f"{prefix + name} must be a list, got {value!r}")
+            kwargs[name] = tuple(value)
+        elif isinstance(current, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{prefix + name} must be true or false, got {value!r}")
+            kwargs[name] = value
+        elif isinstance(current, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{prefix + name} must be a number, got {value!r}")
+            kwargs[name] = float(value)
+        elif isinstance(current, int) or current is None:
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ConfigError(f"{prefix + name} must be an integer, got {value!r}")
+            kwargs[name] = value
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)

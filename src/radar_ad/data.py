@@ -1,0 +1,210 @@
+"""Finding, loading and checking images; the MVTec-AD folder layout.
+
+Everything a user can point the tool at goes through here, so every way an
+input can be unusable (missing, empty, truncated, not an image, too small)
+becomes one :class:`DataError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .config import DataConfig
+from .errors import DataError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# Refuse decompression bombs well before PIL's own (warning-only) limit.
+MAX_PIXELS = 64_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+@dataclass(frozen=True)
+class LabeledImage:
+    """A test image with its label ("good" or a defect type) and mask path."""
+
+    path: Path
+    label: str
+    mask_path: Path | None = None
+
+    @property
+    def is_defective(self) -> bool:
+        return self.label != "good"
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def list_images(path: str | Path) -> list[Path]:
+    """Images in a folder (recursively, sorted) or a single image file."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"path not found: {path}")
+    if path.is_file():
+        return [path]
+    images = sorted(p for p in path.rglob("*") if is_image_file(p))
+    if not images:
+        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {path}")
+    return images
+
+
+def is_mvtec_category(path: Path) -> bool:
+    return (path / "train" / "good").is_dir() or (path / "test").is_dir()
+
+
+def training_images(path: str | Path) -> list[Path]:
+    """Normal images to train on: ``train/good`` of an MVTec-layout category,
+    else every image in the folder."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"path not found: {path}")
+    if path.is_dir() and is_mvtec_category(path):
+        good = path / "train" / "good"
+        if not good.is_dir():
+            raise DataError(f"{path} has no train/good folder of normal images")
+        return list_images(good)
+    return list_images(path)
+
+
+def evaluation_images(path: str | Path) -> list[LabeledImage]:
+    """Labelled test images of an MVTec-layout category (``test/<label>/``),
+    with masks from ``ground_truth/<label>/<stem>_mask.png`` where present."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"path not found: {path}")
+    test = path / "test"
+    if not test.is_dir():
+        raise DataError(f"{path} is not an MVTec-layout dataset: it has no test/ folder")
+    items: list[LabeledImage] = []
+    for label_dir in sorted(p for p in test.iterdir() if p.is_dir()):
+        label = label_dir.name
+        for image in sorted(p for p in label_dir.iterdir() if is_image_file(p)):
+            mask = path / "ground_truth" / label / f"{image.stem}_mask.png"
+            items.append(LabeledImage(image, label, mask if mask.is_file() else None))
+    if not items:
+        raise DataError(f"no test images found under {test}")
+    return items
+
+
+def _to_uint8(image: Image.Image, path: Path) -> Image.Image:
+    """Bring 16-bit, palette, alpha and bilevel images to 8-bit L or RGB."""
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if values.max(initial=0) > 255 or mode.startswith("I;16") else 255.0
+        return Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    if mode == "F":
+        raise DataError(f"{path}: 32-bit float images are not supported; save as 8 or 16 bit")
+    if mode == "P":
+        image = image.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA"):
+        # Composite on black: the alpha channel carries no surface information.
+        return image.convert("RGB") if mode == "RGBA" else image.convert("L")
+    if mode in ("L", "RGB"):
+        return image
+    return image.convert("RGB")
+
+
+def load_image(path: str | Path, config: DataConfig, min_size: int = 1) -> np.ndarray:
+    """Read one image as float32 ``(C, H, W)`` in [0, 1], resized per config.
+
+    Raises :class:`DataError` for anything that is not a readable image at
+    least ``min_size`` pixels on each side.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"image not found: {path}")
+    if path.is_dir():
+        raise DataError(f"expected an image file, got a folder: {path}")
+    if path.stat().st_size == 0:
+        raise DataError(f"empty file (0 bytes): {path}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                opened.load()
+                image = _to_uint8(opened, path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DataError(f"{path}: image has more than {MAX_PIXELS} pixels") from None
+    except UnidentifiedImageError:
+        raise DataError(f"not an image file: {path}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from None
+    return _to_array(image, config, min_size, str(path))
+
+
+def _to_array(image: Image.Image, config: DataConfig, min_size: int, name: str) -> np.ndarray:
+    """Colour mode and resize per config, size check, then ``(C, H, W)`` in [0, 1]."""
+    image = image.convert("L" if config.grayscale else "RGB")
+    if config.resize is not None:
+        image = resize_longer_side(image, config.resize, Image.Resampling.BILINEAR)
+    width, height = image.size
+    if min(width, height) < min_size:
+        raise DataError(f"{name} is {width}x{height} after loading, smaller than one "
+                        f"{min_size}x{min_size} patch")
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1).copy()
+
+
+def load_mask(path: Path | None, shape: tuple[int, int]) -> np.ndarray:
+    """A boolean ``(H, W)`` ground-truth mask resized (nearest) to ``shape``;
+    all False when there is no mask file (a normal image)."""
+    if path is None:
+        return np.zeros(shape, dtype=bool)
+    try:
+        with Image.open(path) as opened:
+            mask = _to_uint8(opened, path).convert("L")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"cannot read mask {path}: {exc}") from None
+    if mask.size != (shape[1], shape[0]):
+        mask = mask.resize((shape[1], shape[0]), Image.Resampling.NEAREST)
+    return np.asarray(mask) > 127
+
+
+def resize_longer_side(image: Image.Image, size: int, resample: Image.Resampling) -> Image.Image:
+    width, height = image.size
+    scale = size / max(width, height)
+    if scale == 1:
+        return image
+    new = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return image.resize(new, resample)
+
+
+def as_image_array(image: object, config: DataConfig, min_size: int = 1) -> np.ndarray:
+    """A path, PIL image or numpy array -> float32 ``(C, H, W)`` in [0, 1].
+
+    Arrays may be ``(H, W)`` or ``(H, W, C)``; uint8 is scaled by 1/255,
+    uint16 by 1/65535, floats are taken to be in [0, 1] already.
+    """
+    if isinstance(image, (str, Path)):
+        return load_image(image, config, min_size)
+    if isinstance(image, Image.Image):
+        pil = _to_uint8(image, Path("<image>"))
+    elif isinstance(image, np.ndarray):
+        array = image
+        if array.ndim == 3 and array.shape[2] == 1:
+            array = array[:, :, 0]
+        if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+            raise DataError(f"an image array must be (H, W) or (H, W, 3|4), got shape {array.shape}")
+        if array.dtype == np.uint8:
+            scaled = array
+        elif array.dtype == np.uint16:
+            scaled = (array.astype(np.float64) / 65535 * 255 + 0.5).astype(np.uint8)
+        elif np.issubdtype(array.dtype, np.floating):
+            if not np.isfinite(array).all():
+                raise DataError("image array contains NaN or infinite values")
+            scaled = (np.clip(array, 0, 1) * 255 + 0.5).astype(np.uint8)
+        else:
+            raise DataError(f"unsupported image array dtype {array.dtype}")
+        if scaled.ndim == 3 and scaled.shape[2] == 4:
+            scaled = scaled[:, :, :3]
+        pil = Image.fromarray(np.ascontiguousarray(scaled))
+    else:
+        raise DataError(f"cannot use {type(image).__name__} as an image")
+    return _to_array(pil, config, min_size, "image")

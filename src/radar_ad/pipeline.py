@@ -1,0 +1,279 @@
+"""``Radar``: fit, predict, save and load — the method's orchestration only.
+
+Reads like the method: load normal images -> hold out calibration images ->
+train the patch diffusion model -> one-step noise maps of the calibration
+images -> response maps -> features -> one-class model and pixel threshold.
+Prediction runs the same stages on a new image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .config import RadarConfig
+from .data import as_image_array, training_images
+from .decision import MIN_CALIBRATION_IMAGES, ImageDecision, pixel_threshold
+from .errors import ConfigError, DataError, ModelError, NotFittedError
+from .features import FEATURE_NAMES, image_features
+from .network import build_scheduler, build_unet, pick_device
+from .noise_map import noise_map
+from .patches import PatchSampler
+from .progress import progress_bar
+from .response import response_map
+from .training import train_unet
+
+FORMAT = "radar-ad"
+FORMAT_VERSION = 1
+CONFIG_FILE = "radar.json"
+WEIGHTS_FILE = "unet.safetensors"
+CALIBRATION_FILE = "calibration.safetensors"
+
+ImageLike = Any  # a path, a PIL image or a numpy array
+
+
+@dataclass
+class Prediction:
+    """The result for one image.
+
+    ``noise_map``: ``(C, H, W)`` predicted noise; ``anomaly_map``: ``(H, W)``
+    blur + Sobel response (the pixel-level score); ``mask``: ``(H, W)`` bool,
+    ``anomaly_map > pixel_threshold``; ``features``: the two image features;
+    ``image``: ``(C, H, W)`` in [0, 1], the input as the model saw it (after
+    any resize), so maps and image line up pixel for pixel.
+    """
+
+    score: float
+    is_anomalous: bool
+    threshold: float
+    pixel_threshold: float
+    features: np.ndarray
+    noise_map: np.ndarray
+    anomaly_map: np.ndarray
+    mask: np.ndarray
+    image: np.ndarray
+
+
+class Radar:
+    """Reconstruction-free anomaly detection with a patch diffusion model."""
+
+    def __init__(self, config: RadarConfig | None = None, device: str | None = None) -> None:
+        self.config = config if config is not None else RadarConfig()
+        self.device = device
+
+    # ----------------------------------------------------------------- fit
+    def fit(self, source: str | Path | Sequence[ImageLike], *, progress: bool = True,
+            checkpoint_dir: str | Path | None = None, resume: bool = False) -> Radar:
+        """Learn from normal images: a folder, an MVTec category (its
+        ``train/good``), or a sequence of images. Returns ``self``."""
+        config = self.config.validate()
+        images = self._load_training_images(source, progress)
+        channels = images[0].shape[0]
+        train_idx, calib_idx = calibration_split(len(images), config)
+        device = pick_device(self.device)
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            unet = build_unet(config.network, channels, config.patch_size)
+        scheduler = build_scheduler(config.network)
+        sampler = PatchSampler([torch.from_numpy(images[i]) for i in train_idx], config.patch_size)
+        result = train_unet(unet, scheduler, sampler, config, device,
+                            checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None,
+                            resume=resume, progress=progress)
+        self.unet_ = unet
+        self.alphas_cumprod_ = scheduler.alphas_cumprod
+        self.channels_ = channels
+
+        calibration = [images[i] for i in calib_idx]
+        maps, features = [], []
+        for _, anomaly, feats in self._analyse(calibration, progress, "calibrating"):
+            maps.append(anomaly)
+            features.append(feats)
+        self.decision_ = ImageDecision(config.decision, config.seed).fit(np.stack(features))
+        self.pixel_threshold_ = pixel_threshold(maps, config.decision.pixel_quantile)
+        self.training_ = {
+            "n_images": len(images), "n_train": len(train_idx), "n_calibration": len(calib_idx),
+            "stride1_patches": sampler.n_patches, "steps": result.steps,
+            "seconds": round(result.seconds, 2), "final_loss": result.final_loss,
+            "patches_per_second": round(result.patches_per_second, 1),
+            "resumed_from": result.resumed_from, "device": str(device),
+            "radar_ad_version": __version__,
+        }
+        return self
+
+    def _load_training_images(self, source: Any, progress: bool) -> list[np.ndarray]:
+        items = training_images(source) if isinstance(source, (str, Path)) else list(source)
+        if not items:
+            raise DataError("no training images given")
+        loaded = [as_image_array(item, self.config.data, self.config.patch_size)
+                  for item in progress_bar(items, enabled=progress and len(items) >= 50, desc="loading")]
+        needed = MIN_CALIBRATION_IMAGES + (0 if self.config.train.calibrate_on_training else 1)
+        if len(loaded) < needed:
+            raise DataError(f"need at least {needed} normal training images, got {len(loaded)}")
+        return loaded
+
+    # ------------------------------------------------------------- predict
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "decision_"):
+            raise NotFittedError("this Radar model is not fitted: call fit() or Radar.load() first")
+
+    def _analyse(self, images: list[np.ndarray], progress: bool = False, desc: str = "analysing",
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(noise map, anomaly map, features) per image, in input order;
+        images of equal size are evaluated together in one batch."""
+        config = self.config
+        inference = config.inference
+        device = next(self.unet_.parameters()).device
+        per_batch = max(1, inference.batch_size // 64)
+        with progress_bar(total=len(images), enabled=progress, desc=desc, unit="img") as bar:
+            for start in range(0, len(images), per_batch):
+                chunk = images[start:start + per_batch]
+                results: list[Any] = [None] * len(chunk)
+                by_shape: dict[tuple[int, ...], list[int]] = {}
+                for i, image in enumerate(chunk):
+                    by_shape.setdefault(image.shape, []).append(i)
+                for indices in by_shape.values():
+                    batch = torch.from_numpy(np.stack([chunk[i] for i in indices])).to(device)
+                    noise = noise_map(self.unet_, batch, patch_size=config.patch_size,
+                                      stride=inference.stride, timestep=inference.timestep,
+                                      alphas_cumprod=self.alphas_cumprod_, seed=config.seed,
+                                      draws=inference.draws, batch_size=inference.batch_size)
+                    response = response_map(noise, inference.blur_ksize, inference.sobel_ksize)
+                    feats = image_features(response, inference.window, inference.window_stride,
+                                           inference.feature_norm)
+                    for j, i in enumerate(indices):
+                        results[i] = (noise[j].cpu().numpy(), response[j].cpu().numpy(),
+                                      feats[j].cpu().numpy())
+                bar.update(len(chunk))
+                yield from results
+
+    def predict(self, image: ImageLike) -> Prediction:
+        """Verdict, score, maps and mask for one image (path, PIL or array)."""
+        return next(iter(self.predict_many([image])))
+
+    def predict_many(self, images: Iterable[ImageLike], progress: bool = False) -> list[Prediction]:
+        """:meth:`predict` for many images, batching images of equal size."""
+        self._check_fitted()
+        arrays = [as_image_array(im, self.config.data, self.config.patch_size) for im in images]
+        if arrays and arrays[0].shape[0] != self.channels_:
+            raise DataError(f"model expects {self.channels_}-channel images")
+        out = []
+        analysed = self._analyse(arrays, progress, "detecting")
+        for image, (noise, anomaly, feats) in zip(arrays, analysed):
+            score = float(self.decision_.score(feats[None])[0])
+            out.append(Prediction(
+                score=score, is_anomalous=bool(score > self.decision_.threshold_),
+                threshold=self.decision_.threshold_, pixel_threshold=self.pixel_threshold_,
+                features=feats, noise_map=noise, anomaly_map=anomaly,
+                mask=anomaly > self.pixel_threshold_, image=image))
+        return out
+
+    # --------------------------------------------------------- persistence
+    def save(self, path: str | Path) -> Path:
+        """Write a model directory (JSON + safetensors, no pickle) atomically:
+        built beside ``path`` under a temporary name, then renamed."""
+        self._check_fitted()
+        path = Path(path)
+        if path.exists() and not (path.is_dir() and (not any(path.iterdir())
+                                                     or (path / CONFIG_FILE).is_file())):
+            raise DataError(f"{path} exists and is not a radar model directory; "
+                            "refusing to overwrite it")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+        try:
+            meta = {
+                "format": FORMAT, "format_version": FORMAT_VERSION,
+                "config": self.config.to_dict(), "channels": self.channels_,
+                "image_threshold": self.decision_.threshold_,
+                "pixel_threshold": self.pixel_threshold_,
+                "feature_names": list(FEATURE_NAMES), "training": self.training_,
+            }
+            weights = {k: v.detach().cpu().contiguous() for k, v in self.unet_.state_dict().items()}
+            save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
+            save_file({"calibration_features": torch.from_numpy(
+                self.decision_.calibration_features_)}, str(tmp / CALIBRATION_FILE))
+            (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+            if path.exists():
+                old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
+                os.replace(path, old / "model")
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | None = None) -> Radar:
+        """Read a model directory written by :meth:`save`; the one-class model
+        is refitted from the stored calibration features (deterministic)."""
+        path = Path(path)
+        if not path.is_dir():
+            raise ModelError(f"model directory not found: {path}")
+        meta_path = path / CONFIG_FILE
+        if not meta_path.is_file():
+            raise ModelError(f"{path} is not a radar model directory (no {CONFIG_FILE})")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelError(f"cannot read {meta_path}: {exc}") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise ModelError(f"{meta_path} is not a radar-ad model file")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ModelError(f"{path} has model format version {meta.get('format_version')!r}; "
+                             f"this radar-ad ({__version__}) reads version {FORMAT_VERSION}")
+        for name in (WEIGHTS_FILE, CALIBRATION_FILE):
+            if not (path / name).is_file():
+                raise ModelError(f"model directory {path} is incomplete: {name} is missing")
+        try:
+            config = RadarConfig.from_dict(meta["config"])
+            channels = int(meta["channels"])
+            radar = cls(config, device)
+            unet = build_unet(config.network, channels, config.patch_size)
+            unet.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
+            calibration = load_file(str(path / CALIBRATION_FILE))["calibration_features"]
+        except (ConfigError, KeyError, TypeError, ValueError, RuntimeError, OSError,
+                SafetensorError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"cannot load model from {path}: {first}") from None
+        radar.unet_ = unet.to(pick_device(device)).eval()
+        radar.alphas_cumprod_ = build_scheduler(config.network).alphas_cumprod
+        radar.channels_ = channels
+        radar.decision_ = ImageDecision(config.decision, config.seed).fit(calibration.numpy())
+        radar.pixel_threshold_ = float(meta["pixel_threshold"])
+        radar.training_ = meta.get("training", {})
+        if not np.isclose(radar.decision_.threshold_, meta.get("image_threshold", np.nan)):
+            warnings.warn("the refitted one-class model's threshold differs from the saved one "
+                          "(another scikit-learn version?)", stacklevel=2)
+        return radar
+
+
+def calibration_split(n_images: int, config: RadarConfig) -> tuple[list[int], list[int]]:
+    """Indices of (training, calibration) images: a seeded share of the normal
+    images is held out from diffusion training so the one-class model and the
+    pixel threshold see maps of images the network never fitted. With
+    ``calibrate_on_training`` both are all images (the paper's protocol)."""
+    everything = list(range(n_images))
+    if config.train.calibrate_on_training:
+        return everything, everything
+    n_calib = max(MIN_CALIBRATION_IMAGES, round(config.train.calibration_fraction * n_images))
+    if n_calib >= n_images:
+        raise DataError(f"{n_images} normal images are too few to hold out {n_calib} for "
+                        "calibration; add images or set train.calibrate_on_training")
+    order = np.random.default_rng(config.seed).permutation(n_images)
+    return sorted(order[n_calib:].tolist()), sorted(order[:n_calib].tolist())

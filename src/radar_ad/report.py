@@ -1,0 +1,114 @@
+"""What a person looks at: coloured anomaly maps, masks, overlays, and a
+self-contained HTML report (images embedded, so it works offline and can be
+mailed as one file)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .files import atomic_file
+
+# Anchor colours of a perceptually ordered black-red-yellow-white heat scale.
+_ANCHORS = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]],
+                    dtype=np.float64)
+_LUT = np.stack([np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, len(_ANCHORS)),
+                           _ANCHORS[:, c]) for c in range(3)], axis=1).astype(np.uint8)
+
+
+def colorize(anomaly_map: np.ndarray, vmax: float) -> np.ndarray:
+    """``(H, W)`` map -> ``(H, W, 3)`` uint8 heat image on a fixed scale
+    [0, vmax], so colours mean the same in every image of one model."""
+    scaled = np.clip(anomaly_map / max(vmax, 1e-12), 0, 1)
+    return _LUT[(scaled * 255).astype(np.uint8)]
+
+
+def to_rgb(image: np.ndarray) -> np.ndarray:
+    """``(C, H, W)`` float in [0, 1] -> ``(H, W, 3)`` uint8."""
+    rgb = np.repeat(image, 3, axis=0) if image.shape[0] == 1 else image[:3]
+    return (np.clip(rgb.transpose(1, 2, 0), 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def mask_outline(mask: np.ndarray) -> np.ndarray:
+    """Pixels on the border of the mask (4-neighbourhood)."""
+    padded = np.pad(mask, 1, mode="edge")
+    interior = (padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:])
+    return mask & ~interior
+
+
+def overlay(image: np.ndarray, anomaly_map: np.ndarray, mask: np.ndarray, vmax: float,
+            truth: np.ndarray | None = None) -> np.ndarray:
+    """The image with the heat map blended in where it is strong, the
+    predicted mask outlined in cyan and the true defect (if given) in green."""
+    base = to_rgb(image).astype(np.float64)
+    heat = colorize(anomaly_map, vmax).astype(np.float64)
+    alpha = np.clip(anomaly_map / max(vmax, 1e-12), 0, 1)[..., None] * 0.7
+    out = base * (1 - alpha) + heat * alpha
+    if truth is not None:
+        out[mask_outline(truth)] = (40, 220, 40)
+    out[mask_outline(mask)] = (0, 220, 255)
+    return out.astype(np.uint8)
+
+
+def save_png(array: np.ndarray, path: Path) -> None:
+    with atomic_file(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
+
+
+def png_data_uri(array: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 100 else f"{value:.1f}"
+    return html.escape(str(value))
+
+
+def html_report(title: str, metrics: dict[str, Any], examples: list[dict[str, Any]],
+                notes: list[str] | None = None) -> str:
+    """An HTML page: a metrics table, then one row per example with its
+    image, anomaly map, mask and overlay (each an ``(H, W, 3)`` uint8 array
+    under the keys ``image``, ``anomaly``, ``mask``, ``overlay``)."""
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{_fmt(v)}</td></tr>"
+                   for k, v in metrics.items())
+    cards = []
+    for ex in examples:
+        verdict = "ANOMALOUS" if ex["is_anomalous"] else "normal"
+        cells = "".join(
+            f'<figure><img src="{png_data_uri(ex[key])}" alt="{key}"><figcaption>{key}'
+            f"</figcaption></figure>" for key in ("image", "anomaly", "mask", "overlay"))
+        cards.append(
+            f'<div class="card"><h3>{html.escape(ex["name"])} — truth: {html.escape(ex["label"])}'
+            f' — verdict: <span class="{verdict.lower()}">{verdict}</span>'
+            f' (score {ex["score"]:.4f}, threshold {ex["threshold"]:.4f})</h3>{cells}</div>')
+    note_html = "".join(f"<p>{html.escape(n)}</p>" for n in notes or [])
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; margin-bottom: 2em; }}
+th, td {{ border: 1px solid #ccc; padding: 4px 10px; text-align: left; }}
+.card {{ margin-bottom: 1.5em; }}
+figure {{ display: inline-block; margin: 0 8px 0 0; text-align: center; }}
+img {{ width: 192px; image-rendering: pixelated; border: 1px solid #999; }}
+.anomalous {{ color: #c00; font-weight: bold; }} .normal {{ color: #070; }}
+</style></head><body>
+<h1>{html.escape(title)}</h1>{note_html}
+<h2>Metrics</h2><table>{rows}</table>
+<h2>Examples</h2>
+<p>Overlay: heat map blended on the image, predicted mask outlined in cyan, true defect in green.</p>
+{''.join(cards)}
+</body></html>
+"""
+

@@ -1,0 +1,190 @@
+"""The training loop: the standard DDPM epsilon objective on random patches,
+with AdamW, optional EMA, checkpoints and resume.
+
+Every random draw (patch positions, timesteps, noise) comes from one CPU
+generator seeded from the config, so a run is reproducible, a resumed run
+continues the very same sequence of draws, and CPU and GPU see the same data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, UNet2DModel
+from safetensors.torch import load_file, save_file
+
+from .config import RadarConfig
+from .errors import ModelError
+from .patches import PatchSampler
+from .progress import progress_bar
+
+CHECKPOINT_WEIGHTS = "checkpoint.safetensors"
+CHECKPOINT_STATE = "checkpoint.json"
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced besides the weights in the U-Net."""
+
+    steps: int
+    seconds: float
+    final_loss: float
+    patches_per_second: float
+    resumed_from: int = 0
+    loss_history: list[float] = field(default_factory=list)
+
+
+def learning_rate(step: int, config: RadarConfig) -> float:
+    """Linear warm-up, then cosine decay to a tenth of the base rate; a pure
+    function of the step, so resuming needs no scheduler state."""
+    train = config.train
+    if step < train.warmup_steps:
+        return train.learning_rate * (step + 1) / train.warmup_steps
+    span = max(1, train.steps - train.warmup_steps)
+    progress = min(1.0, (step - train.warmup_steps) / span)
+    return train.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _training_fingerprint(config: RadarConfig, channels: int) -> dict:
+    """The settings a checkpoint must share with the run that resumes it."""
+    return {"patch_size": config.patch_size, "seed": config.seed, "channels": channels,
+            "data": config.to_dict()["data"], "network": config.to_dict()["network"],
+            "train": {k: v for k, v in config.to_dict()["train"].items()
+                      if k not in ("steps", "checkpoint_every")}}
+
+
+def train_unet(
+    unet: UNet2DModel,
+    scheduler: DDPMScheduler,
+    sampler: PatchSampler,
+    config: RadarConfig,
+    device: torch.device,
+    *,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``unet`` in place; when EMA is on, the EMA weights are copied into
+    it at the end (they are what inference uses)."""
+    train = config.train
+    channels = int(sampler.stack.shape[1])
+    generator = torch.Generator().manual_seed(config.seed)
+    unet.to(device).train()
+    params = [p for p in unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=train.learning_rate, weight_decay=train.weight_decay)
+    ema = [p.detach().clone() for p in params] if train.ema_decay > 0 else None
+    alphas = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
+    max_t = min(train.max_timestep or scheduler.config.num_train_timesteps,
+                scheduler.config.num_train_timesteps)
+    fingerprint = json.loads(json.dumps(_training_fingerprint(config, channels)))
+
+    start, history = 0, []
+    if resume and checkpoint_dir is not None and (checkpoint_dir / CHECKPOINT_STATE).is_file():
+        start, history = _load_checkpoint(checkpoint_dir, unet, optimizer, ema, generator,
+                                          fingerprint, device)
+    if start >= train.steps:
+        start = train.steps
+
+    began = time.perf_counter()
+    bar = progress_bar(total=train.steps, initial=start, enabled=progress, desc="training",
+                       unit="step")
+    loss_value = float("nan")
+    for step in range(start, train.steps):
+        patches = sampler.sample(train.batch_size, generator) * 2 - 1
+        timesteps = torch.randint(0, max_t, (train.batch_size,), generator=generator)
+        noise = torch.randn(patches.shape, generator=generator)
+        patches, timesteps, noise = patches.to(device), timesteps.to(device), noise.to(device)
+        abar = alphas[timesteps].view(-1, 1, 1, 1)
+        noisy = abar.sqrt() * patches + (1 - abar).sqrt() * noise
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, config)
+        prediction = unet(noisy, timesteps).sample
+        loss = F.mse_loss(prediction, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        if ema is not None:
+            with torch.no_grad():
+                torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - train.ema_decay)
+        loss_value = float(loss.detach())
+        history.append(loss_value)
+        done = step + 1 - start
+        elapsed = time.perf_counter() - began
+        bar.update(1)
+        if step % 10 == 0 or step + 1 == train.steps:
+            bar.set_postfix(loss=f"{sum(history[-50:]) / len(history[-50:]):.4f}",
+                            patches_s=f"{done * train.batch_size / max(elapsed, 1e-9):.0f}")
+        if checkpoint_dir is not None and ((step + 1) % train.checkpoint_every == 0
+                                           or step + 1 == train.steps):
+            _save_checkpoint(checkpoint_dir, step + 1, unet, optimizer, ema, generator,
+                             fingerprint, history)
+    bar.close()
+    seconds = time.perf_counter() - began
+    if ema is not None:
+        with torch.no_grad():
+            for param, shadow in zip(params, ema):
+                param.copy_(shadow)
+    unet.eval()
+    done = train.steps - start
+    recent = history[-50:] or [loss_value]
+    return TrainResult(steps=train.steps, seconds=seconds, final_loss=sum(recent) / len(recent),
+                       patches_per_second=done * train.batch_size / max(seconds, 1e-9),
+                       resumed_from=start, loss_history=history)
+
+
+def _save_checkpoint(directory: Path, step: int, unet: UNet2DModel, optimizer: torch.optim.Optimizer,
+                     ema: list[torch.Tensor] | None, generator: torch.Generator,
+                     fingerprint: dict, history: list[float]) -> None:
+    """Weights, optimiser moments, EMA and RNG state as safetensors plus JSON,
+    both replaced atomically so a kill mid-write leaves the last good one."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in unet.state_dict().items()}
+    state = optimizer.state_dict()
+    for index, moments in state["state"].items():
+        for name, value in moments.items():
+            tensors[f"optim.{index}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    if ema is not None:
+        tensors.update({f"ema.{i}": t.detach().cpu().contiguous() for i, t in enumerate(ema)})
+    tensors["rng"] = generator.get_state()
+    tmp = directory / (CHECKPOINT_WEIGHTS + ".tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, directory / CHECKPOINT_WEIGHTS)
+    meta = {"step": step, "fingerprint": fingerprint, "loss_history": history}
+    tmp = directory / (CHECKPOINT_STATE + ".tmp")
+    tmp.write_text(json.dumps(meta))
+    os.replace(tmp, directory / CHECKPOINT_STATE)
+
+
+def _load_checkpoint(directory: Path, unet: UNet2DModel, optimizer: torch.optim.Optimizer,
+                     ema: list[torch.Tensor] | None, generator: torch.Generator,
+                     fingerprint: dict, device: torch.device) -> tuple[int, list[float]]:
+    try:
+        meta = json.loads((directory / CHECKPOINT_STATE).read_text())
+        tensors = load_file(str(directory / CHECKPOINT_WEIGHTS))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot resume from {directory}: {exc}") from None
+    if meta.get("fingerprint") != fingerprint:
+        raise ModelError(f"cannot resume from {directory}: it was made with other settings "
+                         "(data, network, training or seed differ)")
+    unet.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    state = optimizer.state_dict()
+    moments: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            moments.setdefault(int(index), {})[name] = value.to(device) if name != "step" else value
+    state["state"] = moments
+    optimizer.load_state_dict(state)
+    if ema is not None:
+        for i, shadow in enumerate(ema):
+            shadow.copy_(tensors[f"ema.{i}"].to(device))
+    generator.set_state(tensors["rng"])
+    return int(meta["step"]), list(meta.get("loss_history", []))

@@ -1,0 +1,48 @@
+"""Shared fixtures: small generated surfaces and one tiny model trained on
+them once per session (the end-to-end tests reuse it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from radar_ad import Radar, RadarConfig
+from radar_ad.synthetic import SyntheticSpec, make_dataset
+
+TINY = {
+    "network.block_out_channels": [16, 32, 32],
+    "network.attention": [False, False, True],
+    "train.steps": 200,
+    "train.batch_size": 32,
+    "train.checkpoint_every": 100,
+    "inference.stride": 14,
+    # 12 calibration images: an IsolationForest on fewer can rank badly.
+    "train.calibration_fraction": 0.3,
+}
+
+
+def tiny_config(**overrides) -> RadarConfig:
+    return RadarConfig().updated({**TINY, **overrides})
+
+
+@pytest.fixture(scope="session")
+def surfaces(tmp_path_factory) -> Path:
+    spec = SyntheticSpec(size=64, n_train=40, n_test_good=8, n_test_per_defect=2,
+                         severity=(0.8, 1.0), seed=0)
+    return make_dataset(tmp_path_factory.mktemp("data") / "surfaces", spec)
+
+
+@pytest.fixture(scope="session")
+def fitted(surfaces, tmp_path_factory) -> tuple[Radar, Path]:
+    radar = Radar(tiny_config()).fit(surfaces, progress=False)
+    model_dir = radar.save(tmp_path_factory.mktemp("models") / "tiny")
+    return radar, model_dir
+
+
+def write_gray(path: Path, size: int = 64, seed: int = 0) -> Path:
+    array = np.random.default_rng(seed).integers(0, 256, (size, size), dtype=np.uint8)
+    Image.fromarray(array).save(path)
+    return path

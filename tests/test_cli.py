@@ -1,0 +1,152 @@
+"""The command line through a real subprocess, bad inputs included."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY, write_gray
+
+
+def radar(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("RADAR_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "radar_ad.cli", *map(str, args)],
+                          capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) -> None:
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("radar: error:") and fragment in lines[0], lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_version_and_help():
+    result = radar("--version")
+    assert result.returncode == 0 and "radar-ad" in result.stdout
+    result = radar("--help")
+    assert result.returncode == 0
+    for command in ("train", "detect", "evaluate", "demo", "make-data"):
+        assert command in result.stdout
+
+
+def test_train_detect_evaluate(surfaces, tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"network": {"block_out_channels": TINY["network.block_out_channels"],
+                                              "attention": TINY["network.attention"]},
+                                  "train": {"batch_size": 16}}))
+    model = tmp_path / "model"
+    result = radar("train", surfaces, "--out", model, "--config", config, "--steps", "4", "-q")
+    assert result.returncode == 0, result.stderr
+    assert (model / "radar.json").is_file() and not (tmp_path / "model.checkpoint").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+    out = tmp_path / "detections"
+    good = surfaces / "test" / "good"
+    result = radar("detect", model, good / "000.png", surfaces / "test" / "blob", "--out", out, "-q")
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 3 and {r["verdict"] for r in rows} <= {"normal", "anomalous"}
+    assert all(float(r["score"]) == float(r["score"]) for r in rows)
+    for stem in ("000", "000-2", "001"):  # the two 000.png files get distinct names
+        for kind in ("anomaly", "mask", "overlay"):
+            assert (out / f"{stem}_{kind}.png").is_file()
+
+    result = radar("evaluate", model, surfaces, "--json")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    for key in ("accuracy", "precision", "recall", "f1", "image_auroc", "image_f1max",
+                "pixel_auroc", "aupro", "n_images", "seconds_per_image"):
+        assert key in metrics
+    assert metrics["n_images"] == 20
+
+
+def test_resume_needs_a_checkpoint(surfaces, tmp_path):
+    result = radar("train", surfaces, "--out", tmp_path / "m", "--resume", "--steps", "2")
+    assert_one_line_error(result, "nothing to resume")
+
+
+def test_make_data(tmp_path):
+    out = tmp_path / "made"
+    result = radar("make-data", out, "--size", "48", "--n-train", "3", "--n-test-good", "1",
+                   "--n-test-per-defect", "1")
+    assert result.returncode == 0, result.stderr
+    assert len(list((out / "train" / "good").iterdir())) == 3
+    assert_one_line_error(radar("make-data", out), "not empty")
+
+
+@pytest.fixture()
+def bad_inputs(tmp_path: Path) -> dict[str, Path]:
+    paths = {}
+    paths["empty_dir"] = tmp_path / "empty"
+    paths["empty_dir"].mkdir()
+    paths["zero_byte"] = tmp_path / "zero.png"
+    paths["zero_byte"].write_bytes(b"")
+    good = write_gray(tmp_path / "good.png", 64)
+    paths["truncated"] = tmp_path / "truncated.png"
+    paths["truncated"].write_bytes(good.read_bytes()[:300])
+    paths["not_image"] = tmp_path / "notes.png"
+    paths["not_image"].write_text("this is text")
+    paths["too_small"] = write_gray(tmp_path / "tiny.png", 12)
+    return paths
+
+
+@pytest.mark.parametrize("case,fragment", [
+    ("missing", "not found"),
+    ("empty_dir", "no images"),
+    ("zero_byte", "empty file"),
+    ("truncated", "cannot read image"),
+    ("not_image", "not an image"),
+    ("too_small", "smaller than one 28x28 patch"),
+])
+def test_detect_bad_images(fitted, bad_inputs, tmp_path, case, fragment):
+    _, model = fitted
+    target = bad_inputs.get(case, tmp_path / "missing.png")
+    out = tmp_path / "out"
+    result = radar("detect", model, target, "--out", out)
+    assert_one_line_error(result, fragment)
+    assert not (out / "results.csv").exists()
+    assert not [p for p in out.glob(".*")] if out.exists() else True
+
+
+def test_train_bad_data_writes_no_model(bad_inputs, tmp_path):
+    model = tmp_path / "model"
+    assert_one_line_error(radar("train", bad_inputs["empty_dir"], "--out", model), "no images")
+    assert_one_line_error(radar("train", tmp_path / "nope", "--out", model), "not found")
+    assert_one_line_error(radar("train", bad_inputs["zero_byte"], "--out", model), "empty file")
+    assert_one_line_error(radar("train", bad_inputs["empty_dir"], "--out", model,
+                                "--set", "train.stepz=3"), "unknown setting")
+    assert not model.exists()
+
+
+def test_bad_model_directories(fitted, surfaces, tmp_path):
+    _, model = fitted
+    image = surfaces / "test" / "good" / "000.png"
+    assert_one_line_error(radar("detect", tmp_path / "nomodel", image, "--out", tmp_path / "o"),
+                          "model directory not found")
+    incomplete = tmp_path / "incomplete"
+    incomplete.mkdir()
+    (incomplete / "radar.json").write_text((model / "radar.json").read_text())
+    assert_one_line_error(radar("evaluate", incomplete, surfaces), "incomplete")
+    other = tmp_path / "other"
+    other.mkdir()
+    meta = json.loads((model / "radar.json").read_text())
+    meta["format_version"] = 2
+    (other / "radar.json").write_text(json.dumps(meta))
+    for f in ("unet.safetensors", "calibration.safetensors"):
+        (other / f).write_bytes((model / f).read_bytes())
+    assert_one_line_error(radar("evaluate", other, surfaces), "format version 2")
+
+
+def test_evaluate_needs_labelled_data(fitted, tmp_path):
+    _, model = fitted
+    write_gray(tmp_path / "a.png")
+    assert_one_line_error(radar("evaluate", model, tmp_path), "no test/ folder")

@@ -1,0 +1,127 @@
+"""End to end: a tiny model trained briefly on generated surfaces."""
+
+import json
+
+import numpy as np
+import pytest
+
+from radar_ad import Radar
+from radar_ad.data import evaluation_images, load_mask
+from radar_ad.errors import ModelError, NotFittedError
+from radar_ad.evaluation import evaluate
+from radar_ad.pipeline import CONFIG_FILE, WEIGHTS_FILE, calibration_split
+
+from conftest import tiny_config
+
+
+def test_defective_images_score_above_normal_ones(fitted, surfaces):
+    radar, _ = fitted
+    items = evaluation_images(surfaces)
+    predictions = radar.predict_many([item.path for item in items])
+    normal = [p.score for i, p in zip(items, predictions) if not i.is_defective]
+    defective = [p.score for i, p in zip(items, predictions) if i.is_defective]
+    # AUROC from the pairwise comparisons: most defective above most normal
+    pairs = np.mean([d > n for d in defective for n in normal])
+    assert pairs >= 0.85, pairs
+    assert np.median(defective) > np.max(normal) or pairs >= 0.9
+
+
+def test_masks_overlap_true_defects(fitted, surfaces):
+    radar, _ = fitted
+    items = [i for i in evaluation_images(surfaces) if i.is_defective]
+    predictions = radar.predict_many([i.path for i in items])
+    inside, outside = [], []
+    for item, prediction in zip(items, predictions):
+        truth = load_mask(item.mask_path, prediction.mask.shape)
+        inside.append(prediction.mask[truth].mean())
+        outside.append(prediction.mask[~truth].mean())
+    # the predicted mask is far denser on the true defect than off it
+    assert np.mean(inside) > 5 * np.mean(outside) + 0.02, (np.mean(inside), np.mean(outside))
+
+
+def test_prediction_fields(fitted, surfaces):
+    radar, _ = fitted
+    p = radar.predict(surfaces / "test" / "good" / "000.png")
+    assert p.noise_map.shape == (1, 64, 64) and p.anomaly_map.shape == (64, 64)
+    assert p.mask.dtype == bool and p.mask.shape == (64, 64)
+    assert p.image.shape == (1, 64, 64)
+    assert p.is_anomalous == (p.score > p.threshold)
+    np.testing.assert_array_equal(p.mask, p.anomaly_map > p.pixel_threshold)
+
+
+def test_save_load_predicts_identically(fitted, surfaces):
+    radar, model_dir = fitted
+    loaded = Radar.load(model_dir)
+    paths = [i.path for i in evaluation_images(surfaces)][:6]
+    for a, b in zip(radar.predict_many(paths), loaded.predict_many(paths)):
+        assert a.score == b.score and a.is_anomalous == b.is_anomalous
+        np.testing.assert_array_equal(a.anomaly_map, b.anomaly_map)
+        np.testing.assert_array_equal(a.mask, b.mask)
+    assert {p.name for p in model_dir.iterdir()} == {"radar.json", "unet.safetensors",
+                                                     "calibration.safetensors"}
+
+
+def test_same_image_same_result_whatever_the_batch(fitted, surfaces):
+    radar, _ = fitted
+    paths = [i.path for i in evaluation_images(surfaces)][:5]
+    alone = radar.predict(paths[3])
+    batched = radar.predict_many(paths)[3]
+    np.testing.assert_allclose(alone.anomaly_map, batched.anomaly_map, rtol=1e-4, atol=1e-4)
+
+
+def test_evaluate_reports_every_metric(fitted, surfaces):
+    radar, _ = fitted
+    metrics = evaluate(radar, surfaces).metrics
+    for key in ("accuracy", "precision", "recall", "f1", "image_auroc", "image_f1max",
+                "pixel_auroc", "aupro", "n_images", "seconds_per_image"):
+        assert key in metrics
+    assert metrics["n_images"] == 8 + 12
+    assert metrics["image_auroc"] >= 0.85 and metrics["pixel_auroc"] >= 0.8
+    json.dumps(metrics, allow_nan=False)
+
+
+def test_fit_is_deterministic(surfaces):
+    config = tiny_config(**{"train.steps": 3})
+    a = Radar(config).fit(surfaces, progress=False)
+    b = Radar(config).fit(surfaces, progress=False)
+    path = surfaces / "test" / "good" / "001.png"
+    np.testing.assert_array_equal(a.predict(path).anomaly_map, b.predict(path).anomaly_map)
+
+
+def test_calibration_split_holds_out_images():
+    config = tiny_config(**{"train.calibration_fraction": 0.15})
+    train, calib = calibration_split(40, config)
+    assert len(calib) == 6 and not set(train) & set(calib) and len(train) + len(calib) == 40
+    both = calibration_split(40, tiny_config(**{"train.calibrate_on_training": True}))
+    assert both[0] == both[1] == list(range(40))
+
+
+def test_predict_before_fit():
+    with pytest.raises(NotFittedError):
+        Radar().predict(np.zeros((64, 64), np.uint8))
+
+
+def test_load_rejects_bad_model_directories(fitted, tmp_path):
+    _, model_dir = fitted
+    with pytest.raises(ModelError, match="not found"):
+        Radar.load(tmp_path / "missing")
+    with pytest.raises(ModelError, match="not a radar model"):
+        Radar.load(tmp_path)
+    for broken in ("version", "incomplete", "weights"):
+        target = tmp_path / broken
+        target.mkdir()
+        for f in model_dir.iterdir():
+            (target / f.name).write_bytes(f.read_bytes())
+        if broken == "version":
+            meta = json.loads((target / CONFIG_FILE).read_text())
+            meta["format_version"] = 99
+            (target / CONFIG_FILE).write_text(json.dumps(meta))
+            match = "format version 99"
+        elif broken == "incomplete":
+            (target / WEIGHTS_FILE).unlink()
+            match = "incomplete"
+        else:
+            (target / WEIGHTS_FILE).write_bytes(b"garbage")
+            match = "cannot load"
+        with pytest.raises(ModelError, match=match):
+            Radar.load(target)
