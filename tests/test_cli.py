@@ -150,3 +150,37 @@ def test_evaluate_needs_labelled_data(fitted, tmp_path):
     _, model = fitted
     write_gray(tmp_path / "a.png")
     assert_one_line_error(radar("evaluate", model, tmp_path), "no test/ folder")
+
+
+def test_demo_writes_metrics_and_report(tmp_path):
+    out = tmp_path / "demo"
+    result = radar("demo", "--out", out, "--steps", "2", "-q")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == str(out / "report.html")
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("accuracy", "precision", "recall", "f1", "image_auroc", "image_f1max",
+                "pixel_auroc", "aupro", "n_images", "seconds_per_image"):
+        assert key in metrics
+    page = (out / "report.html").read_text()
+    assert "image_auroc" in page and page.count("data:image/png;base64,") >= 4 * 4
+
+
+def test_detect_reads_16bit_rgba_and_palette_images(fitted, surfaces, tmp_path):
+    _, model = fitted
+    from PIL import Image
+    import numpy as np
+
+    gray = np.asarray(Image.open(surfaces / "test" / "good" / "000.png"))
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    Image.fromarray(gray.astype(np.uint16) * 257).save(folder / "g16.png")
+    Image.fromarray(np.dstack([gray] * 3 + [np.full_like(gray, 255)]), "RGBA").save(folder / "rgba.png")
+    Image.fromarray(gray).convert("P").save(folder / "pal.png")
+    Image.fromarray(gray).save(folder / "plain.png")
+    result = radar("detect", model, folder, "--out", tmp_path / "out", "--no-maps", "-q")
+    assert result.returncode == 0, result.stderr
+    scores = {Path(r["file"]).stem: float(r["score"])
+              for r in csv.DictReader((tmp_path / "out" / "results.csv").open())}
+    assert len(scores) == 4
+    for name in ("g16", "rgba"):
+        assert scores[name] == pytest.approx(scores["plain"], abs=1e-6)

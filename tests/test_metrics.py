@@ -200,7 +200,7 @@ def test_perfect_and_inverted_maps() -> None:
 # ------------------------------------------------------------ pixel_metrics
 def test_pixel_metrics_sizes_and_255_masks_match_bool() -> None:
     rng = np.random.default_rng(7)
-    masks_255 = [np.zeros((8, 10), dtype=np.uint8), np.zeros((5, 12), dtype=np.uint8), np.zeros((11, 6), dtype=np.uint8)]
+    masks_255 = [np.zeros(shape, dtype=np.uint8) for shape in ((8, 10), (5, 12), (11, 6))]
     masks_255[0][2:5, 3:7] = 255
     masks_255[2][8:, 1:3] = 255
     maps = [rng.random(m.shape).astype(np.float32) + 0.3 * (m > 0) for m in masks_255]

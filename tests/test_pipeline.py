@@ -125,3 +125,27 @@ def test_load_rejects_bad_model_directories(fitted, tmp_path):
             match = "cannot load"
         with pytest.raises(ModelError, match=match):
             Radar.load(target)
+
+
+def _texture(rng, height, width, channels=None):
+    y, x = np.mgrid[:height, :width]
+    base = 128 + 60 * np.cos(2 * np.pi * (x + y) / 9) + rng.normal(0, 4, (height, width))
+    image = np.clip(base, 0, 255).astype(np.uint8)
+    return image if channels is None else np.dstack([image] * channels)
+
+
+def test_mixed_sizes_and_rgb_work():
+    rng = np.random.default_rng(0)
+    images = [_texture(rng, 40 + 7 * (i % 3), 64 - 5 * (i % 4), channels=3) for i in range(8)]
+    radar = Radar(tiny_config(**{"train.steps": 3, "data.grayscale": False})).fit(images, progress=False)
+    predictions = radar.predict_many([_texture(rng, 33, 90, 3), _texture(rng, 60, 45, 3)])
+    assert predictions[0].noise_map.shape == (3, 33, 90)
+    assert predictions[1].anomaly_map.shape == (60, 45)
+
+
+def test_paper_protocol_calibrates_on_training_images():
+    rng = np.random.default_rng(1)
+    images = [_texture(rng, 40, 40) for _ in range(6)]
+    config = tiny_config(**{"train.steps": 2, "train.calibrate_on_training": True})
+    radar = Radar(config).fit(images, progress=False)
+    assert radar.training_["n_train"] == radar.training_["n_calibration"] == 6

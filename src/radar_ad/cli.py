@@ -69,6 +69,7 @@ def train(
 ) -> None:
     """Train on normal images and write a model directory."""
     from .pipeline import Radar
+    from .training import CHECKPOINT_FILE
 
     config = RadarConfig.from_file(config_file) if config_file else RadarConfig()
     overrides = {k: v for k, v in {"train.steps": steps, "train.batch_size": batch_size,
@@ -81,7 +82,7 @@ def train(
     if out.exists() and not (out / "radar.json").is_file() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"{out} exists and is not a radar model directory; choose another --out")
     checkpoint = out.with_name(out.name + ".checkpoint")
-    if resume and not (checkpoint / "checkpoint.json").is_file():
+    if resume and not (checkpoint / CHECKPOINT_FILE).is_file():
         raise DataError(f"nothing to resume: no checkpoint at {checkpoint}")
     radar = Radar(config, device=device).fit(data, progress=not quiet, checkpoint_dir=checkpoint,
                                              resume=resume)
@@ -214,11 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         code = 2
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    except click.exceptions.Abort:
-        click.echo("radar: interrupted", err=True)
-        code = 130
-    except KeyboardInterrupt:
-        click.echo("radar: interrupted", err=True)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("radar: interrupted (an interrupted `radar train` continues with --resume)",
+                   err=True)
         code = 130
     except click.ClickException as exc:
         exc.show()

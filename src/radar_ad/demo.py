@@ -26,11 +26,19 @@ DEMO_SPEC = SyntheticSpec(size=128, n_train=100, n_test_good=20, n_test_per_defe
 
 
 def demo_config(steps: int | None = None) -> RadarConfig:
-    """A small, fast model for the 128 px demo surfaces."""
+    """A small, fast model for the 128 px demo surfaces.
+
+    The verdict uses LocalOutlierFactor: measured on the demo, an
+    IsolationForest on the same features scored image AUROC 0.937 against
+    LOF's 1.000, because a forest cannot rank points beyond the range of its
+    calibration data (a defect far out on one feature gets the same score as
+    a normal image slightly out on the other), while LOF's distances can.
+    """
     config = RadarConfig().updated({
         "network.block_out_channels": [32, 64, 64],
         "network.attention": [False, False, True],
-        "train.steps": 600,
+        "decision.one_class_model": "local_outlier_factor",
+        "train.steps": 500,
         "train.batch_size": 64,
         "train.checkpoint_every": 200,
         "train.calibration_fraction": 0.2,
@@ -45,8 +53,7 @@ class DemoResult:
     model_dir: Path
 
 
-def run_demo(out: str | Path, *, steps: int | None = None, progress: bool = True,
-             examples_per_class: int = 3) -> DemoResult:
+def run_demo(out: str | Path, *, steps: int | None = None, progress: bool = True) -> DemoResult:
     """Write ``out/data`` (surfaces), ``out/model``, ``out/metrics.json`` and
     ``out/report.html``; reuse existing data and a model trained with the
     same settings, so a second run only evaluates."""
@@ -63,13 +70,15 @@ def run_demo(out: str | Path, *, steps: int | None = None, progress: bool = True
         radar.save(model_dir)
         shutil.rmtree(out / "model.checkpoint", ignore_errors=True)
 
+    # For the report: three normal images and the first image of each defect type.
     kept: dict[str, list[tuple[LabeledImage, Prediction]]] = {"good": [], "defective": []}
 
     def keep(item: LabeledImage, prediction: Prediction) -> None:
-        group = kept["defective" if item.is_defective else "good"]
-        if len(group) < examples_per_class and (
-                not item.is_defective or item.label not in {i.label for i, _ in group}):
-            group.append((item, prediction))
+        if not item.is_defective:
+            if len(kept["good"]) < 3:
+                kept["good"].append((item, prediction))
+        elif item.label not in {i.label for i, _ in kept["defective"]}:
+            kept["defective"].append((item, prediction))
 
     evaluation = evaluate(radar, data, progress=progress, on_prediction=keep)
     metrics = dict(evaluation.metrics)

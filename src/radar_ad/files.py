@@ -10,6 +10,26 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def usual_permissions(path: Path) -> None:
+    """Give a temporary file or folder the permissions a plain ``open`` or
+    ``mkdir`` would have (``mkstemp``/``mkdtemp`` make them owner-only)."""
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_umask())
+
+
+def temporary_dir(path: Path) -> Path:
+    """A new, empty sibling folder of ``path`` to build it in before a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    usual_permissions(tmp)
+    return tmp
+
+
 @contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces
@@ -19,6 +39,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(name)
+    usual_permissions(tmp)
     try:
         yield tmp
         os.replace(tmp, path)

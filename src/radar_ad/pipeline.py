@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from .data import as_image_array, training_images
 from .decision import MIN_CALIBRATION_IMAGES, ImageDecision, pixel_threshold
 from .errors import ConfigError, DataError, ModelError, NotFittedError
 from .features import FEATURE_NAMES, image_features
+from .files import temporary_dir
 from .network import build_scheduler, build_unet, pick_device
 from .noise_map import noise_map
 from .patches import PatchSampler
@@ -43,6 +43,9 @@ WEIGHTS_FILE = "unet.safetensors"
 CALIBRATION_FILE = "calibration.safetensors"
 
 ImageLike = Any  # a path, a PIL image or a numpy array
+# Images analysed together: their patches go through the network in shared
+# batches, while maps of at most this many images are held at once.
+IMAGES_PER_PASS = 8
 
 
 @dataclass
@@ -137,10 +140,9 @@ class Radar:
         config = self.config
         inference = config.inference
         device = next(self.unet_.parameters()).device
-        per_batch = max(1, inference.batch_size // 64)
         with progress_bar(total=len(images), enabled=progress, desc=desc, unit="img") as bar:
-            for start in range(0, len(images), per_batch):
-                chunk = images[start:start + per_batch]
+            for start in range(0, len(images), IMAGES_PER_PASS):
+                chunk = images[start:start + IMAGES_PER_PASS]
                 results: list[Any] = [None] * len(chunk)
                 by_shape: dict[tuple[int, ...], list[int]] = {}
                 for i, image in enumerate(chunk):
@@ -168,8 +170,6 @@ class Radar:
         """:meth:`predict` for many images, batching images of equal size."""
         self._check_fitted()
         arrays = [as_image_array(im, self.config.data, self.config.patch_size) for im in images]
-        if arrays and arrays[0].shape[0] != self.channels_:
-            raise DataError(f"model expects {self.channels_}-channel images")
         out = []
         analysed = self._analyse(arrays, progress, "detecting")
         for image, (noise, anomaly, feats) in zip(arrays, analysed):
@@ -191,8 +191,7 @@ class Radar:
                                                      or (path / CONFIG_FILE).is_file())):
             raise DataError(f"{path} exists and is not a radar model directory; "
                             "refusing to overwrite it")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+        tmp = temporary_dir(path)
         try:
             meta = {
                 "format": FORMAT, "format_version": FORMAT_VERSION,
@@ -207,7 +206,7 @@ class Radar:
                 self.decision_.calibration_features_)}, str(tmp / CALIBRATION_FILE))
             (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
             if path.exists():
-                old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
+                old = temporary_dir(path)
                 os.replace(path, old / "model")
                 os.replace(tmp, path)
                 shutil.rmtree(old, ignore_errors=True)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from PIL import Image
 from scipy import ndimage
 
 from .errors import ConfigError, DataError
+from .files import temporary_dir
 
 __all__ = [
     "DEFECT_TYPES",
@@ -526,12 +526,10 @@ def make_dataset(out: str | os.PathLike[str], spec: SyntheticSpec = SyntheticSpe
         if any(out.iterdir()):
             raise DataError(f"output folder exists and is not empty: {out}")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix="." + out.name + ".tmp-"))
+        tmp = temporary_dir(out)
     except OSError as exc:
         raise DataError(f"cannot create output folder next to {out}: {exc}") from None
     try:
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the data set is not secret
         size, seed = spec.size, spec.seed
         good = tmp / "train" / "good"
         good.mkdir(parents=True)

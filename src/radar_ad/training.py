@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,15 +17,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .config import RadarConfig
 from .errors import ModelError
+from .files import atomic_file
 from .patches import PatchSampler
 from .progress import progress_bar
 
-CHECKPOINT_WEIGHTS = "checkpoint.safetensors"
-CHECKPOINT_STATE = "checkpoint.json"
+CHECKPOINT_FILE = "checkpoint.safetensors"
 
 
 @dataclass
@@ -86,7 +86,7 @@ def train_unet(
     fingerprint = json.loads(json.dumps(_training_fingerprint(config, channels)))
 
     start, history = 0, []
-    if resume and checkpoint_dir is not None and (checkpoint_dir / CHECKPOINT_STATE).is_file():
+    if resume and checkpoint_dir is not None and (checkpoint_dir / CHECKPOINT_FILE).is_file():
         start, history = _load_checkpoint(checkpoint_dir, unet, optimizer, ema, generator,
                                           fingerprint, device)
     if start >= train.steps:
@@ -143,8 +143,9 @@ def train_unet(
 def _save_checkpoint(directory: Path, step: int, unet: UNet2DModel, optimizer: torch.optim.Optimizer,
                      ema: list[torch.Tensor] | None, generator: torch.Generator,
                      fingerprint: dict, history: list[float]) -> None:
-    """Weights, optimiser moments, EMA and RNG state as safetensors plus JSON,
-    both replaced atomically so a kill mid-write leaves the last good one."""
+    """Weights, optimiser moments, EMA and RNG state in one safetensors file
+    (step and settings in its metadata), replaced atomically so a kill
+    mid-write leaves the last good checkpoint."""
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in unet.state_dict().items()}
     state = optimizer.state_dict()
@@ -154,24 +155,25 @@ def _save_checkpoint(directory: Path, step: int, unet: UNet2DModel, optimizer: t
     if ema is not None:
         tensors.update({f"ema.{i}": t.detach().cpu().contiguous() for i, t in enumerate(ema)})
     tensors["rng"] = generator.get_state()
-    tmp = directory / (CHECKPOINT_WEIGHTS + ".tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, directory / CHECKPOINT_WEIGHTS)
-    meta = {"step": step, "fingerprint": fingerprint, "loss_history": history}
-    tmp = directory / (CHECKPOINT_STATE + ".tmp")
-    tmp.write_text(json.dumps(meta))
-    os.replace(tmp, directory / CHECKPOINT_STATE)
+    meta = {"step": str(step), "fingerprint": json.dumps(fingerprint),
+            "loss_history": json.dumps(history)}
+    with atomic_file(directory / CHECKPOINT_FILE) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
 
 
 def _load_checkpoint(directory: Path, unet: UNet2DModel, optimizer: torch.optim.Optimizer,
                      ema: list[torch.Tensor] | None, generator: torch.Generator,
                      fingerprint: dict, device: torch.device) -> tuple[int, list[float]]:
     try:
-        meta = json.loads((directory / CHECKPOINT_STATE).read_text())
-        tensors = load_file(str(directory / CHECKPOINT_WEIGHTS))
-    except (OSError, ValueError) as exc:
+        path = str(directory / CHECKPOINT_FILE)
+        with safe_open(path, framework="pt") as handle:
+            meta = handle.metadata() or {}
+        tensors = load_file(path)
+        step, saved = int(meta["step"]), json.loads(meta["fingerprint"])
+        history = json.loads(meta.get("loss_history", "[]"))
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:
         raise ModelError(f"cannot resume from {directory}: {exc}") from None
-    if meta.get("fingerprint") != fingerprint:
+    if saved != fingerprint:
         raise ModelError(f"cannot resume from {directory}: it was made with other settings "
                          "(data, network, training or seed differ)")
     unet.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
@@ -187,4 +189,4 @@ def _load_checkpoint(directory: Path, unet: UNet2DModel, optimizer: torch.optim.
         for i, shadow in enumerate(ema):
             shadow.copy_(tensors[f"ema.{i}"].to(device))
     generator.set_state(tensors["rng"])
-    return int(meta["step"]), list(meta.get("loss_history", []))
+    return step, list(history)
