@@ -36,3 +36,19 @@ def test_too_few_calibration_images():
 def test_pixel_threshold_is_a_quantile_over_all_pixels():
     maps = [np.arange(100, dtype=np.float32).reshape(10, 10), np.arange(100, 200).reshape(10, 10)]
     assert pixel_threshold(maps, 0.5) == pytest.approx(99.5)
+
+
+def test_scores_keep_growing_beyond_the_calibration_range():
+    # A forest alone gives every point beyond its data the score of the most
+    # extreme calibration point; here that point is a low outlier, so a plain
+    # forest would rank a huge response below it and call it normal.
+    rng = np.random.default_rng(2)
+    calibration = np.vstack([rng.normal(10, 0.5, size=(19, 2)), [[7.0, 8.0]]])
+    decision = ImageDecision(DecisionConfig(), 0).fit(calibration)
+    far = np.array([[10.5, 14.0], [11.0, 20.0], [12.0, 40.0]])
+    scores = decision.score(far)
+    assert np.all(np.diff(scores) > 0)
+    assert np.all(decision.is_anomalous(scores))
+    inside = decision.score(calibration)
+    plain = -decision.model_.score_samples(decision.scaler_.transform(calibration))
+    np.testing.assert_allclose(inside, plain)  # no change inside the range

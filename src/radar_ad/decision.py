@@ -23,8 +23,18 @@ class ImageDecision:
     """Anomaly score and verdict for image features.
 
     ``score`` is the negated ``score_samples`` of the one-class model (higher
-    means more anomalous) and ``threshold_`` its negated ``offset_``, so
-    ``score > threshold_`` is exactly scikit-learn's ``predict == -1``.
+    means more anomalous) plus how far, in standard deviations of the
+    calibration features, the features lie outside the calibration range.
+    ``threshold_`` is the model's negated ``offset_``; for features inside the
+    calibration range ``score > threshold_`` is exactly scikit-learn's
+    ``predict == -1``.
+
+    The range term is there because an IsolationForest cannot extrapolate:
+    every point beyond its data lands in the same leaves as the most extreme
+    calibration point, so an image with ten times the normal response scored
+    no higher than a normal one a little out of range (on the demo the plain
+    forest flagged none of 30 defective images). With the term, scores keep
+    growing outside the range of normal images, in either direction.
     """
 
     def __init__(self, config: DecisionConfig, seed: int = 0) -> None:
@@ -40,6 +50,7 @@ class ImageDecision:
                             "add training images or raise train.calibration_fraction")
         self.scaler_ = StandardScaler().fit(features)
         scaled = self.scaler_.transform(features)
+        self.range_ = (scaled.min(axis=0), scaled.max(axis=0))
         if self.config.one_class_model == "isolation_forest":
             model = IsolationForest(n_estimators=self.config.n_estimators,
                                     contamination=self.config.contamination,
@@ -55,7 +66,9 @@ class ImageDecision:
     def score(self, features: np.ndarray) -> np.ndarray:
         """``(N,)`` anomaly scores for ``(N, F)`` features."""
         scaled = self.scaler_.transform(np.asarray(features, dtype=np.float64))
-        return -self.model_.score_samples(scaled)
+        low, high = self.range_
+        outside = np.clip(scaled - high, 0, None) + np.clip(low - scaled, 0, None)
+        return -self.model_.score_samples(scaled) + outside.sum(axis=1)
 
     def is_anomalous(self, scores: np.ndarray) -> np.ndarray:
         return np.asarray(scores) > self.threshold_
