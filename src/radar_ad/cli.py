@@ -68,7 +68,7 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Train on normal images and write a model directory."""
-    from .pipeline import Radar
+    from .pipeline import Radar, check_model_target
     from .training import CHECKPOINT_FILE
 
     config = RadarConfig.from_file(config_file) if config_file else RadarConfig()
@@ -79,11 +79,13 @@ def train(
         overrides["data.grayscale"] = False
     overrides.update(_parse_set(set_))
     config = config.updated(overrides)
-    if out.exists() and not (out / "radar.json").is_file() and (not out.is_dir() or any(out.iterdir())):
-        raise DataError(f"{out} exists and is not a radar model directory; choose another --out")
+    check_model_target(out)  # before training, not after an hour of it
     checkpoint = out.with_name(out.name + ".checkpoint")
     if resume and not (checkpoint / CHECKPOINT_FILE).is_file():
         raise DataError(f"nothing to resume: no checkpoint at {checkpoint}")
+    if not resume and (checkpoint / CHECKPOINT_FILE).is_file():
+        typer.echo(f"note: starting afresh; the checkpoint in {checkpoint} will be replaced "
+                   "(--resume continues it)", err=True)
     radar = Radar(config, device=device).fit(data, progress=not quiet, checkpoint_dir=checkpoint,
                                              resume=resume)
     radar.save(out)

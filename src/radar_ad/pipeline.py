@@ -187,10 +187,7 @@ class Radar:
         built beside ``path`` under a temporary name, then renamed."""
         self._check_fitted()
         path = Path(path)
-        if path.exists() and not (path.is_dir() and (not any(path.iterdir())
-                                                     or (path / CONFIG_FILE).is_file())):
-            raise DataError(f"{path} exists and is not a radar model directory; "
-                            "refusing to overwrite it")
+        check_model_target(path)
         tmp = temporary_dir(path)
         try:
             meta = {
@@ -260,6 +257,15 @@ class Radar:
             warnings.warn("the refitted one-class model's threshold differs from the saved one "
                           "(another scikit-learn version?)", stacklevel=2)
         return radar
+
+
+def check_model_target(path: Path) -> None:
+    """Refuse to replace anything but an empty folder or a model directory,
+    so a typo in ``--out`` cannot wipe a user's data."""
+    if path.exists() and not (path.is_dir() and (not any(path.iterdir())
+                                                 or (path / CONFIG_FILE).is_file())):
+        raise DataError(f"{path} exists and is not a radar model directory; "
+                        "refusing to overwrite it")
 
 
 def calibration_split(n_images: int, config: RadarConfig) -> tuple[list[int], list[int]]:
