@@ -48,8 +48,9 @@ def noise_map(unet: UNet2DModel, images: torch.Tensor, *, patch_size: int, strid
     stitching, so the seams between patches do not show up as structure in
     the map. (Reflect-padding the image instead would mirror the texture into
     a pattern the model never saw, e.g. 45 degree lines into chevrons.) The noise
-    is drawn on the CPU from a generator seeded with ``seed`` per image, so an
-    image gets the same map whatever batch it is in and on whatever device;
+    is drawn on the CPU from a generator seeded with ``seed``, the same for
+    every image, so an image gets the same map whatever batch it is in and on
+    whatever device;
     ``draws`` > 1 averages the maps of that many draws.
     """
     device = next(unet.parameters()).device
@@ -61,11 +62,8 @@ def noise_map(unet: UNet2DModel, images: torch.Tensor, *, patch_size: int, strid
     generator = torch.Generator()
     total = torch.zeros_like(patches)
     for draw in range(draws):
-        noise = []
-        for _ in range(batch):
-            generator.manual_seed(seed + 7919 * draw)
-            noise.append(torch.randn((per_image, channels, patch_size, patch_size),
-                                     generator=generator))
-        total += predict_noise(unet, patches, timestep, abar, torch.cat(noise).to(device),
-                               batch_size)
+        generator.manual_seed(seed + 7919 * draw)
+        noise = torch.randn((per_image, channels, patch_size, patch_size), generator=generator)
+        total += predict_noise(unet, patches, timestep, abar,
+                               noise.repeat(batch, 1, 1, 1).to(device), batch_size)
     return stitch(total / draws, height, width, stride, border_weights(patch_size, margin))
