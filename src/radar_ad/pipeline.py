@@ -183,7 +183,7 @@ class Radar:
 
     # --------------------------------------------------------- persistence
     def save(self, path: str | Path) -> Path:
-        """Write a model directory (JSON + safetensors, no pickle) atomically:
+        """Write a model directory (JSON + safetensors only) atomically:
         built beside ``path`` under a temporary name, then renamed."""
         self._check_fitted()
         path = Path(path)
