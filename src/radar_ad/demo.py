@@ -18,7 +18,7 @@ from .config import RadarConfig
 from .data import LabeledImage, load_mask
 from .evaluation import evaluate
 from .files import write_text
-from .pipeline import Prediction, Radar
+from .pipeline import CONFIG_FILE, Prediction, Radar
 from .report import colorize, html_report, overlay, to_rgb
 from .synthetic import SyntheticSpec, make_dataset
 
@@ -102,7 +102,7 @@ def run_demo(out: str | Path, *, steps: int | None = None, progress: bool = True
 
 
 def _reuse_model(model_dir: Path, config: RadarConfig) -> Radar | None:
-    if not (model_dir / "radar.json").is_file():
+    if not (model_dir / CONFIG_FILE).is_file():
         return None
     radar = Radar.load(model_dir)
     return radar if radar.config == config else None

@@ -17,11 +17,8 @@ import numpy as np
 
 from .data import LabeledImage, load_mask, evaluation_images
 from .metrics import image_metrics, pixel_metrics
-from .pipeline import Prediction, Radar
+from .pipeline import IMAGES_PER_PASS, Prediction, Radar
 from .progress import progress_bar
-
-CHUNK = 16
-
 
 @dataclass
 class ImageResult:
@@ -48,8 +45,8 @@ def evaluate(radar: Radar, dataset: str | Path, *, progress: bool = False,
     masks, maps = [], []
     seconds = 0.0
     with progress_bar(total=len(items), enabled=progress, desc="evaluating", unit="img") as bar:
-        for start in range(0, len(items), CHUNK):
-            chunk = items[start:start + CHUNK]
+        for start in range(0, len(items), IMAGES_PER_PASS):
+            chunk = items[start:start + IMAGES_PER_PASS]
             began = time.perf_counter()
             predictions = radar.predict_many([item.path for item in chunk])
             seconds += time.perf_counter() - began

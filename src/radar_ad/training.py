@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .config import RadarConfig
 from .errors import ModelError
@@ -53,10 +53,12 @@ def learning_rate(step: int, config: RadarConfig) -> float:
 
 
 def _training_fingerprint(config: RadarConfig, channels: int) -> dict:
-    """The settings a checkpoint must share with the run that resumes it."""
-    return {"patch_size": config.patch_size, "seed": config.seed, "channels": channels,
-            "data": config.to_dict()["data"], "network": config.to_dict()["network"],
-            "train": {k: v for k, v in config.to_dict()["train"].items()
+    """The settings a checkpoint must share with the run that resumes it, in
+    JSON form (lists, not tuples) so it compares equal to a stored copy."""
+    settings = json.loads(config.to_json())
+    return {"patch_size": settings["patch_size"], "seed": settings["seed"], "channels": channels,
+            "data": settings["data"], "network": settings["network"],
+            "train": {k: v for k, v in settings["train"].items()
                       if k not in ("steps", "checkpoint_every")}}
 
 
@@ -83,7 +85,7 @@ def train_unet(
     alphas = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
     max_t = min(train.max_timestep or scheduler.config.num_train_timesteps,
                 scheduler.config.num_train_timesteps)
-    fingerprint = json.loads(json.dumps(_training_fingerprint(config, channels)))
+    fingerprint = _training_fingerprint(config, channels)
 
     start, history = 0, []
     if resume and checkpoint_dir is not None and (checkpoint_dir / CHECKPOINT_FILE).is_file():
@@ -166,9 +168,9 @@ def _load_checkpoint(directory: Path, unet: UNet2DModel, optimizer: torch.optim.
                      fingerprint: dict, device: torch.device) -> tuple[int, list[float]]:
     try:
         path = str(directory / CHECKPOINT_FILE)
-        with safe_open(path, framework="pt") as handle:
+        with safe_open(path, framework="pt") as handle:  # one read: metadata and tensors
             meta = handle.metadata() or {}
-        tensors = load_file(path)
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
         step, saved = int(meta["step"]), json.loads(meta["fingerprint"])
         history = json.loads(meta.get("loss_history", "[]"))
     except (OSError, ValueError, KeyError, SafetensorError) as exc:
