@@ -18,7 +18,6 @@ TINY = {
     "train.steps": 200,
     "train.batch_size": 32,
     "train.checkpoint_every": 100,
-    "inference.stride": 14,
     # 12 calibration images: an IsolationForest on fewer can rank badly.
     "train.calibration_fraction": 0.3,
 }

@@ -131,7 +131,7 @@ def test_bad_model_directories(fitted, surfaces, tmp_path):
     _, model = fitted
     image = surfaces / "test" / "good" / "000.png"
     assert_one_line_error(radar("detect", tmp_path / "nomodel", image, "--out", tmp_path / "o"),
-                          "model directory not found")
+                          "model not found")
     incomplete = tmp_path / "incomplete"
     incomplete.mkdir()
     (incomplete / "radar.json").write_text((model / "radar.json").read_text())

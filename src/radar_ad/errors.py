@@ -26,3 +26,7 @@ class ModelError(RadarError):
 
 class NotFittedError(RadarError):
     """A model used for prediction before ``fit`` or ``load``."""
+
+
+class MissingDependencyError(RadarError):
+    """An optional feature whose extra packages are not installed."""

@@ -1,31 +1,79 @@
 """One forward noising step and one network evaluation -> predicted-noise map.
 
 This is the whole of RADAR's use of the diffusion model: no reverse chain, no
-reconstruction. The image is tiled into patches (overlaps averaged when
-stitched back), each patch is noised to timestep ``t`` with seeded noise, and
-the U-Net's noise prediction is stitched into a full-size map.
+reconstruction. The image is tiled into patches, each patch is noised to
+timestep ``t`` with seeded noise, and the U-Net's noise prediction is stitched
+into a full-size map.
+
+:class:`OneStepNoise` is the per-patch part (noising + prediction) as one
+torch module; it is what ``radar export`` writes to ONNX, so the exported
+graph and the Python path compute the same function. :func:`noise_map` does
+the tiling and stitching around any such patch predictor.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from diffusers import UNet2DModel
 
 from .patches import stitch, tile
 
+# Seeded noise is drawn once per model for this many patch positions; the
+# patch at grid position i of an image gets draw ``i % NOISE_BANK_SIZE``, so
+# every image, batch, device and backend sees the same noise.
+NOISE_BANK_SIZE = 1024
+_DRAW_SEED_STEP = 7919
 
-@torch.no_grad()
-def predict_noise(unet: UNet2DModel, patches: torch.Tensor, timestep: int, abar: float,
-                  noise: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """eps_theta(sqrt(abar) x + sqrt(1 - abar) noise, t) for ``(N, C, p, p)``
-    patches in [-1, 1], evaluated ``batch_size`` patches at a time."""
-    noisy = abar**0.5 * patches + (1 - abar) ** 0.5 * noise
-    out = torch.empty_like(noisy)
-    for start in range(0, noisy.shape[0], batch_size):
-        chunk = noisy[start:start + batch_size]
-        t = torch.full((chunk.shape[0],), timestep, device=chunk.device, dtype=torch.long)
-        out[start:start + batch_size] = unet(chunk, t).sample
-    return out
+PatchPredictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``(patches (N, C, p, p) in [0, 1], grid index (N,) int64) -> noise (N, C, p, p)``"""
+
+
+def noise_bank(seed: int, draws: int, channels: int, patch_size: int,
+               size: int = NOISE_BANK_SIZE) -> torch.Tensor:
+    """``(draws, size, C, p, p)`` standard normal noise from CPU generators
+    seeded with ``seed`` (and ``seed + 7919 k`` for draw k)."""
+    generator = torch.Generator()
+    banks = []
+    for draw in range(draws):
+        generator.manual_seed(seed + _DRAW_SEED_STEP * draw)
+        banks.append(torch.randn((size, channels, patch_size, patch_size), generator=generator))
+    return torch.stack(banks)
+
+
+class OneStepNoise(torch.nn.Module):
+    """eps_theta(sqrt(abar) x + sqrt(1 - abar) noise, t), averaged over the
+    noise draws, for clean patches x.
+
+    Inputs are what a camera pipeline has: patches in [0, 1] and their grid
+    position (which selects the seeded noise). Keeping the scaling, the
+    noising and the timestep inside the module keeps them inside the export.
+    """
+
+    def __init__(self, unet: UNet2DModel, timestep: int, abar: float, bank: torch.Tensor) -> None:
+        super().__init__()
+        self.unet = unet
+        self.timestep = int(timestep)
+        self.abar = float(abar)
+        self.register_buffer("bank", bank, persistent=False)
+
+    def forward(self, patches: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        draws, size = self.bank.shape[:2]
+        noise = self.bank[:, index % size]  # (D, N, C, p, p)
+        noisy = self.abar**0.5 * (patches * 2 - 1) + (1 - self.abar) ** 0.5 * noise
+        noisy = noisy.reshape(-1, *patches.shape[1:])
+        t = torch.tensor(self.timestep, dtype=torch.long, device=patches.device)
+        eps = self.unet(noisy, t).sample
+        return eps.reshape(draws, -1, *patches.shape[1:]).mean(0)
+
+
+def one_step_noise(unet: UNet2DModel, *, timestep: int, alphas_cumprod: torch.Tensor, seed: int,
+                   draws: int, channels: int, patch_size: int) -> OneStepNoise:
+    """The model's :class:`OneStepNoise`, on the U-Net's device, in eval mode."""
+    device = next(unet.parameters()).device
+    bank = noise_bank(seed, draws, channels, patch_size).to(device)
+    return OneStepNoise(unet, timestep, float(alphas_cumprod[timestep]), bank).eval()
 
 
 def border_weights(patch_size: int, margin: int) -> torch.Tensor:
@@ -37,33 +85,24 @@ def border_weights(patch_size: int, margin: int) -> torch.Tensor:
     return weights
 
 
-@torch.no_grad()
-def noise_map(unet: UNet2DModel, images: torch.Tensor, *, patch_size: int, stride: int,
-              timestep: int, alphas_cumprod: torch.Tensor, seed: int, draws: int = 1,
-              batch_size: int = 256) -> torch.Tensor:
+@torch.inference_mode()
+def noise_map(predict: PatchPredictor, images: torch.Tensor, *, patch_size: int, stride: int,
+              batch_size: int = 256, device: torch.device | str = "cpu") -> torch.Tensor:
     """Predicted-noise map ``(B, C, H, W)`` of same-size images ``(B, C, H, W)``
     in [0, 1].
 
-    Patch borders (a margin of patch_size // 7 pixels) are down-weighted when
+    Patches go to ``predict`` ``batch_size`` at a time on ``device``. Patch
+    borders (a margin of patch_size // 7 pixels) are down-weighted when
     stitching, so the seams between patches do not show up as structure in
     the map. (Reflect-padding the image instead would mirror the texture into
-    a pattern the model never saw, e.g. 45 degree lines into chevrons.) The noise
-    is drawn on the CPU from a generator seeded with ``seed``, the same for
-    every image, so an image gets the same map whatever batch it is in and on
-    whatever device;
-    ``draws`` > 1 averages the maps of that many draws.
+    a pattern the model never saw, e.g. 45 degree lines into chevrons.)
     """
-    device = next(unet.parameters()).device
-    batch, channels, height, width = images.shape
-    margin = patch_size // 7
-    patches = tile(images.to(device) * 2 - 1, patch_size, stride)  # (B * N, C, p, p)
+    batch, _, height, width = images.shape
+    patches = tile(images.to(device), patch_size, stride)  # (B * N, C, p, p)
     per_image = patches.shape[0] // batch
-    abar = float(alphas_cumprod[timestep])
-    generator = torch.Generator()
-    total = torch.zeros_like(patches)
-    for draw in range(draws):
-        generator.manual_seed(seed + 7919 * draw)
-        noise = torch.randn((per_image, channels, patch_size, patch_size), generator=generator)
-        total += predict_noise(unet, patches, timestep, abar,
-                               noise.repeat(batch, 1, 1, 1).to(device), batch_size)
-    return stitch(total / draws, height, width, stride, border_weights(patch_size, margin))
+    index = torch.arange(per_image, device=device).repeat(batch)
+    out = torch.empty_like(patches)
+    for start in range(0, patches.shape[0], batch_size):
+        stop = start + batch_size
+        out[start:stop] = predict(patches[start:stop], index[start:stop])
+    return stitch(out, height, width, stride, border_weights(patch_size, patch_size // 7))

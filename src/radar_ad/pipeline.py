@@ -30,7 +30,7 @@ from .errors import ConfigError, DataError, ModelError, NotFittedError
 from .features import FEATURE_NAMES, image_features
 from .files import temporary_dir
 from .network import build_scheduler, build_unet, pick_device
-from .noise_map import noise_map
+from .noise_map import PatchPredictor, noise_map, one_step_noise
 from .patches import PatchSampler
 from .progress import progress_bar
 from .response import response_map
@@ -46,6 +46,7 @@ ImageLike = Any  # a path, a PIL image or a numpy array
 # Images analysed together: their patches go through the network in shared
 # batches, while maps of at most this many images are held at once.
 IMAGES_PER_PASS = 8
+BACKENDS = ("torch", "onnx")
 
 
 @dataclass
@@ -96,17 +97,10 @@ class Radar:
         result = train_unet(unet, scheduler, sampler, config, device,
                             checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None,
                             resume=resume, progress=progress)
-        self.unet_ = unet
-        self.alphas_cumprod_ = scheduler.alphas_cumprod
         self.channels_ = channels
+        self._use_unet(unet)
 
-        calibration = [images[i] for i in calib_idx]
-        maps, features = [], []
-        for _, anomaly, feats in self._analyse(calibration, progress, "calibrating"):
-            maps.append(anomaly)
-            features.append(feats)
-        self.decision_ = ImageDecision(config.decision, config.seed).fit(np.stack(features))
-        self.pixel_threshold_ = pixel_threshold(maps, config.decision.pixel_quantile)
+        self._calibrate([images[i] for i in calib_idx], progress)
         self.training_ = {
             "n_images": len(images), "n_train": len(train_idx), "n_calibration": len(calib_idx),
             "stride1_patches": sampler.n_patches, "steps": result.steps,
@@ -116,6 +110,29 @@ class Radar:
             "radar_ad_version": __version__,
         }
         return self
+
+    def calibrate(self, images: Sequence[ImageLike], progress: bool = False) -> Radar:
+        """Refit the one-class model and the pixel threshold on these normal
+        images, keeping the network: after changing an inference setting
+        (stride, timestep, draws, features) or when the line's normal look
+        drifts. Returns ``self``."""
+        if not hasattr(self, "noise_"):
+            raise NotFittedError("this Radar model has no network yet: call fit() or Radar.load() first")
+        arrays = [as_image_array(im, self.config.data, self.config.patch_size) for im in images]
+        if len(arrays) < MIN_CALIBRATION_IMAGES:
+            raise DataError(f"need at least {MIN_CALIBRATION_IMAGES} normal images to calibrate, "
+                            f"got {len(arrays)}")
+        self._calibrate(arrays, progress)
+        return self
+
+    def _calibrate(self, arrays: list[np.ndarray], progress: bool) -> None:
+        maps, features = [], []
+        for _, anomaly, feats in self._analyse(arrays, progress, "calibrating"):
+            maps.append(anomaly)
+            features.append(feats)
+        config = self.config
+        self.decision_ = ImageDecision(config.decision, config.seed).fit(np.stack(features))
+        self.pixel_threshold_ = pixel_threshold(maps, config.decision.pixel_quantile)
 
     def _load_training_images(self, source: Any, progress: bool) -> list[np.ndarray]:
         items = training_images(source) if isinstance(source, (str, Path)) else list(source)
@@ -133,13 +150,24 @@ class Radar:
         if not hasattr(self, "decision_"):
             raise NotFittedError("this Radar model is not fitted: call fit() or Radar.load() first")
 
+    def _use_unet(self, unet: torch.nn.Module) -> None:
+        """Predict noise with ``unet`` through PyTorch (the default backend)."""
+        config = self.config
+        self.unet_ = unet.eval()
+        self.noise_: PatchPredictor = one_step_noise(
+            unet, timestep=config.inference.timestep,
+            alphas_cumprod=build_scheduler(config.network).alphas_cumprod, seed=config.seed,
+            draws=config.inference.draws, channels=self.channels_, patch_size=config.patch_size)
+        self.noise_device_ = next(unet.parameters()).device
+        self.backend = "torch"
+
     def _analyse(self, images: list[np.ndarray], progress: bool = False, desc: str = "analysing",
                  ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """(noise map, anomaly map, features) per image, in input order;
         images of equal size are evaluated together in one batch."""
         config = self.config
         inference = config.inference
-        device = next(self.unet_.parameters()).device
+        device = self.noise_device_
         with progress_bar(total=len(images), enabled=progress, desc=desc, unit="img") as bar:
             for start in range(0, len(images), IMAGES_PER_PASS):
                 chunk = images[start:start + IMAGES_PER_PASS]
@@ -149,10 +177,9 @@ class Radar:
                     by_shape.setdefault(image.shape, []).append(i)
                 for indices in by_shape.values():
                     batch = torch.from_numpy(np.stack([chunk[i] for i in indices])).to(device)
-                    noise = noise_map(self.unet_, batch, patch_size=config.patch_size,
-                                      stride=inference.stride, timestep=inference.timestep,
-                                      alphas_cumprod=self.alphas_cumprod_, seed=config.seed,
-                                      draws=inference.draws, batch_size=inference.batch_size)
+                    noise = noise_map(self.noise_, batch, patch_size=config.patch_size,
+                                      stride=config.stride, batch_size=inference.batch_size,
+                                      device=device)
                     response = response_map(noise, inference.blur_ksize, inference.sobel_ksize)
                     feats = image_features(response, inference.window, inference.window_stride,
                                            inference.feature_norm)
@@ -170,10 +197,13 @@ class Radar:
         """:meth:`predict` for many images, batching images of equal size."""
         self._check_fitted()
         arrays = [as_image_array(im, self.config.data, self.config.patch_size) for im in images]
+        analysed = list(self._analyse(arrays, progress, "detecting"))
+        if not analysed:
+            return []
+        # one call for all images: a forest's per-call overhead is ~30 ms
+        scores = self.decision_.score(np.stack([feats for _, _, feats in analysed]))
         out = []
-        analysed = self._analyse(arrays, progress, "detecting")
-        for image, (noise, anomaly, feats) in zip(arrays, analysed):
-            score = float(self.decision_.score(feats[None])[0])
+        for image, (noise, anomaly, feats), score in zip(arrays, analysed, scores.tolist()):
             out.append(Prediction(
                 score=score, is_anomalous=bool(score > self.decision_.threshold_),
                 threshold=self.decision_.threshold_, pixel_threshold=self.pixel_threshold_,
@@ -182,21 +212,30 @@ class Radar:
         return out
 
     # --------------------------------------------------------- persistence
+    def metadata(self) -> dict[str, Any]:
+        """What a model file says about itself (``radar.json``; also the
+        metadata of an ONNX export): config, thresholds, training record."""
+        self._check_fitted()
+        return {
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "config": self.config.to_dict(), "channels": self.channels_,
+            "image_threshold": self.decision_.threshold_,
+            "pixel_threshold": self.pixel_threshold_,
+            "feature_names": list(FEATURE_NAMES), "training": self.training_,
+        }
+
     def save(self, path: str | Path) -> Path:
         """Write a model directory (JSON + safetensors only) atomically:
         built beside ``path`` under a temporary name, then renamed."""
         self._check_fitted()
+        if not hasattr(self, "unet_"):
+            raise ModelError("a model loaded from an ONNX file has no PyTorch weights to save; "
+                             "save the model directory it was exported from instead")
         path = Path(path)
         check_model_target(path)
         tmp = temporary_dir(path)
         try:
-            meta = {
-                "format": FORMAT, "format_version": FORMAT_VERSION,
-                "config": self.config.to_dict(), "channels": self.channels_,
-                "image_threshold": self.decision_.threshold_,
-                "pixel_threshold": self.pixel_threshold_,
-                "feature_names": list(FEATURE_NAMES), "training": self.training_,
-            }
+            meta = self.metadata()
             weights = {k: v.detach().cpu().contiguous() for k, v in self.unet_.state_dict().items()}
             save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
             save_file({"calibration_features": torch.from_numpy(
@@ -215,12 +254,33 @@ class Radar:
         return path
 
     @classmethod
-    def load(cls, path: str | Path, device: str | None = None) -> Radar:
-        """Read a model directory written by :meth:`save`; the one-class model
-        is refitted from the stored calibration features (deterministic)."""
+    def load(cls, path: str | Path, device: str | None = None, backend: str = "torch") -> Radar:
+        """Read a model directory written by :meth:`save` (or an ONNX file
+        written by ``radar export``); the one-class model is refitted from the
+        stored calibration features (deterministic).
+
+        ``backend="onnx"`` runs the network through ONNX Runtime instead of
+        PyTorch (on the CPU): the same function, faster there.
+        """
         path = Path(path)
+        if backend not in BACKENDS:
+            raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        if path.is_file() and path.suffix.lower() == ".onnx":
+            from .export import load_onnx  # only ONNX users need onnxruntime
+
+            return load_onnx(path)
+        radar = cls._load_dir(path, device)
+        if backend == "onnx":
+            from .export import use_onnx
+
+            use_onnx(radar)
+        return radar
+
+    @classmethod
+    def _load_dir(cls, path: Path, device: str | None) -> Radar:
         if not path.is_dir():
-            raise ModelError(f"model directory not found: {path}")
+            raise ModelError(f"model not found: {path} (expected a model directory "
+                             "from `radar train` or an .onnx file from `radar export`)")
         meta_path = path / CONFIG_FILE
         if not meta_path.is_file():
             raise ModelError(f"{path} is not a radar model directory (no {CONFIG_FILE})")
@@ -228,35 +288,49 @@ class Radar:
             meta = json.loads(meta_path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ModelError(f"cannot read {meta_path}: {exc}") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise ModelError(f"{meta_path} is not a radar-ad model file")
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ModelError(f"{path} has model format version {meta.get('format_version')!r}; "
-                             f"this radar-ad ({__version__}) reads version {FORMAT_VERSION}")
+        check_metadata(meta, str(meta_path))
         for name in (WEIGHTS_FILE, CALIBRATION_FILE):
             if not (path / name).is_file():
                 raise ModelError(f"model directory {path} is incomplete: {name} is missing")
         try:
-            config = RadarConfig.from_dict(meta["config"])
-            channels = int(meta["channels"])
-            radar = cls(config, device)
-            unet = build_unet(config.network, channels, config.patch_size)
+            radar = cls.from_metadata(meta, device=device)
+            unet = build_unet(radar.config.network, radar.channels_, radar.config.patch_size)
             unet.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
             calibration = load_file(str(path / CALIBRATION_FILE))["calibration_features"]
         except (ConfigError, KeyError, TypeError, ValueError, RuntimeError, OSError,
                 SafetensorError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"cannot load model from {path}: {first}") from None
-        radar.unet_ = unet.to(pick_device(device)).eval()
-        radar.alphas_cumprod_ = build_scheduler(config.network).alphas_cumprod
-        radar.channels_ = channels
-        radar.decision_ = ImageDecision(config.decision, config.seed).fit(calibration.numpy())
+        radar._use_unet(unet.to(pick_device(device)))
+        radar._calibrate_from(calibration.numpy(), meta)
+        return radar
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, Any], device: str | None = None) -> Radar:
+        """An unfitted shell with the saved config, channels, pixel threshold
+        and training record; the caller adds a network and calibrates."""
+        radar = cls(RadarConfig.from_dict(meta["config"]), device)
+        radar.channels_ = int(meta["channels"])
         radar.pixel_threshold_ = float(meta["pixel_threshold"])
         radar.training_ = meta.get("training", {})
-        if not np.isclose(radar.decision_.threshold_, meta.get("image_threshold", np.nan)):
+        return radar
+
+    def _calibrate_from(self, calibration_features: np.ndarray, meta: dict[str, Any]) -> None:
+        """Refit the one-class model on the stored calibration features and
+        check it lands on the saved threshold."""
+        self.decision_ = ImageDecision(self.config.decision, self.config.seed).fit(calibration_features)
+        if not np.isclose(self.decision_.threshold_, meta.get("image_threshold", np.nan)):
             warnings.warn("the refitted one-class model's threshold differs from the saved one "
                           "(another scikit-learn version?)", stacklevel=2)
-        return radar
+
+
+def check_metadata(meta: Any, where: str) -> None:
+    """Refuse metadata of another format or format version."""
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ModelError(f"{where} is not a radar-ad model file")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ModelError(f"{where} has model format version {meta.get('format_version')!r}; "
+                         f"this radar-ad ({__version__}) reads version {FORMAT_VERSION}")
 
 
 def check_model_target(path: Path) -> None:

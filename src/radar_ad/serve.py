@@ -1,0 +1,398 @@
+"""``radar serve``: a fitted model behind HTTP, for inspection stations and
+people with a browser.
+
+``POST /predict`` takes one image (a multipart ``file`` field or a raw
+``image/*`` body) and answers the verdict, score and, with ``?maps=1``, the
+anomaly map, mask and overlay as base64 PNGs. ``GET /model`` describes the
+model, ``GET /health`` answers while the process is up, and ``GET /`` is a
+small offline web page over the same API.
+
+Uploads are untrusted, so every way one can be unusable is a 4xx JSON answer
+``{"error": "..."}`` decided before any expensive work: the size is bounded
+while the body streams in, the pixel count is read from the image header
+before anything is decoded, and the model's own checks (an image smaller than
+a patch) surface as 422 with their message. The model uses every CPU core per
+call, so calls are serialised by a lock; a bounded number of requests is
+admitted at once (running plus waiting) and the rest get 503 with
+``Retry-After`` at once instead of queueing without end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import math
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from PIL import Image, UnidentifiedImageError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+
+from . import __version__
+from .errors import ConfigError, RadarError
+from .report import colorize, overlay
+
+DEFAULT_MAX_UPLOAD_BYTES = 20 * 2**20
+DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_IN_FLIGHT = 8
+# Decoders offered to untrusted bytes: the common lossless and camera formats,
+# nothing exotic (PIL would otherwise try every plugin it has).
+PIL_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF")
+IMAGE_TYPES = frozenset({
+    "image/png", "image/jpeg", "image/jpg", "image/pjpeg", "image/bmp", "image/x-bmp", "image/x-ms-bmp",
+    "image/tiff", "image/webp", "image/gif",
+})
+# A multipart part whose client did not know the type (a file without a known
+# extension) is taken on trust and identified from its bytes.
+UNTYPED_PARTS = frozenset({"", "application/octet-stream"})
+# Room for the multipart boundaries and part headers around the file itself.
+MULTIPART_OVERHEAD = 64 * 2**10
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+
+
+def create_app(radar: Any, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+               max_pixels: int = DEFAULT_MAX_PIXELS, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+               model_info: dict[str, Any] | None = None) -> FastAPI:
+    """The HTTP service around a fitted :class:`radar_ad.Radar` (or anything
+    with its ``predict`` and learned attributes, e.g. an exported backend)."""
+    for name, value in (("max_upload_bytes", max_upload_bytes), ("max_pixels", max_pixels),
+                        ("max_in_flight", max_in_flight)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    limits = {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels, "max_in_flight": max_in_flight}
+    metadata = {**model_metadata(radar), "limits": limits, **(model_info or {})}
+    page = resources.files("radar_ad").joinpath("static/index.html").read_text(encoding="utf-8")
+    vmax = 2 * float(radar.pixel_threshold_)
+    admission = Admission(max_in_flight)
+
+    app = FastAPI(title="radar-ad", version=__version__, docs_url=None, redoc_url=None)  # both pull assets from a CDN
+    app.state.admission = admission  # observable by monitoring and tests
+    _add_error_handlers(app)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/model")
+    async def model() -> dict[str, Any]:
+        return metadata
+
+    @app.post("/predict")
+    async def predict(request: Request, maps: bool = False) -> JSONResponse:
+        """Score one uploaded image; ``maps=1`` adds the maps as base64 PNGs."""
+        if not admission.try_enter():
+            return JSONResponse(
+                {"error": f"busy: {max_in_flight} requests already in flight; retry later"},
+                status_code=503, headers={"Retry-After": str(admission.retry_after())})
+        try:
+            started = time.perf_counter()
+            data = await read_upload(request, max_upload_bytes)
+            image = open_image(data, max_pixels)
+            async with admission.model_lock:
+                model_started = time.perf_counter()
+                prediction = await run_in_threadpool(_decode_and_predict, radar, image)
+                admission.record(time.perf_counter() - model_started)
+            body = await run_in_threadpool(_prediction_json, prediction, maps, vmax)
+            body["milliseconds"] = round((time.perf_counter() - started) * 1000, 1)
+            return JSONResponse(body)
+        finally:
+            admission.leave()
+
+    return app
+
+
+class Admission:
+    """Admits at most ``limit`` predict requests (waiting plus running) and
+    serialises model calls: parallel calls of a model that already uses every
+    core only thrash, and an unbounded queue only grows latency and memory."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_flight = 0
+        self.model_lock = asyncio.Lock()
+        self.mean_seconds = 1.0
+        self._calls = 0
+
+    def try_enter(self) -> bool:
+        # Runs on the event loop with no await in between: no race.
+        if self.in_flight >= self.limit:
+            return False
+        self.in_flight += 1
+        return True
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+
+    def record(self, seconds: float) -> None:
+        self._calls += 1
+        weight = 1 / self._calls if self._calls < 10 else 0.1
+        self.mean_seconds += weight * (seconds - self.mean_seconds)
+
+    def retry_after(self) -> int:
+        """Seconds until the queue ahead has likely drained (at least 1)."""
+        return max(1, math.ceil(self.in_flight * self.mean_seconds))
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every answer is JSON with one ``error`` line, an unexpected failure
+    included (a 500 that names the exception rather than an HTML page)."""
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        return JSONResponse({"error": f"invalid request: {where}: {first.get('msg', 'invalid value')}"},
+                            status_code=422)
+
+    @app.exception_handler(RadarError)
+    async def radar_error(request: Request, exc: RadarError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette re-raises after this answer (so the traceback is logged)
+        # and the server then drops the connection: tell the client not to reuse it.
+        first = (str(exc).strip().splitlines() or [""])[0]
+        return JSONResponse({"error": f"internal error: {type(exc).__name__}: {first}".rstrip(": ")},
+                            status_code=500, headers={"Connection": "close"})
+
+
+# ------------------------------------------------------------------- uploads
+def _media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def _limited_receive(receive: Receive, limit: int) -> Receive:
+    """``receive`` that refuses a body once more than ``limit`` bytes have
+    arrived, so a body without (or with a false) Content-Length cannot fill
+    memory."""
+    received = 0
+
+    async def limited() -> dict[str, Any]:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise _too_large(limit)
+        return message
+
+    return limited
+
+
+def _too_large(limit: int) -> HTTPException:
+    return HTTPException(413, f"upload larger than the limit of {limit} bytes ({limit / 2**20:.1f} MiB)")
+
+
+async def read_upload(request: Request, limit: int) -> bytes:
+    """The uploaded image's bytes, from a multipart ``file`` field or a raw
+    ``image/*`` body, never more than ``limit`` of them."""
+    media = _media_type(request.headers.get("content-type"))
+    multipart = media == "multipart/form-data"
+    if not multipart and media not in IMAGE_TYPES:
+        raise HTTPException(415, f"unsupported content type {media or '(none)'!r}: send multipart/form-data "
+                                 "with a 'file' field, or the image itself as image/png, image/jpeg, ...")
+    body_limit = limit + (MULTIPART_OVERHEAD if multipart else 0)
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise HTTPException(400, f"invalid Content-Length header {declared!r}")
+        if int(declared) > body_limit:
+            raise _too_large(limit)
+    limited = Request(request.scope, _limited_receive(request.receive, body_limit))
+    try:
+        if not multipart:
+            return b"".join([chunk async for chunk in limited.stream()])
+        form = await limited.form(max_files=1, max_fields=16, max_part_size=64 * 2**10)
+        try:
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise HTTPException(400, "multipart upload has no file in a field named 'file'")
+            part_type = _media_type(upload.content_type)
+            if part_type not in IMAGE_TYPES and part_type not in UNTYPED_PARTS:
+                raise HTTPException(415, f"unsupported file type {part_type!r}: upload a PNG, JPEG, BMP, "
+                                         "TIFF, WebP or GIF image")
+            data = await upload.read()
+        finally:
+            await form.close()
+    except ClientDisconnect:
+        raise HTTPException(400, "the client closed the connection before the upload finished") from None
+    if len(data) > limit:
+        raise _too_large(limit)
+    return data
+
+
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Identify the image and check its pixel count from the header alone,
+    before anything is decoded (a small file can declare a huge image)."""
+    if not data:
+        raise HTTPException(400, "empty upload (0 bytes)")
+    try:
+        image = Image.open(io.BytesIO(data), formats=PIL_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise HTTPException(413, f"image has more pixels than this service accepts ({max_pixels})") from None
+    except UnidentifiedImageError:
+        raise HTTPException(400, "not a decodable image: expected PNG, JPEG, BMP, TIFF, WebP or GIF") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise HTTPException(400, f"cannot read image header: {_first_line(exc)}") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise HTTPException(413, f"image is {width}x{height} = {width * height} pixels, more than the "
+                                 f"{max_pixels} this service accepts")
+    return image
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _decode_and_predict(radar: Any, image: Image.Image) -> Any:
+    """Decode (truncated or corrupt data fails here, as 400) and predict
+    (a too small image fails in the model's own checks, as 422)."""
+    try:
+        image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise HTTPException(413, "image has more pixels than this service accepts") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise HTTPException(400, f"cannot decode image (truncated or corrupt?): {_first_line(exc)}") from None
+    return radar.predict(image)
+
+
+# ------------------------------------------------------------------ answers
+def _png_base64(array: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _prediction_json(prediction: Any, maps: bool, vmax: float) -> dict[str, Any]:
+    """The JSON answer; maps on the model's fixed colour scale [0, vmax]
+    (as ``radar detect`` writes them), so colours compare across images."""
+    height, width = prediction.anomaly_map.shape
+    body: dict[str, Any] = {
+        "score": float(prediction.score),
+        "verdict": "anomalous" if prediction.is_anomalous else "normal",
+        "is_anomalous": bool(prediction.is_anomalous),
+        "threshold": float(prediction.threshold),
+        "pixel_threshold": float(prediction.pixel_threshold),
+        "width": int(width),
+        "height": int(height),
+        "mask_fraction": float(prediction.mask.mean()),
+    }
+    if maps:
+        body["anomaly_map"] = _png_base64(colorize(prediction.anomaly_map, vmax))
+        body["mask"] = _png_base64(prediction.mask.astype(np.uint8) * 255)
+        body["overlay"] = _png_base64(overlay(prediction.image, prediction.anomaly_map, prediction.mask, vmax))
+    return body
+
+
+def model_metadata(radar: Any) -> dict[str, Any]:
+    """What a client needs to know about the model behind the service."""
+    config = radar.config
+    return {
+        "radar_ad_version": __version__,
+        "backend": getattr(radar, "backend", "torch"),
+        "image_threshold": float(radar.decision_.threshold_),
+        "pixel_threshold": float(radar.pixel_threshold_),
+        "patch_size": config.patch_size,
+        "channels": int(radar.channels_),
+        "grayscale": config.data.grayscale,
+        "resize": config.data.resize,
+        "training": getattr(radar, "training_", {}),
+        "config": config.to_dict(),
+    }
+
+
+# ------------------------------------------------------------------ running
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening socket bound before the server starts, so a busy port is a
+    one-line error and ``port=0`` picks a free port with no race."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+    except (OSError, UnicodeError) as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {_first_line(exc)}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or _first_line(exc)}") from None
+    return sock
+
+
+def socket_url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+
+
+def _server(app: FastAPI) -> uvicorn.Server:
+    return uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=10))
+
+
+@contextmanager
+def background_server(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Run ``app`` on a thread for the duration of a ``with`` block and yield
+    its base URL (tests, benchmarks, notebooks)."""
+    sock = bind_socket(host, port)
+    server = _server(app)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="radar-serve")
+    thread.start()
+    deadline = time.monotonic() + 30
+    try:
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the radar server thread did not start")
+            time.sleep(0.01)
+        yield socket_url(sock)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, backend: str = "torch",
+          device: str | None = None, max_upload_mb: float = DEFAULT_MAX_UPLOAD_BYTES / 2**20,
+          max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, max_pixels: int = DEFAULT_MAX_PIXELS,
+          on_start: Callable[[str], None] | None = None) -> None:
+    """Load the model (a bad model directory fails here, before anything
+    listens), bind, call ``on_start(url)`` and serve until interrupted."""
+    if not max_upload_mb > 0:
+        raise ConfigError(f"max_upload_mb must be > 0, got {max_upload_mb}")
+    from .pipeline import Radar
+
+    radar = Radar.load(model_dir, device=device, backend=backend)
+    app = create_app(radar, max_upload_bytes=max(1, int(max_upload_mb * 2**20)), max_pixels=max_pixels,
+                     max_in_flight=max_in_flight, model_info={"model_dir": str(model_dir)})
+    sock = bind_socket(host, port)
+    try:
+        if on_start is not None:
+            on_start(socket_url(sock))
+        _server(app).run(sockets=[sock])
+    finally:
+        sock.close()

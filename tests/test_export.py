@@ -1,0 +1,142 @@
+"""ONNX export and the ONNX Runtime backend: same maps, same verdicts."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from radar_ad import Radar, RadarConfig
+from radar_ad.data import as_image_array, evaluation_images
+from radar_ad.errors import ModelError
+from radar_ad.export import CALIBRATION_KEY, GRAPH_KEY, METADATA_KEY, export_onnx
+from radar_ad.noise_map import border_weights
+from radar_ad.patches import grid_positions, stitch
+
+from test_cli import assert_one_line_error, radar as run_radar
+
+# The stated parity: anomaly maps of the two backends agree to 1e-3 of the
+# model's pixel threshold (float32 kernels differ in summation order only).
+MAP_TOLERANCE = 1e-3
+
+
+@pytest.fixture(scope="module")
+def exported(fitted, tmp_path_factory):
+    radar, _ = fitted
+    return export_onnx(radar, tmp_path_factory.mktemp("onnx") / "tiny.onnx")
+
+
+def assert_parity(reference, other, paths):
+    for a, b in zip(reference.predict_many(paths), other.predict_many(paths)):
+        tolerance = MAP_TOLERANCE * reference.pixel_threshold_
+        assert np.abs(a.anomaly_map - b.anomaly_map).max() <= tolerance
+        assert a.is_anomalous == b.is_anomalous
+        assert a.score == pytest.approx(b.score, abs=1e-3)
+        assert a.threshold == b.threshold and a.pixel_threshold == b.pixel_threshold
+
+
+def test_onnx_file_predicts_like_pytorch(fitted, surfaces, exported):
+    radar, _ = fitted
+    loaded = Radar.load(exported)
+    assert loaded.backend == "onnx" and radar.backend == "torch"
+    paths = [item.path for item in evaluation_images(surfaces)]
+    assert_parity(radar, loaded, paths)
+    # the test split has both verdicts, so "identical" is not "all normal"
+    verdicts = {p.is_anomalous for p in loaded.predict_many(paths)}
+    assert verdicts == {True, False}
+
+
+def test_onnx_backend_of_a_model_directory(fitted, surfaces):
+    radar, model_dir = fitted
+    onnx_radar = Radar.load(model_dir, backend="onnx")
+    assert onnx_radar.backend == "onnx"
+    assert_parity(radar, onnx_radar, [item.path for item in evaluation_images(surfaces)][:6])
+
+
+def test_file_is_self_describing(fitted, exported):
+    """Everything a loader needs is in the file's metadata: no pickles, no
+    model directory."""
+    radar, _ = fitted
+    session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    props = session.get_modelmeta().custom_metadata_map
+    meta = json.loads(props[METADATA_KEY])
+    assert meta["image_threshold"] == radar.decision_.threshold_
+    assert meta["pixel_threshold"] == radar.pixel_threshold_
+    assert RadarConfig.from_dict(meta["config"]) == radar.config
+    calibration = np.array(json.loads(props[CALIBRATION_KEY]))
+    np.testing.assert_array_equal(calibration, radar.decision_.calibration_features_)
+    assert "index" in json.loads(props[GRAPH_KEY])["inputs"]
+    assert [i.name for i in session.get_inputs()] == ["patches", "index"]
+
+
+def test_graph_alone_reproduces_the_noise_map(fitted, surfaces, exported):
+    """An inferencer without radar-ad: cut patches as the metadata says, run
+    the graph with plain onnxruntime, stitch -> radar's own noise map."""
+    radar, _ = fitted
+    image = as_image_array(surfaces / "test" / "good" / "001.png", radar.config.data, 28)
+    _, height, width = image.shape
+    patch, stride = radar.config.patch_size, radar.config.stride
+    ys, xs = grid_positions(height, patch, stride).tolist(), grid_positions(width, patch, stride).tolist()
+    patches = np.stack([image[:, y:y + patch, x:x + patch] for y in ys for x in xs]).astype(np.float32)
+    session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    noise = session.run(["noise"], {"patches": patches, "index": np.arange(len(patches))})[0]
+    stitched = stitch(torch.from_numpy(noise), height, width, stride, border_weights(patch, patch // 7))
+    expected = radar.predict(surfaces / "test" / "good" / "001.png").noise_map
+    np.testing.assert_allclose(stitched[0].numpy(), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("batch", [1, 3, 64, 70])
+def test_dynamic_batch(fitted, exported, batch):
+    """diffusers' U-Net takes a Python branch at 64 images; the graph must
+    not have baked in the example's batch size."""
+    radar, _ = fitted
+    session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    patches = torch.rand(batch, 1, 28, 28, generator=torch.Generator().manual_seed(batch))
+    index = torch.arange(batch) * 37
+    with torch.inference_mode():
+        expected = radar.noise_(patches, index).numpy()
+    got = session.run(["noise"], {"patches": patches.numpy(), "index": index.numpy()})[0]
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_onnx_model_cannot_be_saved_or_reexported(exported, tmp_path):
+    loaded = Radar.load(exported)
+    with pytest.raises(ModelError, match="ONNX"):
+        loaded.save(tmp_path / "model")
+    with pytest.raises(ModelError, match="ONNX"):
+        export_onnx(loaded, tmp_path / "again.onnx")
+
+
+def test_cli_export_and_detect(fitted, surfaces, tmp_path):
+    _, model_dir = fitted
+    onnx_file = tmp_path / "model.onnx"
+    result = run_radar("export", model_dir, "--out", onnx_file)
+    assert result.returncode == 0, result.stderr
+    assert onnx_file.is_file() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    images = surfaces / "test" / "blob"
+    rows = {}
+    for name, args in {"torch": [model_dir], "onnx-dir": [model_dir, "--backend", "onnx"],
+                       "onnx-file": [onnx_file]}.items():
+        out = tmp_path / name
+        result = run_radar("detect", *args, images, "--out", out, "-q", "--no-maps")
+        assert result.returncode == 0, result.stderr
+        rows[name] = [line.split(",")[3] for line in (out / "results.csv").read_text().splitlines()[1:]]
+    assert rows["torch"] == rows["onnx-dir"] == rows["onnx-file"] and len(rows["torch"]) == 2
+
+
+def test_cli_bad_onnx_and_backend(fitted, surfaces, tmp_path):
+    _, model_dir = fitted
+    image = surfaces / "test" / "good" / "000.png"
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not a model")
+    assert_one_line_error(run_radar("detect", garbage, image, "--out", tmp_path / "o"),
+                          "cannot read ONNX model")
+    assert_one_line_error(run_radar("detect", model_dir, image, "--out", tmp_path / "o",
+                                    "--backend", "tensorrt"), "backend must be one of")
+    assert_one_line_error(run_radar("export", model_dir, "--out", tmp_path, "--format", "onnx"),
+                          "is a folder")
+    assert_one_line_error(run_radar("export", model_dir, "--out", tmp_path / "m.tflite",
+                                    "--format", "tflite"), "--format must be onnx")
