@@ -11,7 +11,7 @@ import torch
 
 from radar_ad import Radar, RadarConfig
 from radar_ad.data import as_image_array, evaluation_images
-from radar_ad.errors import ModelError
+from radar_ad.errors import ConfigError, ModelError
 from radar_ad.export import CALIBRATION_KEY, GRAPH_KEY, METADATA_KEY, export_onnx
 from radar_ad.noise_map import border_weights
 from radar_ad.patches import grid_positions, stitch
@@ -140,3 +140,24 @@ def test_cli_bad_onnx_and_backend(fitted, surfaces, tmp_path):
                           "is a folder")
     assert_one_line_error(run_radar("export", model_dir, "--out", tmp_path / "m.tflite",
                                     "--format", "tflite"), "--format must be onnx")
+
+
+def test_foreign_onnx_file_is_refused(tmp_path):
+    """An ONNX model from elsewhere loads in onnxruntime but is not a radar model."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    path = tmp_path / "identity.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    with pytest.raises(ModelError, match="not one written by `radar export`"):
+        Radar.load(path)
+
+
+def test_settings_baked_into_the_graph_cannot_change(exported, surfaces):
+    loaded = Radar.load(exported)
+    loaded.config.inference.timestep = 5
+    with pytest.raises(ConfigError, match="export again"):
+        loaded.predict(surfaces / "test" / "good" / "000.png")

@@ -7,7 +7,7 @@ import pytest
 
 from radar_ad import Radar
 from radar_ad.data import evaluation_images, load_mask
-from radar_ad.errors import ModelError, NotFittedError
+from radar_ad.errors import DataError, ModelError, NotFittedError
 from radar_ad.evaluation import evaluate
 from radar_ad.pipeline import CONFIG_FILE, WEIGHTS_FILE, calibration_split
 
@@ -149,3 +149,20 @@ def test_paper_protocol_calibrates_on_training_images():
     config = tiny_config(**{"train.steps": 2, "train.calibrate_on_training": True})
     radar = Radar(config).fit(images, progress=False)
     assert radar.training_["n_train"] == radar.training_["n_calibration"] == 6
+
+
+def test_calibrate_follows_changed_inference_settings(fitted, surfaces):
+    """Changing the timestep after fitting rebuilds the noising step (not a
+    stale one) and calibrate() refits the thresholds for it."""
+    _, model_dir = fitted
+    radar = Radar.load(model_dir)
+    image = surfaces / "test" / "blob" / "000.png"
+    before = radar.predict(image)
+    radar.config.inference.timestep = 50
+    normal = [item.path for item in evaluation_images(surfaces) if not item.is_defective]
+    radar.calibrate(normal)
+    after = radar.predict(image)
+    assert not np.allclose(before.noise_map, after.noise_map)
+    assert after.pixel_threshold != before.pixel_threshold
+    with pytest.raises(DataError, match="at least"):
+        radar.calibrate(normal[:2])

@@ -24,7 +24,7 @@ import torch
 
 from .errors import MissingDependencyError, ModelError
 from .files import atomic_file
-from .pipeline import Radar, check_metadata
+from .pipeline import Radar, check_metadata, noise_settings
 
 OPSET = 17
 METADATA_KEY = "radar_ad"
@@ -50,6 +50,7 @@ def onnx_bytes(radar: Radar) -> bytes:
     if not hasattr(radar, "unet_"):
         raise ModelError("this model was loaded from ONNX; export its model directory instead")
     _require("onnx")
+    radar._check_noise_settings()
     module = copy.deepcopy(radar.noise_).to("cpu").eval()
     patch = radar.config.patch_size
     example = (torch.rand(2, radar.channels_, patch, patch), torch.arange(2))
@@ -152,6 +153,7 @@ class OnnxNoise:
 
 def _switch_to(radar: Radar, onnx_noise: OnnxNoise) -> Radar:
     radar.noise_ = onnx_noise
+    radar.noise_settings_ = noise_settings(radar.config)
     radar.noise_device_ = torch.device("cpu")
     radar.backend = "onnx"
     return radar

@@ -159,7 +159,18 @@ class Radar:
             alphas_cumprod=build_scheduler(config.network).alphas_cumprod, seed=config.seed,
             draws=config.inference.draws, channels=self.channels_, patch_size=config.patch_size)
         self.noise_device_ = next(unet.parameters()).device
+        self.noise_settings_ = noise_settings(config)
         self.backend = "torch"
+
+    def _check_noise_settings(self) -> None:
+        """Follow changes of the settings baked into the noise predictor
+        (a rebuilt torch module; an exported graph cannot follow)."""
+        if self.noise_settings_ == noise_settings(self.config):
+            return
+        if self.backend != "torch" or not hasattr(self, "unet_"):
+            raise ConfigError("seed, inference.timestep and inference.draws are fixed in an ONNX "
+                              "model; change them on the model directory and export again")
+        self._use_unet(self.unet_)
 
     def _analyse(self, images: list[np.ndarray], progress: bool = False, desc: str = "analysing",
                  ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -167,6 +178,7 @@ class Radar:
         images of equal size are evaluated together in one batch."""
         config = self.config
         inference = config.inference
+        self._check_noise_settings()
         device = self.noise_device_
         with progress_bar(total=len(images), enabled=progress, desc=desc, unit="img") as bar:
             for start in range(0, len(images), IMAGES_PER_PASS):
@@ -331,6 +343,11 @@ def check_metadata(meta: Any, where: str) -> None:
     if meta.get("format_version") != FORMAT_VERSION:
         raise ModelError(f"{where} has model format version {meta.get('format_version')!r}; "
                          f"this radar-ad ({__version__}) reads version {FORMAT_VERSION}")
+
+
+def noise_settings(config: RadarConfig) -> tuple[int, int, int]:
+    """The settings a noise predictor is built with."""
+    return config.seed, config.inference.timestep, config.inference.draws
 
 
 def check_model_target(path: Path) -> None:
