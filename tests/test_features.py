@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from radar_ad.features import image_features
+from radar_ad.features import energy_deficit, image_features
 
 
 def test_known_values():
@@ -34,3 +34,16 @@ def test_window_clipped_to_small_images_and_batch():
 def test_unknown_norm():
     with pytest.raises(ValueError, match="norm"):
         image_features(torch.rand(1, 30, 30), norm="max")
+
+
+def test_energy_deficit_finds_the_weakest_window():
+    noise = torch.randn(2, 1, 80, 80, generator=torch.Generator().manual_seed(0))
+    noise[1, :, 40:60, 20:40] *= 0.1  # a region where texture was removed
+    deficit = energy_deficit(noise, 20, 20)
+    assert deficit.shape == (2,)
+    assert deficit[1] < 0.2 < 0.8 < deficit[0]
+    # a constant map: every window has the same RMS, channels averaged
+    flat = torch.full((1, 3, 40, 40), 0.5)
+    assert torch.allclose(energy_deficit(flat), torch.tensor([0.5], dtype=torch.float64))
+    # windows larger than the image are clipped to it
+    assert torch.allclose(energy_deficit(flat[..., :10, :10], 20, 20), torch.tensor([0.5], dtype=torch.float64))

@@ -166,3 +166,20 @@ def test_calibrate_follows_changed_inference_settings(fitted, surfaces):
     assert after.pixel_threshold != before.pixel_threshold
     with pytest.raises(DataError, match="at least"):
         radar.calibrate(normal[:2])
+
+
+def test_energy_deficit_feature_round_trip(fitted, surfaces, tmp_path):
+    """The optional third feature: calibrate with it, save, load (and export)
+    and get the same three-feature predictions."""
+    _, model_dir = fitted
+    radar = Radar.load(model_dir)
+    radar.config.inference.energy_deficit = True
+    radar.calibrate([item.path for item in evaluation_images(surfaces) if not item.is_defective])
+    paths = [item.path for item in evaluation_images(surfaces)][:4]
+    predictions = radar.predict_many(paths)
+    assert all(p.features.shape == (3,) for p in predictions)
+    saved = radar.save(tmp_path / "with-deficit")
+    assert json.loads((saved / CONFIG_FILE).read_text())["feature_names"][-1] == "window_min_noise_rms"
+    for a, b in zip(predictions, Radar.load(saved).predict_many(paths)):
+        assert a.score == b.score
+        np.testing.assert_array_equal(a.features, b.features)

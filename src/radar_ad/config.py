@@ -124,7 +124,10 @@ class InferenceConfig:
     step x_1. ``draws`` averages the predicted noise over K seeded noise draws.
     ``feature_norm`` "rms" divides each L2 norm by the square root of its pixel
     count, so scores of images of different sizes are comparable; "sum" is the
-    paper's raw L2 norm. ``stride`` ``None`` tiles with the patch size
+    paper's raw L2 norm. ``energy_deficit`` adds a third feature, the
+    weakest window RMS of the predicted noise, for defects that remove
+    texture instead of adding it (see :func:`features.energy_deficit`).
+    ``stride`` ``None`` tiles with the patch size
     (touching patches, one network evaluation per pixel): on the demo data it
     scored as well as half-overlapping patches at a third of the cost.
     """
@@ -138,6 +141,7 @@ class InferenceConfig:
     window: int = 20
     window_stride: int = 20
     feature_norm: str = "rms"
+    energy_deficit: bool = False
 
     def validate(self) -> None:
         _require(self.timestep >= 0, "inference.timestep", ">= 0", self.timestep)

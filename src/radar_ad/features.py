@@ -1,4 +1,5 @@
-"""The two image features of the paper, computed from the response map.
+"""The two image features of the paper, computed from the response map, and
+an optional third one from the noise map for defects that remove structure.
 
 ``feature_norm="rms"`` (the default) divides each L2 norm by the square root
 of the number of pixels it sums over: the global feature becomes the
@@ -14,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 FEATURE_NAMES = ("global_l2", "window_max_l2")
+DEFICIT_NAME = "window_min_noise_rms"
 
 
 def image_features(response: torch.Tensor, window: int = 20, stride: int = 20,
@@ -31,3 +33,23 @@ def image_features(response: torch.Tensor, window: int = 20, stride: int = 20,
     elif norm != "rms":
         raise ValueError(f"norm must be 'rms' or 'sum', got {norm!r}")
     return torch.stack([global_mean.sqrt(), window_mean.sqrt()], dim=1)
+
+
+def energy_deficit(noise_map: torch.Tensor, window: int = 20, stride: int = 20) -> torch.Tensor:
+    """``(B, C, H, W)`` noise maps -> ``(B,)``: the smallest RMS predicted
+    noise over ``window`` x ``window`` windows.
+
+    The paper's features only grow when a defect adds structure. A defect
+    that removes it (a smudge, a polished spot) instead leaves a region where
+    the network finds less to explain, so its predicted noise is weaker: this
+    feature drops there, and the one-class model, which sees it standardised
+    and scores departures on either side of the normal range, flags it.
+    """
+    squared = noise_map.double().pow(2).mean(1, keepdim=True)  # (B, 1, H, W)
+    height, width = squared.shape[-2:]
+    wh, ww = min(window, height), min(window, width)
+    return F.avg_pool2d(squared, (wh, ww), stride=stride).flatten(1).amin(1).sqrt()
+
+
+def feature_names(with_deficit: bool) -> tuple[str, ...]:
+    return FEATURE_NAMES + ((DEFICIT_NAME,) if with_deficit else ())

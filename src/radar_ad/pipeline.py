@@ -27,7 +27,7 @@ from .config import RadarConfig
 from .data import as_image_array, training_images
 from .decision import MIN_CALIBRATION_IMAGES, ImageDecision, pixel_threshold
 from .errors import ConfigError, DataError, ModelError, NotFittedError
-from .features import FEATURE_NAMES, image_features
+from .features import energy_deficit, feature_names, image_features
 from .files import temporary_dir
 from .network import build_scheduler, build_unet, pick_device
 from .noise_map import PatchPredictor, noise_map, one_step_noise
@@ -195,6 +195,9 @@ class Radar:
                     response = response_map(noise, inference.blur_ksize, inference.sobel_ksize)
                     feats = image_features(response, inference.window, inference.window_stride,
                                            inference.feature_norm)
+                    if inference.energy_deficit:
+                        deficit = energy_deficit(noise, inference.window, inference.window_stride)
+                        feats = torch.cat([feats, deficit[:, None].to(feats)], dim=1)
                     for j, i in enumerate(indices):
                         results[i] = (noise[j].cpu().numpy(), response[j].cpu().numpy(),
                                       feats[j].cpu().numpy())
@@ -233,7 +236,8 @@ class Radar:
             "config": self.config.to_dict(), "channels": self.channels_,
             "image_threshold": self.decision_.threshold_,
             "pixel_threshold": self.pixel_threshold_,
-            "feature_names": list(FEATURE_NAMES), "training": self.training_,
+            "feature_names": list(feature_names(self.config.inference.energy_deficit)),
+            "training": self.training_,
         }
 
     def save(self, path: str | Path) -> Path:
