@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 import click
-import numpy as np
 import typer
 
 from . import __version__
 from .config import RadarConfig
-from .errors import ConfigError, DataError, RadarError
+from .errors import ConfigError, DataError, RadarError, first_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="RADAR: one-step diffusion anomaly detection and segmentation.")
@@ -119,33 +118,26 @@ def detect(
     from .files import atomic_file
     from .pipeline import Radar
     from .progress import progress_bar
-    from .report import colorize, overlay, save_png
+    from .report import RESULT_COLUMNS, result_fields, save_prediction_maps
 
     if batch_size < 1:
         raise ConfigError("--batch-size must be >= 1")
     radar = Radar.load(model, device=device, backend=backend)
     images = [image for path in paths for image in list_images(path)]
     out.mkdir(parents=True, exist_ok=True)
-    vmax = 2 * radar.pixel_threshold_
     used: set[str] = set()
     flagged = 0
     with (atomic_file(out / "results.csv") as tmp, open(tmp, "w", newline="") as handle,
           progress_bar(total=len(images), enabled=not quiet, desc="detecting", unit="img") as bar):
         writer = csv.writer(handle)
-        writer.writerow(["file", "score", "threshold", "verdict", "mask_fraction"])
+        writer.writerow(RESULT_COLUMNS)
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
             for path, pred in zip(chunk, radar.predict_many(chunk)):
-                verdict = "anomalous" if pred.is_anomalous else "normal"
                 flagged += pred.is_anomalous
-                writer.writerow([str(path), f"{pred.score:.6f}", f"{pred.threshold:.6f}", verdict,
-                                 f"{pred.mask.mean():.6f}"])
+                writer.writerow([str(path), *result_fields(pred)])
                 if maps:
-                    stem = _unique_stem(path, used)
-                    save_png(colorize(pred.anomaly_map, vmax), out / f"{stem}_anomaly.png")
-                    save_png(pred.mask.astype(np.uint8) * 255, out / f"{stem}_mask.png")
-                    save_png(overlay(pred.image, pred.anomaly_map, pred.mask, vmax),
-                             out / f"{stem}_overlay.png")
+                    save_prediction_maps(pred, out, _unique_stem(path, used))
             bar.update(len(chunk))
     typer.echo(f"{len(images)} images, {flagged} anomalous; results in {out / 'results.csv'}")
 
@@ -309,8 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug, not bad input: still one line, with a way to see more
         if os.environ.get("RADAR_DEBUG"):
             raise
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        click.echo(f"radar: internal error: {type(exc).__name__}: {first} "
+        click.echo(f"radar: internal error: {type(exc).__name__}: {first_line(exc)} "
                    "(set RADAR_DEBUG=1 for a traceback)", err=True)
         code = 1
     return code

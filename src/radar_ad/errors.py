@@ -12,6 +12,12 @@ class RadarError(Exception):
     """Base class of every error the user can fix."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it
+    has none): what a one-line error report shows."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 class DataError(RadarError):
     """An input path, folder or image that cannot be used."""
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import MissingDependencyError, ModelError
+from .errors import MissingDependencyError, ModelError, first_line
 from .files import atomic_file
 from .pipeline import Radar, check_metadata, noise_settings
 
@@ -139,8 +139,7 @@ class OnnxNoise:
         try:
             self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own unexported types
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ModelError(f"cannot read ONNX model: {first}") from None
+            raise ModelError(f"cannot read ONNX model: {first_line(exc)}") from None
 
     def metadata(self) -> dict[str, str]:
         return dict(self.session.get_modelmeta().custom_metadata_map)

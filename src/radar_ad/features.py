@@ -26,7 +26,7 @@ def image_features(response: torch.Tensor, window: int = 20, stride: int = 20,
     squared = response.double().pow(2).unsqueeze(1)  # (B, 1, H, W)
     height, width = squared.shape[-2:]
     wh, ww = min(window, height), min(window, width)
-    window_mean = F.avg_pool2d(squared, (wh, ww), stride=stride).flatten(1).amax(1)
+    window_mean = _window_means(squared, window, stride).amax(1)
     global_mean = squared.flatten(1).mean(1)
     if norm == "sum":
         global_mean, window_mean = global_mean * height * width, window_mean * wh * ww
@@ -46,9 +46,14 @@ def energy_deficit(noise_map: torch.Tensor, window: int = 20, stride: int = 20) 
     and scores departures on either side of the normal range, flags it.
     """
     squared = noise_map.double().pow(2).mean(1, keepdim=True)  # (B, 1, H, W)
+    return _window_means(squared, window, stride).amin(1).sqrt()
+
+
+def _window_means(squared: torch.Tensor, window: int, stride: int) -> torch.Tensor:
+    """``(B, 1, H, W)`` -> ``(B, n_windows)`` means over ``window`` x
+    ``window`` windows, each side clipped to the image when it is smaller."""
     height, width = squared.shape[-2:]
-    wh, ww = min(window, height), min(window, width)
-    return F.avg_pool2d(squared, (wh, ww), stride=stride).flatten(1).amin(1).sqrt()
+    return F.avg_pool2d(squared, (min(window, height), min(window, width)), stride=stride).flatten(1)
 
 
 def feature_names(with_deficit: bool) -> tuple[str, ...]:

@@ -26,7 +26,7 @@ from . import __version__
 from .config import RadarConfig
 from .data import as_image_array, training_images
 from .decision import MIN_CALIBRATION_IMAGES, ImageDecision, pixel_threshold
-from .errors import ConfigError, DataError, ModelError, NotFittedError
+from .errors import ConfigError, DataError, ModelError, NotFittedError, first_line
 from .features import energy_deficit, feature_names, image_features
 from .files import temporary_dir
 from .network import build_scheduler, build_unet, pick_device
@@ -69,6 +69,11 @@ class Prediction:
     anomaly_map: np.ndarray
     mask: np.ndarray
     image: np.ndarray
+
+    @property
+    def verdict(self) -> str:
+        """``"anomalous"`` or ``"normal"``."""
+        return "anomalous" if self.is_anomalous else "normal"
 
 
 class Radar:
@@ -315,8 +320,7 @@ class Radar:
             calibration = load_file(str(path / CALIBRATION_FILE))["calibration_features"]
         except (ConfigError, KeyError, TypeError, ValueError, RuntimeError, OSError,
                 SafetensorError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"cannot load model from {path}: {first}") from None
+            raise ModelError(f"cannot load model from {path}: {first_line(exc)}") from None
         radar._use_unet(unet.to(pick_device(device)))
         radar._calibrate_from(calibration.numpy(), meta)
         return radar

@@ -61,10 +61,43 @@ def save_png(array: np.ndarray, path: Path) -> None:
         Image.fromarray(array).save(tmp, format="PNG")
 
 
-def png_data_uri(array: np.ndarray) -> str:
+def png_base64(array: np.ndarray) -> str:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def png_data_uri(array: np.ndarray) -> str:
+    return "data:image/png;base64," + png_base64(array)
+
+
+# What `radar detect` and `radar watch` write per image, and the pictures of a prediction.
+RESULT_COLUMNS = ("file", "score", "threshold", "verdict", "mask_fraction")
+MAP_KINDS = ("anomaly", "mask", "overlay")
+
+
+def result_fields(prediction: Any) -> list[str]:
+    """A prediction's values for :data:`RESULT_COLUMNS` after ``file``."""
+    return [f"{prediction.score:.6f}", f"{prediction.threshold:.6f}", prediction.verdict,
+            f"{prediction.mask.mean():.6f}"]
+
+
+def prediction_maps(prediction: Any) -> dict[str, np.ndarray]:
+    """The heat map, the mask and the overlay of a prediction (one per
+    :data:`MAP_KINDS`), coloured on the model's fixed scale [0, 2 x pixel
+    threshold], so colours mean the same in every image, file and tool."""
+    vmax = 2 * prediction.pixel_threshold
+    return {
+        "anomaly": colorize(prediction.anomaly_map, vmax),
+        "mask": prediction.mask.astype(np.uint8) * 255,
+        "overlay": overlay(prediction.image, prediction.anomaly_map, prediction.mask, vmax),
+    }
+
+
+def save_prediction_maps(prediction: Any, out: Path, stem: str) -> None:
+    """``<stem>_anomaly.png``, ``<stem>_mask.png`` and ``<stem>_overlay.png`` in ``out``."""
+    for kind, array in prediction_maps(prediction).items():
+        save_png(array, out / f"{stem}_{kind}.png")
 
 
 def _fmt(value: Any) -> str:

@@ -20,7 +20,6 @@ admitted at once (running plus waiting) and the rest get 503 with
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
 import math
 import socket
@@ -32,7 +31,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -44,8 +42,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from . import __version__
-from .errors import ConfigError, RadarError
-from .report import colorize, overlay
+from .errors import ConfigError, RadarError, first_line
+from .report import png_base64, prediction_maps
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 2**20
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -77,7 +75,6 @@ def create_app(radar: Any, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     limits = {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels, "max_in_flight": max_in_flight}
     metadata = {**model_metadata(radar), "limits": limits, **(model_info or {})}
     page = resources.files("radar_ad").joinpath("static/index.html").read_text(encoding="utf-8")
-    vmax = 2 * float(radar.pixel_threshold_)
     admission = Admission(max_in_flight)
 
     app = FastAPI(title="radar-ad", version=__version__, docs_url=None, redoc_url=None)  # both pull assets from a CDN
@@ -111,7 +108,7 @@ def create_app(radar: Any, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
                 model_started = time.perf_counter()
                 prediction = await run_in_threadpool(_decode_and_predict, radar, image)
                 admission.record(time.perf_counter() - model_started)
-            body = await run_in_threadpool(_prediction_json, prediction, maps, vmax)
+            body = await run_in_threadpool(_prediction_json, prediction, maps)
             body["milliseconds"] = round((time.perf_counter() - started) * 1000, 1)
             return JSONResponse(body)
         finally:
@@ -175,8 +172,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         # Starlette re-raises after this answer (so the traceback is logged)
         # and the server then drops the connection: tell the client not to reuse it.
-        first = (str(exc).strip().splitlines() or [""])[0]
-        return JSONResponse({"error": f"internal error: {type(exc).__name__}: {first}".rstrip(": ")},
+        detail = f": {first_line(exc)}" if str(exc).strip() else ""
+        return JSONResponse({"error": f"internal error: {type(exc).__name__}{detail}"},
                             status_code=500, headers={"Connection": "close"})
 
 
@@ -257,16 +254,12 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     except UnidentifiedImageError:
         raise HTTPException(400, "not a decodable image: expected PNG, JPEG, BMP, TIFF, WebP or GIF") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise HTTPException(400, f"cannot read image header: {_first_line(exc)}") from None
+        raise HTTPException(400, f"cannot read image header: {first_line(exc)}") from None
     width, height = image.size
     if width * height > max_pixels:
         raise HTTPException(413, f"image is {width}x{height} = {width * height} pixels, more than the "
                                  f"{max_pixels} this service accepts")
     return image
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _decode_and_predict(radar: Any, image: Image.Image) -> Any:
@@ -277,24 +270,17 @@ def _decode_and_predict(radar: Any, image: Image.Image) -> Any:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise HTTPException(413, "image has more pixels than this service accepts") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise HTTPException(400, f"cannot decode image (truncated or corrupt?): {_first_line(exc)}") from None
+        raise HTTPException(400, f"cannot decode image (truncated or corrupt?): {first_line(exc)}") from None
     return radar.predict(image)
 
 
 # ------------------------------------------------------------------ answers
-def _png_base64(array: np.ndarray) -> str:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _prediction_json(prediction: Any, maps: bool, vmax: float) -> dict[str, Any]:
-    """The JSON answer; maps on the model's fixed colour scale [0, vmax]
-    (as ``radar detect`` writes them), so colours compare across images."""
+def _prediction_json(prediction: Any, maps: bool) -> dict[str, Any]:
+    """The JSON answer; the maps are the pictures ``radar detect`` writes."""
     height, width = prediction.anomaly_map.shape
     body: dict[str, Any] = {
         "score": float(prediction.score),
-        "verdict": "anomalous" if prediction.is_anomalous else "normal",
+        "verdict": prediction.verdict,
         "is_anomalous": bool(prediction.is_anomalous),
         "threshold": float(prediction.threshold),
         "pixel_threshold": float(prediction.pixel_threshold),
@@ -303,26 +289,24 @@ def _prediction_json(prediction: Any, maps: bool, vmax: float) -> dict[str, Any]
         "mask_fraction": float(prediction.mask.mean()),
     }
     if maps:
-        body["anomaly_map"] = _png_base64(colorize(prediction.anomaly_map, vmax))
-        body["mask"] = _png_base64(prediction.mask.astype(np.uint8) * 255)
-        body["overlay"] = _png_base64(overlay(prediction.image, prediction.anomaly_map, prediction.mask, vmax))
+        pictures = prediction_maps(prediction)
+        body.update(anomaly_map=png_base64(pictures["anomaly"]), mask=png_base64(pictures["mask"]),
+                    overlay=png_base64(pictures["overlay"]))
     return body
 
 
 def model_metadata(radar: Any) -> dict[str, Any]:
-    """What a client needs to know about the model behind the service."""
+    """What a client needs to know about the model behind the service: the
+    model file's own metadata (config, thresholds, training record) plus the
+    backend and the few settings the page shows."""
     config = radar.config
     return {
+        **radar.metadata(),
         "radar_ad_version": __version__,
-        "backend": getattr(radar, "backend", "torch"),
-        "image_threshold": float(radar.decision_.threshold_),
-        "pixel_threshold": float(radar.pixel_threshold_),
+        "backend": radar.backend,
         "patch_size": config.patch_size,
-        "channels": int(radar.channels_),
         "grayscale": config.data.grayscale,
         "resize": config.data.resize,
-        "training": getattr(radar, "training_", {}),
-        "config": config.to_dict(),
     }
 
 
@@ -335,14 +319,14 @@ def bind_socket(host: str, port: int) -> socket.socket:
                                                              flags=socket.AI_PASSIVE)[0]
         sock = socket.socket(family, kind, proto)
     except (OSError, UnicodeError) as exc:
-        raise ConfigError(f"cannot listen on {host}:{port}: {_first_line(exc)}") from None
+        raise ConfigError(f"cannot listen on {host}:{port}: {first_line(exc)}") from None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
         sock.listen(128)
     except OSError as exc:
         sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or _first_line(exc)}") from None
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or first_line(exc)}") from None
     return sock
 
 

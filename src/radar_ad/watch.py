@@ -28,18 +28,16 @@ from datetime import datetime
 from pathlib import Path
 from types import FrameType, TracebackType
 
-import numpy as np
 
 from .data import IMAGE_SUFFIXES
-from .errors import ConfigError, DataError, RadarError
-from .pipeline import Prediction, Radar
-from .report import colorize, overlay, save_png
+from .errors import ConfigError, DataError, RadarError, first_line
+from .pipeline import Radar
+from .report import MAP_KINDS, RESULT_COLUMNS, result_fields, save_prediction_maps
 
 RESULTS_FILE = "results.csv"
 # `radar detect`'s columns, then when the row was written and, for an error row, why.
-COLUMNS = ("file", "score", "threshold", "verdict", "mask_fraction", "time", "message")
+COLUMNS = (*RESULT_COLUMNS, "time", "message")
 MAPS_FOR = ("all", "anomalous", "none")
-MAP_KINDS = ("anomaly", "mask", "overlay")
 # Longest an idle loop takes to notice a stop requested by a signal.
 _WAKE_EVERY = 0.1
 # The encoding of results.csv; surrogateescape round-trips file names that are not UTF-8.
@@ -277,7 +275,7 @@ class Watcher:
             state.failures += 1
             if state.failures <= self.retries:
                 return 0  # perhaps still being written: try again on a later poll
-            message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            message = first_line(exc)
             self._write_row(path, ("", _image_threshold(self.radar), "error", ""), message)
             self._counts["errors"] += 1
             state.done = state.signature
@@ -285,16 +283,14 @@ class Watcher:
                   file=sys.stderr, flush=True)
             return 1
         milliseconds = (time.perf_counter() - started) * 1000
-        verdict = "anomalous" if prediction.is_anomalous else "normal"
         if self.maps_for == "all" or (self.maps_for == "anomalous" and prediction.is_anomalous):
-            self._save_maps(path, prediction)
-        self._write_row(path, (f"{prediction.score:.6f}", f"{prediction.threshold:.6f}", verdict,
-                               f"{prediction.mask.mean():.6f}"))
+            save_prediction_maps(prediction, self.out, self._stem_for(path))
+        self._write_row(path, tuple(result_fields(prediction)))
         self._counts["inspected"] += 1
         self._counts["anomalous"] += prediction.is_anomalous
         state.done = state.signature
         if not self.quiet:
-            print(f"{path}  {verdict}  score {prediction.score:.4f}  {milliseconds:.0f} ms", flush=True)
+            print(f"{path}  {prediction.verdict}  score {prediction.score:.4f}  {milliseconds:.0f} ms", flush=True)
         return 1
 
     def _stem_for(self, path: Path) -> str:
@@ -311,14 +307,6 @@ class Watcher:
                 stem = f"{path.stem}-{n}"
             state.stem = stem
         return state.stem
-
-    def _save_maps(self, path: Path, prediction: Prediction) -> None:
-        stem = self._stem_for(path)
-        vmax = 2 * prediction.pixel_threshold  # the fixed colour scale of `radar detect`
-        save_png(colorize(prediction.anomaly_map, vmax), self.out / f"{stem}_anomaly.png")
-        save_png(prediction.mask.astype(np.uint8) * 255, self.out / f"{stem}_mask.png")
-        save_png(overlay(prediction.image, prediction.anomaly_map, prediction.mask, vmax),
-                 self.out / f"{stem}_overlay.png")
 
     # ------------------------------------------------------------------ loop
     def _stopping(self) -> bool:
