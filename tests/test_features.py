@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from radar_ad.features import energy_deficit, image_features
+from radar_ad.features import feature_names, image_features, two_sided_features
 
 
 def test_known_values():
@@ -36,14 +36,12 @@ def test_unknown_norm():
         image_features(torch.rand(1, 30, 30), norm="max")
 
 
-def test_energy_deficit_finds_the_weakest_window():
-    noise = torch.randn(2, 1, 80, 80, generator=torch.Generator().manual_seed(0))
-    noise[1, :, 40:60, 20:40] *= 0.1  # a region where texture was removed
-    deficit = energy_deficit(noise, 20, 20)
-    assert deficit.shape == (2,)
-    assert deficit[1] < 0.2 < 0.8 < deficit[0]
-    # a constant map: every window has the same RMS, channels averaged
-    flat = torch.full((1, 3, 40, 40), 0.5)
-    assert torch.allclose(energy_deficit(flat), torch.tensor([0.5], dtype=torch.float64))
+def test_two_sided_features_are_each_parts_largest_window_rms():
+    parts = torch.zeros(2, 2, 80, 80)
+    parts[1, 1, 40:60, 20:40] = 3.0  # a deficit region filling one window
+    parts[0, 0, :20, :20] = 2.0
+    features = two_sided_features(parts, 20, 20).numpy()
+    np.testing.assert_allclose(features, [[2.0, 0.0], [0.0, 3.0]])
     # windows larger than the image are clipped to it
-    assert torch.allclose(energy_deficit(flat[..., :10, :10], 20, 20), torch.tensor([0.5], dtype=torch.float64))
+    np.testing.assert_allclose(two_sided_features(torch.ones(1, 2, 10, 10), 20, 20).numpy(), [[1.0, 1.0]])
+    assert len(feature_names("two_sided")) == 2 and feature_names("sobel") == ("global_l2", "window_max_l2")

@@ -4,10 +4,12 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
+from scipy.ndimage import gaussian_filter
 
 from radar_ad import Radar
 from radar_ad.data import evaluation_images, load_mask
-from radar_ad.errors import DataError, ModelError, NotFittedError
+from radar_ad.errors import ConfigError, DataError, ModelError, NotFittedError
 from radar_ad.evaluation import evaluate
 from radar_ad.pipeline import CONFIG_FILE, WEIGHTS_FILE, calibration_split
 
@@ -168,18 +170,41 @@ def test_calibrate_follows_changed_inference_settings(fitted, surfaces):
         radar.calibrate(normal[:2])
 
 
-def test_energy_deficit_feature_round_trip(fitted, surfaces, tmp_path):
-    """The optional third feature: calibrate with it, save, load (and export)
-    and get the same three-feature predictions."""
+def test_paper_response_round_trip_and_switching_needs_calibration(fitted, surfaces, tmp_path):
+    """The paper's Sobel-only response stays available: calibrate with it,
+    save, load and get the same predictions; switching back to the two-sided
+    response on a model calibrated without it asks for calibration."""
     _, model_dir = fitted
     radar = Radar.load(model_dir)
-    radar.config.inference.energy_deficit = True
-    radar.calibrate([item.path for item in evaluation_images(surfaces) if not item.is_defective])
+    assert radar.config.inference.response == "two_sided"
+    normal = [item.path for item in evaluation_images(surfaces) if not item.is_defective]
+    radar.config.inference.response = "sobel"
+    radar.calibrate(normal)
     paths = [item.path for item in evaluation_images(surfaces)][:4]
     predictions = radar.predict_many(paths)
-    assert all(p.features.shape == (3,) for p in predictions)
-    saved = radar.save(tmp_path / "with-deficit")
-    assert json.loads((saved / CONFIG_FILE).read_text())["feature_names"][-1] == "window_min_noise_rms"
-    for a, b in zip(predictions, Radar.load(saved).predict_many(paths)):
+    saved = radar.save(tmp_path / "paper")
+    meta = json.loads((saved / CONFIG_FILE).read_text())
+    assert meta["feature_names"] == ["global_l2", "window_max_l2"] and meta["response_statistics"] is None
+    loaded = Radar.load(saved)
+    for a, b in zip(predictions, loaded.predict_many(paths)):
         assert a.score == b.score
-        np.testing.assert_array_equal(a.features, b.features)
+        np.testing.assert_array_equal(a.anomaly_map, b.anomaly_map)
+    loaded.config.inference.response = "two_sided"
+    with pytest.raises(ConfigError, match="calibrate"):
+        loaded.predict(paths[0])
+    loaded.calibrate(normal)
+    assert loaded.predict(paths[0]).features.shape == (2,)
+
+
+def test_a_defect_that_removes_texture_is_found(fitted, surfaces):
+    """A region whose texture is smoothed away raises the map there, the
+    score, and the verdict."""
+    radar, _ = fitted
+    item = next(i for i in evaluation_images(surfaces) if not i.is_defective)
+    image = np.asarray(Image.open(item.path), dtype=np.float32)
+    smudged = image.copy()
+    region = np.s_[16:44, 16:44]
+    smudged[region] = gaussian_filter(image, 6)[region]
+    before, after = radar.predict_many([image.astype(np.uint8), smudged.astype(np.uint8)])
+    assert after.anomaly_map[region].mean() > 1.2 * before.anomaly_map[region].mean()
+    assert after.score > before.score + 1 and after.is_anomalous

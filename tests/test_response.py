@@ -3,7 +3,11 @@ import numpy as np
 import pytest
 import torch
 
-from radar_ad.response import blur, response_map, sobel_magnitude
+from scipy.ndimage import gaussian_filter, uniform_filter
+
+from radar_ad.response import (ResponseStatistics, blur, fit_response_statistics, gaussian_smooth,
+                               local_energy, response_map, response_parts, sobel_magnitude,
+                               two_sided_map)
 
 
 # OpenCV 4 and 5 agree on the fixed kernels up to 7; OpenCV 5 also tabulates 9
@@ -47,3 +51,49 @@ def test_colour_channels_combine_as_root_sum_of_squares():
     joint = response_map(x)
     single = torch.stack([response_map(x[:, c:c + 1]) for c in range(3)])
     torch.testing.assert_close(joint, single.pow(2).sum(0).sqrt())
+
+
+def test_local_energy_is_a_mirrored_box_mean_of_the_squared_noise():
+    x = np.random.default_rng(3).normal(size=(2, 33, 47))
+    ours = local_energy(torch.from_numpy(x)[None], 9)[0].numpy()
+    # channels averaged, then a 9 x 9 mean with the mirrored border torch and scipy call "reflect"/"mirror"
+    expected = np.log(uniform_filter((x**2).mean(0), 9, mode="mirror") + 1e-12)
+    np.testing.assert_allclose(ours, expected, rtol=1e-9, atol=1e-9)
+
+
+def test_gaussian_smooth_equals_scipy():
+    x = np.random.default_rng(4).random((40, 50))
+    ours = gaussian_smooth(torch.from_numpy(x)[None, None], 2.5)[0, 0].numpy()
+    np.testing.assert_allclose(ours, gaussian_filter(x, 2.5, mode="mirror", truncate=3.0), atol=1e-3)
+    assert gaussian_smooth(torch.from_numpy(x)[None, None], 0) is not None
+    # a kernel wider than a small image is truncated to it, not an error
+    assert gaussian_smooth(torch.rand(1, 1, 8, 8, dtype=torch.float64), 12.0).shape == (1, 1, 8, 8)
+
+
+def _noise(seed, n=6, size=96):
+    return torch.randn(n, 1, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_two_sided_map_finds_removed_and_added_structure():
+    statistics = fit_response_statistics([_noise(0)], energy_window=9)
+    assert statistics.energy_std > 0 and statistics.deficit_scale > 0 and statistics.structure_scale > 0
+    noise = _noise(1, n=3)
+    noise[1, :, 30:60, 30:60] *= 0.2          # texture removed: weak predicted noise
+    noise[2, :, 30:60, 44:48] += 4.0          # structure added: a bright line
+    parts = response_parts(noise, statistics, 9)
+    anomaly = two_sided_map(parts, statistics, sigma=2.0)
+    inside = np.s_[35:55, 35:55]
+    # the deficit part carries the removed texture, the structure part the line
+    assert parts[1, 1][inside].mean() > 5 * parts[0, 1][inside].mean() + 1
+    assert parts[2, 0][30:60, 40:52].mean() > 5 * parts[0, 0][30:60, 40:52].mean() + 1
+    for defective in (1, 2):
+        assert anomaly[defective][inside].mean() > 3 * anomaly[0][inside].mean()
+        assert anomaly[defective][inside].mean() > 3 * anomaly[defective][:20, :20].mean()
+    # a normal map mostly stays under one normal high quantile
+    assert (anomaly[0] > 1.5).float().mean() < 0.01
+
+
+def test_response_statistics_round_trip():
+    statistics = fit_response_statistics([_noise(0, n=2, size=40)], energy_window=5)
+    again = ResponseStatistics.from_dict(statistics.to_dict())
+    assert again == statistics

@@ -16,6 +16,7 @@ import numpy as np
 
 from .config import RadarConfig
 from .data import LabeledImage, load_mask
+from .errors import ModelError
 from .evaluation import evaluate
 from .files import write_text
 from .pipeline import CONFIG_FILE, Prediction, Radar
@@ -105,6 +106,9 @@ def run_demo(out: str | Path, *, steps: int | None = None, progress: bool = True
 def _reuse_model(model_dir: Path, config: RadarConfig) -> Radar | None:
     if not (model_dir / CONFIG_FILE).is_file():
         return None
-    radar = Radar.load(model_dir)
+    try:
+        radar = Radar.load(model_dir)
+    except ModelError:  # another format version: train afresh
+        return None
     return radar if radar.config == config else None
 

@@ -1,5 +1,5 @@
-"""The two image features of the paper, computed from the response map, and
-an optional third one from the noise map for defects that remove structure.
+"""Image features: the paper's two, computed from the Sobel response map, or
+one per part of the two-sided response (see :mod:`radar_ad.response`).
 
 ``feature_norm="rms"`` (the default) divides each L2 norm by the square root
 of the number of pixels it sums over: the global feature becomes the
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 FEATURE_NAMES = ("global_l2", "window_max_l2")
-DEFICIT_NAME = "window_min_noise_rms"
+TWO_SIDED_FEATURE_NAMES = ("window_max_structure", "window_max_deficit")
 
 
 def image_features(response: torch.Tensor, window: int = 20, stride: int = 20,
@@ -35,18 +35,13 @@ def image_features(response: torch.Tensor, window: int = 20, stride: int = 20,
     return torch.stack([global_mean.sqrt(), window_mean.sqrt()], dim=1)
 
 
-def energy_deficit(noise_map: torch.Tensor, window: int = 20, stride: int = 20) -> torch.Tensor:
-    """``(B, C, H, W)`` noise maps -> ``(B,)``: the smallest RMS predicted
-    noise over ``window`` x ``window`` windows.
-
-    The paper's features only grow when a defect adds structure. A defect
-    that removes it (a smudge, a polished spot) instead leaves a region where
-    the network finds less to explain, so its predicted noise is weaker: this
-    feature drops there, and the one-class model, which sees it standardised
-    and scores departures on either side of the normal range, flags it.
-    """
-    squared = noise_map.double().pow(2).mean(1, keepdim=True)  # (B, 1, H, W)
-    return _window_means(squared, window, stride).amin(1).sqrt()
+def two_sided_features(parts: torch.Tensor, window: int = 20, stride: int = 20) -> torch.Tensor:
+    """``(B, P, H, W)`` two-sided response parts -> ``(B, P)``: each part's
+    largest window RMS. (No global feature: on DAGM's validation split the
+    global RMS of a part only diluted the window maximum.)"""
+    batch, n_parts = parts.shape[:2]
+    squared = parts.double().pow(2).reshape(batch * n_parts, 1, *parts.shape[-2:])
+    return _window_means(squared, window, stride).amax(1).sqrt().reshape(batch, n_parts)
 
 
 def _window_means(squared: torch.Tensor, window: int, stride: int) -> torch.Tensor:
@@ -56,5 +51,6 @@ def _window_means(squared: torch.Tensor, window: int, stride: int) -> torch.Tens
     return F.avg_pool2d(squared, (min(window, height), min(window, width)), stride=stride).flatten(1)
 
 
-def feature_names(with_deficit: bool) -> tuple[str, ...]:
-    return FEATURE_NAMES + ((DEFICIT_NAME,) if with_deficit else ())
+def feature_names(response: str) -> tuple[str, ...]:
+    """The names of the image features the given response mode produces."""
+    return FEATURE_NAMES if response == "sobel" else TWO_SIDED_FEATURE_NAMES

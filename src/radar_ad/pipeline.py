@@ -27,17 +27,18 @@ from .config import RadarConfig
 from .data import as_image_array, training_images
 from .decision import MIN_CALIBRATION_IMAGES, ImageDecision, pixel_threshold
 from .errors import ConfigError, DataError, ModelError, NotFittedError, first_line
-from .features import energy_deficit, feature_names, image_features
+from .features import feature_names, image_features, two_sided_features
 from .files import temporary_dir
 from .network import build_scheduler, build_unet, pick_device
 from .noise_map import PatchPredictor, noise_map, one_step_noise
 from .patches import PatchSampler
 from .progress import progress_bar
-from .response import response_map
+from .response import (ResponseStatistics, fit_response_statistics, response_map, response_parts,
+                       two_sided_map)
 from .training import train_unet
 
 FORMAT = "radar-ad"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CONFIG_FILE = "radar.json"
 WEIGHTS_FILE = "unet.safetensors"
 CALIBRATION_FILE = "calibration.safetensors"
@@ -54,8 +55,8 @@ class Prediction:
     """The result for one image.
 
     ``noise_map``: ``(C, H, W)`` predicted noise; ``anomaly_map``: ``(H, W)``
-    blur + Sobel response (the pixel-level score); ``mask``: ``(H, W)`` bool,
-    ``anomaly_map > pixel_threshold``; ``features``: the two image features;
+    the response map (the pixel-level score); ``mask``: ``(H, W)`` bool,
+    ``anomaly_map > pixel_threshold``; ``features``: the image features;
     ``image``: ``(C, H, W)`` in [0, 1], the input as the model saw it (after
     any resize), so maps and image line up pixel for pixel.
     """
@@ -131,11 +132,21 @@ class Radar:
         return self
 
     def _calibrate(self, arrays: list[np.ndarray], progress: bool) -> None:
-        maps, features = [], []
-        for _, anomaly, feats in self._analyse(arrays, progress, "calibrating"):
-            maps.append(anomaly)
-            features.append(feats)
         config = self.config
+        inference = config.inference
+        # all noise maps first: the two-sided response is measured against
+        # statistics of these very maps
+        chunks = [[(indices, noise.cpu()) for indices, noise in groups]
+                  for groups in self._noise_maps(arrays, progress, "calibrating")]
+        if inference.response == "two_sided":
+            self.response_statistics_ = fit_response_statistics(
+                [noise for groups in chunks for _, noise in groups], inference.energy_window,
+                inference.blur_ksize, inference.sobel_ksize, config.decision.pixel_quantile)
+        maps, features = [], []
+        for groups in chunks:
+            for _, anomaly, feats in self._respond_in_order(groups):
+                maps.append(anomaly)
+                features.append(feats)
         self.decision_ = ImageDecision(config.decision, config.seed).fit(np.stack(features))
         self.pixel_threshold_ = pixel_threshold(maps, config.decision.pixel_quantile)
 
@@ -177,37 +188,59 @@ class Radar:
                               "model; change them on the model directory and export again")
         self._use_unet(self.unet_)
 
-    def _analyse(self, images: list[np.ndarray], progress: bool = False, desc: str = "analysing",
-                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """(noise map, anomaly map, features) per image, in input order;
-        images of equal size are evaluated together in one batch."""
+    def _noise_maps(self, images: list[np.ndarray], progress: bool = False, desc: str = "analysing",
+                    ) -> Iterator[list[tuple[list[int], torch.Tensor]]]:
+        """Per chunk of images: (indices into ``images``, ``(b, C, H, W)``
+        noise maps) for each group of equal-size images, which share batches."""
         config = self.config
-        inference = config.inference
         self._check_noise_settings()
         device = self.noise_device_
         with progress_bar(total=len(images), enabled=progress, desc=desc, unit="img") as bar:
             for start in range(0, len(images), IMAGES_PER_PASS):
-                chunk = images[start:start + IMAGES_PER_PASS]
-                results: list[Any] = [None] * len(chunk)
                 by_shape: dict[tuple[int, ...], list[int]] = {}
-                for i, image in enumerate(chunk):
-                    by_shape.setdefault(image.shape, []).append(i)
+                for i in range(start, min(start + IMAGES_PER_PASS, len(images))):
+                    by_shape.setdefault(images[i].shape, []).append(i)
+                groups = []
                 for indices in by_shape.values():
-                    batch = torch.from_numpy(np.stack([chunk[i] for i in indices])).to(device)
-                    noise = noise_map(self.noise_, batch, patch_size=config.patch_size,
-                                      stride=config.stride, batch_size=inference.batch_size,
-                                      device=device)
-                    response = response_map(noise, inference.blur_ksize, inference.sobel_ksize)
-                    feats = image_features(response, inference.window, inference.window_stride,
-                                           inference.feature_norm)
-                    if inference.energy_deficit:
-                        deficit = energy_deficit(noise, inference.window, inference.window_stride)
-                        feats = torch.cat([feats, deficit[:, None].to(feats)], dim=1)
-                    for j, i in enumerate(indices):
-                        results[i] = (noise[j].cpu().numpy(), response[j].cpu().numpy(),
-                                      feats[j].cpu().numpy())
-                bar.update(len(chunk))
-                yield from results
+                    batch = torch.from_numpy(np.stack([images[i] for i in indices])).to(device)
+                    groups.append((indices, noise_map(self.noise_, batch, patch_size=config.patch_size,
+                                                      stride=config.stride,
+                                                      batch_size=config.inference.batch_size,
+                                                      device=device)))
+                bar.update(sum(len(indices) for indices, _ in groups))
+                yield groups
+
+    def _respond(self, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(b, C, H, W)`` noise maps -> pixel anomaly maps ``(b, H, W)`` and
+        image features ``(b, F)``, as ``inference.response`` says."""
+        inference = self.config.inference
+        if inference.response == "sobel":
+            response = response_map(noise, inference.blur_ksize, inference.sobel_ksize)
+            return response, image_features(response, inference.window, inference.window_stride,
+                                            inference.feature_norm)
+        statistics = getattr(self, "response_statistics_", None)
+        if statistics is None:
+            raise ConfigError("the two-sided response is measured against normal images: call "
+                              "calibrate(normal_images) after switching inference.response to it")
+        parts = response_parts(noise, statistics, inference.energy_window, inference.blur_ksize,
+                               inference.sobel_ksize)
+        return (two_sided_map(parts, statistics, inference.map_sigma),
+                two_sided_features(parts, inference.window, inference.window_stride))
+
+    def _analyse(self, images: list[np.ndarray], progress: bool = False, desc: str = "analysing",
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(noise map, anomaly map, features) per image, in input order."""
+        for groups in self._noise_maps(images, progress, desc):
+            yield from self._respond_in_order(groups)
+
+    def _respond_in_order(self, groups: list[tuple[list[int], torch.Tensor]],
+                          ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        results: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        for indices, noise in groups:
+            response, feats = self._respond(noise)
+            for j, i in enumerate(indices):
+                results[i] = (noise[j].cpu().numpy(), response[j].cpu().numpy(), feats[j].cpu().numpy())
+        return [results[i] for i in sorted(results)]
 
     def predict(self, image: ImageLike) -> Prediction:
         """Verdict, score, maps and mask for one image (path, PIL or array)."""
@@ -241,7 +274,9 @@ class Radar:
             "config": self.config.to_dict(), "channels": self.channels_,
             "image_threshold": self.decision_.threshold_,
             "pixel_threshold": self.pixel_threshold_,
-            "feature_names": list(feature_names(self.config.inference.energy_deficit)),
+            "feature_names": list(feature_names(self.config.inference.response)),
+            "response_statistics": (self.response_statistics_.to_dict()
+                                    if self.config.inference.response == "two_sided" else None),
             "training": self.training_,
         }
 
@@ -333,6 +368,8 @@ class Radar:
         radar.channels_ = int(meta["channels"])
         radar.pixel_threshold_ = float(meta["pixel_threshold"])
         radar.training_ = meta.get("training", {})
+        if radar.config.inference.response == "two_sided":
+            radar.response_statistics_ = ResponseStatistics.from_dict(meta["response_statistics"])
         return radar
 
     def _calibrate_from(self, calibration_features: np.ndarray, meta: dict[str, Any]) -> None:

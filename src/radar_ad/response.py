@@ -1,4 +1,5 @@
-"""Blur + Sobel: from the predicted-noise map to the pixel anomaly map.
+"""From the predicted-noise map to the pixel anomaly map: the paper's blur +
+Sobel response, and the two-sided response built on it (see below).
 
 A torch implementation (separable convolutions, OpenCV's default
 BORDER_REFLECT_101 border) rather than a call into OpenCV, so the same code
@@ -9,7 +10,9 @@ runs batched on the GPU and exports to ONNX; tests show it equal to
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -82,3 +85,97 @@ def response_map(noise_map: torch.Tensor, blur_ksize: int = 5, sobel_ksize: int 
     magnitude = sobel_magnitude(blur(flat, blur_ksize), sobel_ksize)
     magnitude = magnitude.reshape(batch, channels, height, width)
     return magnitude[:, 0] if channels == 1 else magnitude.pow(2).sum(1).sqrt()
+
+
+# ----------------------------------------------------------------- two-sided
+# The paper's response only grows where a defect ADDS structure. On textures
+# a defect often removes it instead (a smudge, a polished spot): the network
+# then finds less to explain there and its predicted noise is weaker. The
+# two-sided response keeps the paper's Sobel response as one part and adds the
+# deficit of local noise energy as a second, both standardised against the
+# normal calibration images, so either kind of departure lights up the map.
+
+
+@dataclass
+class ResponseStatistics:
+    """Normal levels the two-sided response is measured against, learned from
+    the noise maps of normal calibration images. ``*_scale`` are the parts'
+    high quantiles, which put both parts on one scale in the combined map."""
+
+    energy_mean: float
+    energy_std: float
+    structure_mean: float
+    structure_std: float
+    structure_scale: float = 1.0
+    deficit_scale: float = 1.0
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: float(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, float]) -> ResponseStatistics:
+        return cls(**{k: float(v) for k, v in data.items()})
+
+
+def local_energy(noise_map: torch.Tensor, window: int) -> torch.Tensor:
+    """``(B, C, H, W)`` -> ``(B, H, W)``: log mean squared predicted noise
+    over ``window`` x ``window`` neighbourhoods (mirrored at the border)."""
+    squared = noise_map.double().pow(2).mean(1, keepdim=True)
+    height, width = squared.shape[-2:]
+    wy, wx = min(window, height), min(window, width)
+    padded = F.pad(squared, (wx // 2, wx - 1 - wx // 2, wy // 2, wy - 1 - wy // 2), mode="reflect")
+    return torch.log(F.avg_pool2d(padded, (wy, wx), stride=1) + 1e-12)[:, 0]
+
+
+def response_parts(noise_map: torch.Tensor, statistics: ResponseStatistics, energy_window: int,
+                   blur_ksize: int = 5, sobel_ksize: int = 5) -> torch.Tensor:
+    """``(B, C, H, W)`` noise maps -> ``(B, 2, H, W)``: the Sobel response
+    above its normal level and the local noise energy below its normal level,
+    each in standard deviations of the calibration pixels (0 where normal
+    or on the other side)."""
+    structure = response_map(noise_map, blur_ksize, sobel_ksize).double()
+    energy = local_energy(noise_map, energy_window)
+    excess = (structure - statistics.structure_mean) / statistics.structure_std
+    deficit = (statistics.energy_mean - energy) / statistics.energy_std
+    return torch.stack([excess, deficit], dim=1).clamp_min(0)
+
+
+def fit_response_statistics(noise_maps: list[torch.Tensor], energy_window: int, blur_ksize: int = 5,
+                            sobel_ksize: int = 5, quantile: float = 0.999) -> ResponseStatistics:
+    """Pooled pixel statistics of normal ``(B, C, H, W)`` noise maps."""
+    structure = torch.cat([response_map(n, blur_ksize, sobel_ksize).double().flatten() for n in noise_maps])
+    energy = torch.cat([local_energy(n, energy_window).flatten() for n in noise_maps])
+    statistics = ResponseStatistics(float(energy.mean()), max(float(energy.std()), 1e-12),
+                                    float(structure.mean()), max(float(structure.std()), 1e-12))
+    parts = torch.cat([response_parts(n, statistics, energy_window, blur_ksize, sobel_ksize)
+                       .transpose(0, 1).flatten(1) for n in noise_maps], dim=1)
+    scales = _quantiles(parts, quantile)
+    statistics.structure_scale, statistics.deficit_scale = (max(float(s), 1e-6) for s in scales)
+    return statistics
+
+
+def _quantiles(parts: torch.Tensor, quantile: float) -> torch.Tensor:
+    """Per-row quantile of a ``(P, N)`` tensor (numpy: torch.quantile is
+    limited to 16 M elements)."""
+    return torch.from_numpy(np.quantile(parts.numpy(), quantile, axis=1))
+
+
+def two_sided_map(parts: torch.Tensor, statistics: ResponseStatistics, sigma: float) -> torch.Tensor:
+    """``(B, 2, H, W)`` parts -> ``(B, H, W)`` pixel anomaly map: the larger
+    part in units of its normal high quantile, smoothed by a Gaussian of
+    ``sigma`` px (a defect's deficit is a region, not an edge)."""
+    scales = torch.tensor([statistics.structure_scale, statistics.deficit_scale], dtype=parts.dtype)
+    combined = (parts / scales.view(1, 2, 1, 1)).amax(1, keepdim=True)
+    return gaussian_smooth(combined, sigma)[:, 0].float()
+
+
+def gaussian_smooth(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian smoothing of ``(N, 1, H, W)``; the kernel is truncated at
+    3 sigma and at the image size (mirrored border)."""
+    if sigma <= 0:
+        return x
+    height, width = x.shape[-2:]
+    radius = max(1, min(math.ceil(3 * sigma), height - 1, width - 1))
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
+    return _separable(x, kernel / kernel.sum(), kernel / kernel.sum())
