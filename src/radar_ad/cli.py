@@ -281,6 +281,47 @@ def watch(
     typer.echo(str(summary))
 
 
+@app.command()
+def benchmark(
+    datasets: Optional[list[str]] = typer.Argument(
+        None, help="MVTec-layout folders, or `demo` for the built-in data (default: demo plus every "
+                   "dataset in ../shared/datasets)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for results.json, results.md and report.html."),
+    quick: bool = typer.Option(False, "--quick", help="Tiny network, data and subset, one torch thread: "
+                               "a smoke run of under a minute on the demo data."),
+    config_file: Optional[Path] = typer.Option(None, "--config", help="JSON config file (default: the "
+                                               "default config; the demo's own for the demo data)."),
+    set_: list[str] = typer.Option([], "--set", help="Any setting, e.g. --set train.steps=500."),
+    steps: Optional[int] = typer.Option(None, help="Training steps."),
+    resize: Optional[int] = typer.Option(None, help="Longer image side in px (default: 256 for real "
+                                         "datasets, native for the demo data)."),
+    subset: Optional[int] = typer.Option(None, help="Normal and defective test images each in the subset "
+                                         "every method runs on (default 30)."),
+    methods: Optional[str] = typer.Option(None, help="Comma-separated methods (default: all): radar_if, "
+                                          "radar_lof, ddpm250, ddpm25, ddim10, onestep, statistical."),
+    cache: Optional[Path] = typer.Option(None, help="Folder of trained models, reused across runs "
+                                         "(default: OUT/models)."),
+    validation_fraction: float = typer.Option(0.2, help="Share of each defect type's test images set "
+                                              "aside for choosing settings (0: none)."),
+    calibration_limit: Optional[int] = typer.Option(None, help="Calibration images the slow baselines "
+                                                    "are fitted on (default 20)."),
+    backend: str = typer.Option("torch", help=BACKEND_HELP),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda ... (default: CUDA if present)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Compare RADAR with reconstruction and statistical baselines on the same network and images."""
+    from .benchmark import BenchmarkOptions, run_benchmark
+
+    options = BenchmarkOptions(
+        quick=quick, config_file=config_file, overrides=_parse_set(set_), steps=steps, resize=resize,
+        subset=subset, methods=[m.strip() for m in methods.split(",") if m.strip()] if methods else None,
+        cache=cache, validation_fraction=validation_fraction, calibration_limit=calibration_limit,
+        backend=backend, device=device, progress=not quiet)
+    result = run_benchmark(datasets, out, options, log=lambda message: typer.echo(message, err=True))
+    typer.echo(result.markdown)
+    typer.echo(f"written: {', '.join(str(path) for path in result.files.values())}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning errors into one line and an exit code."""
     try:

@@ -1,0 +1,157 @@
+"""``radar benchmark``: a quick end-to-end run on tiny generated data (in
+process, through ``cli.main``), the cached model, the validation split and
+bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import write_gray
+
+from radar_ad.benchmark import METHOD_KEYS, fixed_subset, validation_split
+from radar_ad.cli import main
+from radar_ad.data import LabeledImage
+from radar_ad.errors import ConfigError
+from radar_ad.synthetic import SyntheticSpec, make_dataset
+
+FAST = {"radar_if", "radar_lof", "onestep", "statistical"}
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory) -> Path:
+    # 32 px: four 16 px patches per image keeps the 251-step DDPM chain cheap
+    spec = SyntheticSpec(size=32, n_train=20, n_test_good=3, n_test_per_defect=2,
+                         defect_types=("blob", "gap"), severity=(0.8, 1.0), seed=0)
+    return make_dataset(tmp_path_factory.mktemp("bench") / "tiny", spec)
+
+
+def benchmark(capsys, *args: object) -> tuple[int, str, str]:
+    code = main(["benchmark", *map(str, args)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_quick_benchmark_reports_every_method_and_reuses_the_model(tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = (tiny_dataset, "--out", out, "--quick", "-q", "--steps", 10, "--subset", 2,
+            "--calibration-limit", 5, "--resize", 32)
+    threads = torch.get_num_threads()
+    code, stdout, stderr = benchmark(capsys, *args)
+    assert code == 0, stderr
+    results = json.loads((out / "results.json").read_text())
+    # --quick runs torch on one thread and gives the caller's setting back
+    assert results["environment"]["torch_threads"] == 1 and torch.get_num_threads() == threads
+    (dataset,) = results["datasets"]  # only the dataset given: no demo, no ../shared/datasets
+    assert set(dataset["methods"]) == set(METHOD_KEYS) and not dataset["model_reused"]
+    subset_rows = {row["method"]: row for row in dataset["tables"]["subset"]}
+    test_rows = {row["method"]: row for row in dataset["tables"]["test"]}
+    assert set(subset_rows) == set(METHOD_KEYS) and set(test_rows) == FAST
+    for row in [*subset_rows.values(), *test_rows.values()]:
+        assert math.isfinite(row["image_auroc"]) and row["pixel_auroc"] is not None
+        assert row["median_seconds_per_image"] > 0 and row["peak_rss_mib"] > 0
+    assert subset_rows["radar_if"]["relative_time"] == 1.0
+    assert subset_rows["ddpm250"]["network_evaluations_per_image"] == 251 * 4  # 4 patches of 16 px
+    assert subset_rows["statistical"]["network_evaluations_per_image"] == 0
+    assert subset_rows["ddpm250"]["n_calibration"] == 5 < subset_rows["radar_if"]["n_calibration"]
+
+    # the validation images are listed and never scored; the subset is 2 + 2
+    splits = dataset["splits"]
+    assert len(splits["validation_files"]) == 2  # one per defect type
+    scored = {record["file"] for records in dataset["images"].values() for record in records}
+    assert scored.isdisjoint(splits["validation_files"])
+    assert (subset_rows["ddpm250"]["n_normal"], subset_rows["ddpm250"]["n_defective"]) == (2, 2)
+
+    markdown = (out / "results.md").read_text()
+    assert "| method |" in markdown and "Table 1" in markdown and "Table 2" in markdown
+    assert "radar benchmark" in markdown and "total wall time" in markdown
+    assert markdown.count("| DDPM reconstruction from t=250") == 1  # slow: the subset table only
+    assert markdown.count("| RADAR (IsolationForest)") == 2
+    assert "| method |" in stdout
+    page = (out / "report.html").read_text()
+    # ROC + histograms, then per example (1 normal + the subset's 2 defective):
+    # the image, its mask and one map per method
+    assert page.count("data:image/png;base64,") == 2 + 3 * (2 + len(METHOD_KEYS))
+    assert "http://" not in page and "https://" not in page
+
+    code, _, stderr = benchmark(capsys, *args, "--methods", "radar_if")
+    assert code == 0, stderr
+    assert "reusing" in stderr
+    again = json.loads((out / "results.json").read_text())["datasets"][0]
+    assert again["model_reused"] and again["model_dir"] == dataset["model_dir"]
+    assert again["tables"]["subset"][0]["image_auroc"] == subset_rows["radar_if"]["image_auroc"]
+
+
+def _items() -> list[LabeledImage]:
+    items = [LabeledImage(Path(f"test/good/{i:03d}.png"), "good") for i in range(10)]
+    for label, n in (("crack", 10), ("blob", 3), ("stain", 1)):
+        items += [LabeledImage(Path(f"test/{label}/{i:03d}.png"), label) for i in range(n)]
+    return items
+
+
+def test_validation_split_is_seeded_disjoint_and_per_defect_type():
+    items = _items()
+    validation, test = validation_split(items, 0.2, seed=0)
+    assert (validation, test) == validation_split(items, 0.2, seed=0)
+    assert set(validation).isdisjoint(test) and len(validation) + len(test) == len(items)
+    assert test == [item for item in items if item not in validation]  # order kept
+    # 20 % of each defect type, at least one; a single image stays in the test split
+    assert Counter(item.label for item in validation) == {"crack": 2, "blob": 1}
+    assert validation_split(items, 0.2, seed=1)[0] != validation
+    assert validation_split(items, 0.0, seed=0) == ([], items)
+    with pytest.raises(ConfigError):
+        validation_split(items, 1.0, seed=0)
+
+
+def test_subset_is_seeded_and_balanced():
+    items = _items()
+    subset = fixed_subset(items, 4, seed=0)
+    assert subset == fixed_subset(items, 4, seed=0)
+    assert Counter(item.is_defective for item in subset) == {False: 4, True: 4}
+    assert len(fixed_subset(items, 100, seed=0)) == len(items)
+
+
+@pytest.mark.parametrize("extra,fragment", [
+    (["--set", "train.stepz=3"], "unknown setting"),
+    (["--methods", "radar_if,magic"], "unknown method"),
+    (["--validation-fraction", "1.5"], "--validation-fraction"),
+    (["--backend", "tpu"], "--backend"),
+])
+def test_bad_options_fail_before_training(tiny_dataset, tmp_path, capsys, extra, fragment):
+    out = tmp_path / "out"
+    code, _, stderr = benchmark(capsys, tiny_dataset, "--out", out, "--quick", *extra)
+    assert code == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("radar: error:") and fragment in lines[0], stderr
+    assert not out.exists()
+
+
+def test_missing_or_unlabelled_dataset(tmp_path, capsys):
+    code, _, stderr = benchmark(capsys, tmp_path / "nope", "--out", tmp_path / "out")
+    assert code == 2 and stderr.strip().splitlines() == [f"radar: error: dataset not found: {tmp_path / 'nope'}"]
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"")
+    code, _, stderr = benchmark(capsys, folder, "--out", tmp_path / "out")
+    assert code == 2 and len(stderr.strip().splitlines()) == 1 and "no test/ folder" in stderr
+    normal_only = tmp_path / "normal_only"
+    for part in ("train/good", "test/good"):
+        (normal_only / part).mkdir(parents=True)
+        write_gray(normal_only / part / "000.png")
+    code, _, stderr = benchmark(capsys, normal_only, "--out", tmp_path / "out")
+    assert code == 2 and len(stderr.strip().splitlines()) == 1 and "both normal" in stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("module,package", [("matplotlib", "matplotlib"), ("skimage", "scikit-image")])
+def test_missing_extra_is_named_before_training(tiny_dataset, tmp_path, capsys, monkeypatch, module, package):
+    monkeypatch.setitem(sys.modules, module, None)  # makes `import module` fail
+    code, _, stderr = benchmark(capsys, tiny_dataset, "--out", tmp_path / "out", "--quick")
+    assert code == 2 and len(stderr.strip().splitlines()) == 1
+    assert package in stderr and "pip install 'radar-ad[bench]'" in stderr
+    assert not (tmp_path / "out").exists()
