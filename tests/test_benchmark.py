@@ -55,7 +55,8 @@ def test_quick_benchmark_reports_every_method_and_reuses_the_model(tiny_dataset,
     for row in [*subset_rows.values(), *test_rows.values()]:
         assert math.isfinite(row["image_auroc"]) and row["pixel_auroc"] is not None
         assert row["median_seconds_per_image"] > 0 and row["peak_rss_mib"] > 0
-    assert subset_rows["radar_if"]["relative_time"] == 1.0
+    assert subset_rows["radar_if"]["relative_time"] == 1.0  # the reference of the ratios
+    assert subset_rows["ddpm250"]["relative_time"] > 10  # 251 evaluations per patch against 1
     assert subset_rows["ddpm250"]["network_evaluations_per_image"] == 251 * 4  # 4 patches of 16 px
     assert subset_rows["statistical"]["network_evaluations_per_image"] == 0
     assert subset_rows["ddpm250"]["n_calibration"] == 5 < subset_rows["radar_if"]["n_calibration"]
@@ -85,6 +86,14 @@ def test_quick_benchmark_reports_every_method_and_reuses_the_model(tiny_dataset,
     again = json.loads((out / "results.json").read_text())["datasets"][0]
     assert again["model_reused"] and again["model_dir"] == dataset["model_dir"]
     assert again["tables"]["subset"][0]["image_auroc"] == subset_rows["radar_if"]["image_auroc"]
+
+    # another inference setting reuses the network and only recalibrates
+    code, _, stderr = benchmark(capsys, *args, "--methods", "radar_if", "--set", "inference.map_sigma=2")
+    assert code == 0, stderr
+    assert "reusing" in stderr and "recalibrating" in stderr
+    third = json.loads((out / "results.json").read_text())["datasets"][0]
+    assert third["model_dir"] == dataset["model_dir"] and third["config"]["inference"]["map_sigma"] == 2
+    assert third["tables"]["subset"][0]["pixel_auroc"] != subset_rows["radar_if"]["pixel_auroc"]
 
 
 def _items() -> list[LabeledImage]:

@@ -1,6 +1,7 @@
 """End to end: a tiny model trained briefly on generated surfaces."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -194,6 +195,20 @@ def test_paper_response_round_trip_and_switching_needs_calibration(fitted, surfa
         loaded.predict(paths[0])
     loaded.calibrate(normal)
     assert loaded.predict(paths[0]).features.shape == (2,)
+    # any response setting changed after calibration is refused, not silently used
+    loaded.config.inference.map_sigma = 2.0
+    with pytest.raises(ConfigError, match="map_sigma"):
+        loaded.predict_many(paths[:1])
+    with pytest.raises(ConfigError, match="calibrate"):
+        loaded.save(tmp_path / "stale")
+    # a model file with broken response statistics is a one-line ModelError
+    meta = json.loads((model_dir / CONFIG_FILE).read_text())
+    meta["response_statistics"] = None
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    (broken / CONFIG_FILE).write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="response_statistics"):
+        Radar.load(broken)
 
 
 def test_a_defect_that_removes_texture_is_found(fitted, surfaces):

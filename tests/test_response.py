@@ -65,9 +65,13 @@ def test_gaussian_smooth_equals_scipy():
     x = np.random.default_rng(4).random((40, 50))
     ours = gaussian_smooth(torch.from_numpy(x)[None, None], 2.5)[0, 0].numpy()
     np.testing.assert_allclose(ours, gaussian_filter(x, 2.5, mode="mirror", truncate=3.0), atol=1e-3)
-    assert gaussian_smooth(torch.from_numpy(x)[None, None], 0) is not None
-    # a kernel wider than a small image is truncated to it, not an error
-    assert gaussian_smooth(torch.rand(1, 1, 8, 8, dtype=torch.float64), 12.0).shape == (1, 1, 8, 8)
+    unchanged = torch.from_numpy(x)[None, None]
+    assert torch.equal(gaussian_smooth(unchanged, 0), unchanged)
+    # a kernel wider than a small image is truncated to it, not an error, and still averages
+    small = torch.rand(1, 1, 8, 8, dtype=torch.float64)
+    smoothed = gaussian_smooth(small, 12.0)
+    assert smoothed.shape == (1, 1, 8, 8) and smoothed.std() < 0.5 * small.std()
+    assert abs(float(smoothed.mean() - small.mean())) < 0.05
 
 
 def _noise(seed, n=6, size=96):
@@ -93,7 +97,13 @@ def test_two_sided_map_finds_removed_and_added_structure():
     assert (anomaly[0] > 1.5).float().mean() < 0.01
 
 
-def test_response_statistics_round_trip():
-    statistics = fit_response_statistics([_noise(0, n=2, size=40)], energy_window=5)
-    again = ResponseStatistics.from_dict(statistics.to_dict())
-    assert again == statistics
+def test_response_statistics_round_trip_and_equal_pooled_statistics():
+    maps = [_noise(0, n=2, size=40), _noise(1, n=1, size=56)]
+    statistics = fit_response_statistics(maps, energy_window=5)
+    assert ResponseStatistics.from_dict(statistics.to_dict()) == statistics
+    energy = torch.cat([local_energy(m, 5).flatten() for m in maps])
+    assert statistics.energy_mean == pytest.approx(float(energy.mean()))
+    assert statistics.energy_std == pytest.approx(float(energy.std()))
+    for bad in (None, {}, {"energy_mean": 1.0}, [1, 2]):
+        with pytest.raises(ValueError, match="response_statistics"):
+            ResponseStatistics.from_dict(bad)

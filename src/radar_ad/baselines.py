@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import DDIMScheduler
 from skimage.feature import canny, graycomatrix, graycoprops
 from skimage.filters import gaussian
@@ -41,6 +40,7 @@ from skimage.transform import probabilistic_hough_line
 from .config import RadarConfig
 from .decision import ImageDecision, pixel_threshold
 from .errors import DataError, NotFittedError
+from . import features
 from .features import FEATURE_NAMES, image_features
 from .network import build_scheduler
 from .noise_map import border_weights
@@ -131,7 +131,9 @@ class ReconstructionBaseline(Baseline):
         self.unet = radar.unet_
         self.config = config
         self.channels = int(radar.channels_)
-        self.device = torch.device(radar.noise_device_)
+        # the torch U-Net's own device: with the ONNX backend the noise
+        # predictor runs on the CPU while the U-Net may sit on a GPU
+        self.device = next(radar.unet_.parameters()).device
         self.start_timestep = int(start_timestep)
         self.scheduler = build_scheduler(config.network)
         self.key, self.name = key, name
@@ -432,11 +434,9 @@ def _line_statistics(lines: np.ndarray, n_pixels: int) -> list[float]:
 
 def _window_means(values: np.ndarray, window: int, stride: int) -> np.ndarray:
     """Means of ``(H, W)`` over ``window`` x ``window`` windows (clipped to the
-    image), as RADAR's window feature pools the response map."""
-    height, width = values.shape
-    pooled = F.avg_pool2d(torch.from_numpy(np.ascontiguousarray(values))[None, None],
-                          (min(window, height), min(window, width)), stride=stride)
-    return pooled.flatten().numpy()
+    image), pooled exactly as RADAR's window features."""
+    return features._window_means(torch.from_numpy(np.ascontiguousarray(values))[None, None],
+                                  window, stride).flatten().numpy()
 
 
 def _gray(image: np.ndarray) -> np.ndarray:

@@ -45,6 +45,7 @@ from .config import RadarConfig
 from .data import LabeledImage, as_image_array, evaluation_images, load_mask, training_images
 from .decision import MIN_CALIBRATION_IMAGES
 from .errors import ConfigError, DataError, MissingDependencyError
+from .evaluation import finite_or_none
 from .files import write_text
 from .metrics import image_metrics, pixel_metrics
 from .network import pick_device
@@ -287,12 +288,15 @@ def example_items(subset: list[LabeledImage], seed: int) -> list[LabeledImage]:
 
 # ------------------------------------------------------------- the model
 def model_key(config: RadarConfig, dataset: Path) -> str:
-    """The training cache key: the config's JSON, the dataset's path and the
-    names and sizes of its training files (a changed file retrains)."""
+    """The training cache key: the settings training depends on (not the
+    inference or decision ones, which only need a recalibration), the
+    dataset's path and the names and sizes of its training files (a changed
+    file retrains)."""
     dataset = Path(dataset)
     listing = [f"{p.relative_to(dataset).as_posix()}:{p.stat().st_size}" for p in training_images(dataset)]
-    payload = json.dumps({"config": config.to_json(), "dataset": str(dataset.resolve()),
-                          "files": listing})
+    settings = {k: v for k, v in config.to_dict().items() if k not in ("inference", "decision")}
+    payload = json.dumps({"config": settings, "dataset": str(dataset.resolve()), "files": listing},
+                         sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -304,7 +308,7 @@ def trained_model(source: DatasetSource, config: RadarConfig, cache: Path, optio
     model_dir = cache / f"{source.name}-{model_key(config, source.path)}"
     reused = (model_dir / CONFIG_FILE).is_file()
     if reused:
-        log(f"{source.name}: reusing the model in {model_dir} (same config and training files)")
+        log(f"{source.name}: reusing the model in {model_dir} (same training settings and files)")
     else:
         log(f"{source.name}: training a model ({config.train.steps} steps) into {model_dir}")
         checkpoint = model_dir.with_name(model_dir.name + ".checkpoint")
@@ -424,15 +428,6 @@ class BenchmarkResult:
     markdown: str = ""
 
 
-def _finite_or_none(value: Any) -> Any:
-    """NaN (an undefined metric) becomes None, i.e. JSON null."""
-    if isinstance(value, (float, np.floating)):
-        return None if math.isnan(float(value)) else float(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
 def _peak_rss_mib() -> float:
     # ru_maxrss is KiB on Linux, bytes on macOS
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -542,7 +537,7 @@ def _metrics(test: TestSet, indices: list[int], records: dict[int, dict[str, Any
         "network_evaluations_per_image": float(np.mean([test.positions[i] for i in indices])) * per_position,
         "median_seconds_per_image": float(np.median([r["seconds"] for r in rows])),
     })
-    return {k: _finite_or_none(v) for k, v in metrics.items()}
+    return {k: finite_or_none(v) for k, v in metrics.items()}
 
 
 @dataclass
@@ -617,7 +612,7 @@ def benchmark_dataset(source: DatasetSource, config: RadarConfig, options: Bench
         log(f"{source.name}: generating the built-in demo data into {source.path}")
         make_dataset(source.path, QUICK_DEMO_SPEC if options.quick else DEMO_SPEC)
     radar, model_dir, reused = trained_model(source, config, cache, options, log)
-    config, root = radar.config, source.path
+    root = source.path
 
     # the model's own held-out normal images: never trained on, never tested on
     normal_files = training_images(root)
@@ -625,6 +620,12 @@ def benchmark_dataset(source: DatasetSource, config: RadarConfig, options: Bench
     calibration_files = [normal_files[i] for i in calibration_indices]
     calibration = [as_image_array(p, config.data, config.patch_size)
                    for p in progress_bar(calibration_files, enabled=options.progress, desc="loading", leave=False)]
+    if radar.config != config:
+        # a cached network trained with the same settings; other inference or
+        # decision settings only need the one-class model refitted
+        log(f"{source.name}: recalibrating the cached model for this run's inference settings")
+        radar.config = config
+        radar.calibrate([image.transpose(1, 2, 0) for image in calibration])
     limit = min(options.calibration_limit or DEFAULT_CALIBRATION_LIMIT, len(calibration))
     limited = sorted(np.random.default_rng(config.seed).choice(len(calibration), limit, replace=False).tolist())
 

@@ -74,10 +74,10 @@ def evaluate(radar: Radar, dataset: str | Path, *, progress: bool = False,
     for label in sorted({r.label for r in results} - {"good"}):
         flagged = [r.is_anomalous for r in results if r.label == label]
         metrics[f"recall_{label}"] = float(np.mean(flagged))
-    return Evaluation({k: _finite_or_none(v) for k, v in metrics.items()}, results)
+    return Evaluation({k: finite_or_none(v) for k, v in metrics.items()}, results)
 
 
-def _finite_or_none(value: float | int | None) -> float | int | None:
+def finite_or_none(value: float | int | None) -> float | int | None:
     """NaN (an undefined metric) becomes None, i.e. JSON null, not invalid JSON."""
     if isinstance(value, (float, np.floating)):
         return None if math.isnan(value) else float(value)

@@ -3,11 +3,12 @@
 The exported graph is :class:`~radar_ad.noise_map.OneStepNoise`: patches in
 [0, 1] and their grid positions in, predicted noise out, with the scaling,
 the seeded noise bank, the one forward noising step and the timestep inside.
-Tiling, stitching, blur + Sobel and the features stay in the same torch code
+Tiling, stitching, the response map and the features stay in the same torch code
 the PyTorch path runs (they depend on the image size and cost about a tenth
 of the time of a 256 px image). The file's metadata carries everything else a loader needs: config,
-thresholds and the calibration features the one-class model is refitted on,
-so one ``.onnx`` file is a complete model.
+thresholds, the two-sided response's normal statistics and the calibration
+features the one-class model is refitted on, so one ``.onnx`` file is a
+complete model.
 """
 
 from __future__ import annotations
@@ -78,7 +79,12 @@ def graph_description(radar: Radar) -> dict[str, Any]:
                 "so the far edges are covered",
         "stitch": f"weighted mean of overlapping patches; weight 1e-3 in the outer "
                   f"{patch // 7} px of each patch, 1 inside",
-        "response": "Gaussian blur then Sobel gradient magnitude (kernel sizes in config.inference)",
+        "response": ("Gaussian blur then Sobel gradient magnitude (kernel sizes in config.inference); "
+                     "for inference.response two_sided: S = that magnitude, E = log of the mean "
+                     "squared noise in energy_window px windows (mirrored border); parts "
+                     "max(0, (S - structure_mean) / structure_std) and "
+                     "max(0, (energy_mean - E) / energy_std) from response_statistics; map = "
+                     "Gaussian (map_sigma px) of the larger part over its scale"),
     }
 
 

@@ -134,14 +134,16 @@ class Radar:
     def _calibrate(self, arrays: list[np.ndarray], progress: bool) -> None:
         config = self.config
         inference = config.inference
-        # all noise maps first: the two-sided response is measured against
-        # statistics of these very maps
-        chunks = [[(indices, noise.cpu()) for indices, noise in groups]
-                  for groups in self._noise_maps(arrays, progress, "calibrating")]
+        chunks: Iterable[list[tuple[list[int], torch.Tensor]]] = self._noise_maps(
+            arrays, progress, "calibrating")
         if inference.response == "two_sided":
+            # the two-sided response is measured against statistics of these
+            # very maps, so they are all computed (and held, float32) first
+            chunks = [[(indices, noise.cpu()) for indices, noise in groups] for groups in chunks]
             self.response_statistics_ = fit_response_statistics(
                 [noise for groups in chunks for _, noise in groups], inference.energy_window,
                 inference.blur_ksize, inference.sobel_ksize, config.decision.pixel_quantile)
+        self.calibrated_settings_ = response_settings(config)
         maps, features = [], []
         for groups in chunks:
             for _, anomaly, feats in self._respond_in_order(groups):
@@ -165,6 +167,16 @@ class Radar:
     def _check_fitted(self) -> None:
         if not hasattr(self, "decision_"):
             raise NotFittedError("this Radar model is not fitted: call fit() or Radar.load() first")
+
+    def _check_calibrated(self) -> None:
+        """Refuse to score with a one-class model, pixel threshold and response
+        statistics fitted under other response settings: the numbers would
+        be silently meaningless."""
+        changed = [key for key, value in response_settings(self.config).items()
+                   if self.calibrated_settings_.get(key) != value]
+        if changed:
+            raise ConfigError(f"inference.{changed[0]} changed since this model was calibrated; "
+                              "call calibrate(normal_images) first")
 
     def _use_unet(self, unet: torch.nn.Module) -> None:
         """Predict noise with ``unet`` through PyTorch (the default backend)."""
@@ -249,6 +261,7 @@ class Radar:
     def predict_many(self, images: Iterable[ImageLike], progress: bool = False) -> list[Prediction]:
         """:meth:`predict` for many images, batching images of equal size."""
         self._check_fitted()
+        self._check_calibrated()
         arrays = [as_image_array(im, self.config.data, self.config.patch_size) for im in images]
         analysed = list(self._analyse(arrays, progress, "detecting"))
         if not analysed:
@@ -269,6 +282,7 @@ class Radar:
         """What a model file says about itself (``radar.json``; also the
         metadata of an ONNX export): config, thresholds, training record."""
         self._check_fitted()
+        self._check_calibrated()
         return {
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "config": self.config.to_dict(), "channels": self.channels_,
@@ -369,7 +383,8 @@ class Radar:
         radar.pixel_threshold_ = float(meta["pixel_threshold"])
         radar.training_ = meta.get("training", {})
         if radar.config.inference.response == "two_sided":
-            radar.response_statistics_ = ResponseStatistics.from_dict(meta["response_statistics"])
+            radar.response_statistics_ = ResponseStatistics.from_dict(meta.get("response_statistics"))
+        radar.calibrated_settings_ = response_settings(radar.config)
         return radar
 
     def _calibrate_from(self, calibration_features: np.ndarray, meta: dict[str, Any]) -> None:
@@ -388,6 +403,15 @@ def check_metadata(meta: Any, where: str) -> None:
     if meta.get("format_version") != FORMAT_VERSION:
         raise ModelError(f"{where} has model format version {meta.get('format_version')!r}; "
                          f"this radar-ad ({__version__}) reads version {FORMAT_VERSION}")
+
+
+def response_settings(config: RadarConfig) -> dict[str, Any]:
+    """The inference settings the calibration (one-class model, pixel
+    threshold, response statistics) depends on beyond the noise map."""
+    inference = config.inference
+    keys = ("response", "energy_window", "map_sigma", "blur_ksize", "sobel_ksize", "window",
+            "window_stride", "feature_norm")
+    return {key: getattr(inference, key) for key in keys}
 
 
 def noise_settings(config: RadarConfig) -> tuple[int, int, int]:

@@ -10,7 +10,8 @@ runs batched on the GPU and exports to ONNX; tests show it equal to
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
@@ -113,8 +114,15 @@ class ResponseStatistics:
         return {k: float(v) for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, data: dict[str, float]) -> ResponseStatistics:
+    def from_dict(cls, data: Any) -> ResponseStatistics:
+        """From :meth:`to_dict`'s output; ``ValueError`` for anything else."""
+        names = {f.name for f in fields(cls)}
+        if not isinstance(data, dict) or set(data) != names:
+            raise ValueError(f"response_statistics must be an object with {', '.join(sorted(names))}")
         return cls(**{k: float(v) for k, v in data.items()})
+
+
+QUANTILE_SAMPLE = 8_000_000  # pixels per part behind the scales' quantiles (float64: 128 MB)
 
 
 def local_energy(noise_map: torch.Tensor, window: int) -> torch.Tensor:
@@ -142,29 +150,34 @@ def response_parts(noise_map: torch.Tensor, statistics: ResponseStatistics, ener
 
 def fit_response_statistics(noise_maps: list[torch.Tensor], energy_window: int, blur_ksize: int = 5,
                             sobel_ksize: int = 5, quantile: float = 0.999) -> ResponseStatistics:
-    """Pooled pixel statistics of normal ``(B, C, H, W)`` noise maps."""
-    structure = torch.cat([response_map(n, blur_ksize, sobel_ksize).double().flatten() for n in noise_maps])
-    energy = torch.cat([local_energy(n, energy_window).flatten() for n in noise_maps])
-    statistics = ResponseStatistics(float(energy.mean()), max(float(energy.std()), 1e-12),
-                                    float(structure.mean()), max(float(structure.std()), 1e-12))
-    parts = torch.cat([response_parts(n, statistics, energy_window, blur_ksize, sobel_ksize)
-                       .transpose(0, 1).flatten(1) for n in noise_maps], dim=1)
-    scales = _quantiles(parts, quantile)
+    """Pooled pixel statistics of normal ``(B, C, H, W)`` noise maps: running
+    moments, then the parts' quantiles from an evenly strided sample of at
+    most :data:`QUANTILE_SAMPLE` pixels, so memory stays near one map's."""
+    count, sums = 0, torch.zeros(4, dtype=torch.float64)  # energy, energy^2, structure, structure^2
+    for noise in noise_maps:
+        structure = response_map(noise, blur_ksize, sobel_ksize).double()
+        energy = local_energy(noise, energy_window)
+        count += energy.numel()
+        sums += torch.stack([energy.sum(), energy.pow(2).sum(), structure.sum(), structure.pow(2).sum()])
+    mean_e, mean_s = float(sums[0] / count), float(sums[2] / count)
+    # sample standard deviations (n - 1), as torch.std
+    std_e = max(float(sums[1] - count * mean_e**2) / max(count - 1, 1), 0.0) ** 0.5
+    std_s = max(float(sums[3] - count * mean_s**2) / max(count - 1, 1), 0.0) ** 0.5
+    statistics = ResponseStatistics(mean_e, max(std_e, 1e-12), mean_s, max(std_s, 1e-12))
+    step = max(1, math.ceil(count / QUANTILE_SAMPLE))
+    sample = torch.cat([response_parts(noise, statistics, energy_window, blur_ksize, sobel_ksize)
+                        .transpose(0, 1).flatten(1)[:, ::step] for noise in noise_maps], dim=1)
+    scales = np.quantile(sample.numpy(), quantile, axis=1)
     statistics.structure_scale, statistics.deficit_scale = (max(float(s), 1e-6) for s in scales)
     return statistics
-
-
-def _quantiles(parts: torch.Tensor, quantile: float) -> torch.Tensor:
-    """Per-row quantile of a ``(P, N)`` tensor (numpy: torch.quantile is
-    limited to 16 M elements)."""
-    return torch.from_numpy(np.quantile(parts.numpy(), quantile, axis=1))
 
 
 def two_sided_map(parts: torch.Tensor, statistics: ResponseStatistics, sigma: float) -> torch.Tensor:
     """``(B, 2, H, W)`` parts -> ``(B, H, W)`` pixel anomaly map: the larger
     part in units of its normal high quantile, smoothed by a Gaussian of
     ``sigma`` px (a defect's deficit is a region, not an edge)."""
-    scales = torch.tensor([statistics.structure_scale, statistics.deficit_scale], dtype=parts.dtype)
+    scales = torch.tensor([statistics.structure_scale, statistics.deficit_scale], dtype=parts.dtype,
+                          device=parts.device)
     combined = (parts / scales.view(1, 2, 1, 1)).amax(1, keepdim=True)
     return gaussian_smooth(combined, sigma)[:, 0].float()
 
