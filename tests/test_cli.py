@@ -139,11 +139,11 @@ def test_bad_model_directories(fitted, surfaces, tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     meta = json.loads((model / "radar.json").read_text())
-    meta["format_version"] = 2
+    meta["format_version"] = 1  # a model from before the two-sided response
     (other / "radar.json").write_text(json.dumps(meta))
     for f in ("unet.safetensors", "calibration.safetensors"):
         (other / f).write_bytes((model / f).read_bytes())
-    assert_one_line_error(radar("evaluate", other, surfaces), "format version 2")
+    assert_one_line_error(radar("evaluate", other, surfaces), "format version 1")
 
 
 def test_evaluate_needs_labelled_data(fitted, tmp_path):

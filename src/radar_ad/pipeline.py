@@ -402,7 +402,8 @@ def check_metadata(meta: Any, where: str) -> None:
         raise ModelError(f"{where} is not a radar-ad model file")
     if meta.get("format_version") != FORMAT_VERSION:
         raise ModelError(f"{where} has model format version {meta.get('format_version')!r}; "
-                         f"this radar-ad ({__version__}) reads version {FORMAT_VERSION}")
+                         f"this radar-ad ({__version__}) reads version {FORMAT_VERSION}; "
+                         "train the model again with it")
 
 
 def response_settings(config: RadarConfig) -> dict[str, Any]:
