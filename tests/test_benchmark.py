@@ -47,7 +47,7 @@ def test_quick_benchmark_reports_every_method_and_reuses_the_model(tiny_dataset,
     results = json.loads((out / "results.json").read_text())
     # --quick runs torch on one thread and gives the caller's setting back
     assert results["environment"]["torch_threads"] == 1 and torch.get_num_threads() == threads
-    (dataset,) = results["datasets"]  # only the dataset given: no demo, no ../shared/datasets
+    (dataset,) = results["datasets"]  # only the dataset given: not the demo, nor any dataset found by default
     assert set(dataset["methods"]) == set(METHOD_KEYS) and not dataset["model_reused"]
     subset_rows = {row["method"]: row for row in dataset["tables"]["subset"]}
     test_rows = {row["method"]: row for row in dataset["tables"]["test"]}

@@ -230,10 +230,7 @@ class Radar:
             response = response_map(noise, inference.blur_ksize, inference.sobel_ksize)
             return response, image_features(response, inference.window, inference.window_stride,
                                             inference.feature_norm)
-        statistics = getattr(self, "response_statistics_", None)
-        if statistics is None:
-            raise ConfigError("the two-sided response is measured against normal images: call "
-                              "calibrate(normal_images) after switching inference.response to it")
+        statistics = self.response_statistics_  # _check_calibrated guarantees them
         parts = response_parts(noise, statistics, inference.energy_window, inference.blur_ksize,
                                inference.sobel_ksize)
         return (two_sided_map(parts, statistics, inference.map_sigma),
