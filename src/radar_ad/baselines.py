@@ -45,13 +45,12 @@ from .features import FEATURE_NAMES, image_features
 from .network import build_scheduler
 from .noise_map import border_weights
 from .patches import stitch, tile
+from .pipeline import IMAGES_PER_PASS  # images whose patches share U-Net batches
 from .response import blur
 
 if TYPE_CHECKING:
     from .pipeline import Radar
 
-# Images whose patches share U-Net batches; bounds the chain state held at once.
-IMAGES_PER_PASS = 8
 # The start timestep (0-based, as in diffusers) of the long chains, as in the paper.
 DEEP_TIMESTEP = 250
 SHALLOW_TIMESTEP = 25
