@@ -17,7 +17,6 @@ Prints one Markdown table per group and writes every row as JSON.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from radar_ad import Radar
-from radar_ad.benchmark import DEFAULT_VALIDATION_FRACTION, validation_split
+from radar_ad.bench.harness import DEFAULT_VALIDATION_FRACTION, validation_split
 from radar_ad.data import evaluation_images, load_mask, training_images
 from radar_ad.metrics import image_metrics, pixel_metrics
 from radar_ad.pipeline import calibration_split
@@ -50,11 +49,10 @@ GROUPS: dict[str, list[dict[str, Any]]] = {
 COLUMNS = ("image_auroc", "f1", "precision", "recall", "pixel_auroc", "aupro", "seconds_per_image")
 
 
-def apply(radar: Radar, base: dict[str, Any], overrides: dict[str, Any]) -> None:
-    """Reset ``radar.config`` to ``base`` and apply the overrides in place."""
-    config = type(radar.config).from_dict(copy.deepcopy(base)).updated(
-        {k: v for k, v in overrides.items() if k != "calibrate_on"})
-    radar.config = config
+def with_variant(radar: Radar, base: dict[str, Any], overrides: dict[str, Any]) -> Radar:
+    """``radar`` with the ``base`` settings plus the overrides (a new model
+    sharing its network)."""
+    return radar.with_settings({**base, **{k: v for k, v in overrides.items() if k != "calibrate_on"}})
 
 
 def main() -> int:
@@ -72,8 +70,7 @@ def main() -> int:
         parser.error(f"unknown group {unknown[0]!r}; known: {', '.join(GROUPS)}")
 
     radar = Radar.load(args.model)
-    base = radar.config.updated({k: json.loads(v) for k, v in
-                                 (item.split("=", 1) for item in args.set)}).to_dict()
+    base = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
     normal = training_images(args.dataset)
     train_idx, held_out = calibration_split(len(normal), radar.config)
     half = len(held_out) // 2
@@ -91,10 +88,10 @@ def main() -> int:
     rows = []
     for group in groups:
         for overrides in GROUPS[group]:
-            apply(radar, base, overrides)
-            radar.calibrate(on_training if overrides.get("calibrate_on") == "training" else calibrate)
+            model = with_variant(radar, base, overrides)
+            model.calibrate(on_training if overrides.get("calibrate_on") == "training" else calibrate)
             began = time.perf_counter()
-            predictions = radar.predict_many(paths)
+            predictions = model.predict_many(paths)
             seconds = (time.perf_counter() - began) / len(paths)
             metrics: dict[str, Any] = image_metrics(labels, np.array([p.score for p in predictions]),
                                                     np.array([p.is_anomalous for p in predictions]))

@@ -33,9 +33,9 @@ import numpy as np
 from PIL import Image
 
 from radar_ad import Radar
+from radar_ad.apps.serve import DEFAULT_MAX_IN_FLIGHT, background_server, create_app
 from radar_ad.data import list_images
 from radar_ad.errors import RadarError
-from radar_ad.serve import DEFAULT_MAX_IN_FLIGHT, background_server, create_app
 from radar_ad.synthetic import make_surface
 
 

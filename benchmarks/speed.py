@@ -1,20 +1,22 @@
-"""Inference speed of the PyTorch and ONNX Runtime backends, in one process.
+"""Inference speed of every registered backend (PyTorch, ONNX Runtime,
+OpenVINO ...), in one process.
 
-    python benchmarks/speed.py [MODEL] [--images DIR] [--size 256] [--strides 14,28] [--json OUT]
+    python benchmarks/speed.py [MODEL] [--images DIR] [--size 256] [--strides 14,28]
+                               [--backends torch,onnx,openvino] [--json OUT]
 
 MODEL is a model directory from `radar train`. Without one, the default
-architecture is built with seeded, untrained weights and calibrated on a few
-generated images: the time per image does not depend on the weights, so this
-measures "the default model at SIZE px" without an hour of training.
+architecture is trained for a single step (seeded, so effectively untrained)
+on a few generated images and calibrated on its held-out ones: the time per
+image does not depend on the weights, so this measures "the default model at
+SIZE px" without an hour of training.
 
-For each tiling stride, both backends score the same images (warm-up first,
+For each tiling stride, every backend scores the same images (warm-up first,
 then --rounds timed passes; the median counts). The table gives images per
-second, the ONNX/PyTorch speed ratio measured in the same run (the figure
-that survives a noisy machine), and the parity of the two: largest anomaly
-map difference relative to the pixel threshold, largest score difference and
-the number of differing verdicts. (The untrained model is recalibrated for
-each stride; a trained model keeps its own calibration, so at another stride
-its verdicts mean little, while the parity figures still hold.)
+second, each backend's speed relative to PyTorch measured in the same run
+(the figure that survives a noisy machine), and its parity with PyTorch:
+largest anomaly map difference relative to the pixel threshold and the
+number of differing verdicts. A stride other than a trained model's own
+needs --calibration (normal images) to recalibrate at that stride.
 """
 
 from __future__ import annotations
@@ -32,22 +34,17 @@ import torch
 
 from radar_ad import Radar, RadarConfig
 from radar_ad.data import list_images
-from radar_ad.export import use_onnx
-from radar_ad.network import build_unet
+from radar_ad.errors import RadarError
 from radar_ad.patches import grid_positions
+from radar_ad.registry import BACKENDS
 from radar_ad.synthetic import SyntheticSpec, make_dataset
 
 
-def untrained_default(size: int, calibration: list[Path], overrides: dict | None = None) -> Radar:
-    """The default configuration (plus ``overrides``) with seeded random
-    weights, calibrated."""
-    config = RadarConfig().updated({"data.resize": size, **(overrides or {})})
-    radar = Radar(config)
-    radar.channels_ = 1
-    radar.training_ = {"note": "untrained: speed only"}
-    torch.manual_seed(config.seed)
-    radar._use_unet(build_unet(config.network, 1, config.patch_size))
-    return radar.calibrate(calibration)
+def untrained_default(data: Path, size: int, overrides: dict | None = None) -> Radar:
+    """The default configuration (plus ``overrides``) trained for one step on
+    ``data``: seeded weights that are as good as random, calibrated."""
+    config = RadarConfig().updated({"data.resize": size, "train.steps": 1, **(overrides or {})})
+    return Radar(config).fit(data, progress=False)
 
 
 def time_backend(radar: Radar, images: list[Path], batch: int, rounds: int) -> tuple[float, list]:
@@ -67,11 +64,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("model", nargs="?", type=Path, help="model directory (default: untrained default model)")
     parser.add_argument("--images", type=Path, help="folder of test images (default: generated surfaces)")
+    parser.add_argument("--calibration", type=Path, help="normal images to recalibrate a trained model at "
+                        "another stride")
     parser.add_argument("--size", type=int, default=256, help="image size for generated images / the untrained model")
     parser.add_argument("--count", type=int, default=16, help="images timed per pass")
     parser.add_argument("--batch", type=int, default=8, help="images per predict_many call")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--strides", default="", help="comma-separated strides (default: the model's)")
+    parser.add_argument("--backends", default=",".join(BACKENDS.names()),
+                        help="comma-separated backends (default: every registered one)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                         help="override a setting of the untrained model, e.g. network.attention=[false,true,true]")
     parser.add_argument("--json", type=Path, default=Path("speed.json"))
@@ -85,46 +86,56 @@ def main() -> int:
     images = images[:args.count]
     if args.set and args.model:
         parser.error("--set applies to the untrained model only; retrain to change a trained one")
+    names = ["torch", *(name for name in args.backends.split(",") if name and name != "torch")]
     if args.model:
-        torch_radar = Radar.load(args.model)
-        onnx_radar = Radar.load(args.model, backend="onnx")
-        calibration = None
+        model = Radar.load(args.model)
+        calibration = list_images(args.calibration) if args.calibration else None
     else:
-        calibration = sorted((data / "train" / "good").glob("*.png"))
         overrides = {key: json.loads(value) for key, _, value in (item.partition("=") for item in args.set)}
-        torch_radar = untrained_default(args.size, calibration, overrides)
-        onnx_radar = use_onnx(untrained_default(args.size, calibration, overrides))
-    strides = [int(s) for s in args.strides.split(",") if s] or [torch_radar.config.stride]
+        model = untrained_default(data, args.size, overrides)
+        calibration = sorted((data / "train" / "good").glob("*.png"))
+    strides = [int(s) for s in args.strides.split(",") if s] or [model.config.stride]
 
     rows = []
     for stride in strides:
-        for radar in (torch_radar, onnx_radar):
-            radar.config.inference.stride = stride
-            if calibration is not None:
-                radar.calibrate(calibration)
-        t_torch, p_torch = time_backend(torch_radar, images, args.batch, args.rounds)
-        t_onnx, p_onnx = time_backend(onnx_radar, images, args.batch, args.rounds)
-        height, width = p_torch[0].anomaly_map.shape
-        patch = torch_radar.config.patch_size
-        rows.append({
-            "stride": stride, "image": f"{height}x{width}",
-            "patches_per_image": len(grid_positions(height, patch, stride)) * len(grid_positions(width, patch, stride)),
-            "torch_images_per_s": 1 / t_torch, "onnx_images_per_s": 1 / t_onnx,
-            "onnx_vs_torch": t_torch / t_onnx,
-            "max_map_diff_rel": max(float(np.abs(a.anomaly_map - b.anomaly_map).max())
-                                    for a, b in zip(p_torch, p_onnx)) / torch_radar.pixel_threshold_,
-            "max_score_diff": max(abs(a.score - b.score) for a, b in zip(p_torch, p_onnx)),
-            "verdicts_differing": sum(a.is_anomalous != b.is_anomalous for a, b in zip(p_torch, p_onnx)),
-            "anomalous": sum(a.is_anomalous for a in p_torch),
-        })
-    print("| stride | image | patches | torch img/s | onnx img/s | onnx/torch | map diff / pixel thr | "
-          "score diff | verdicts differing |")
+        at_stride = model.with_settings({"inference.stride": None if stride == model.config.patch_size else stride})
+        if at_stride.calibration_ is None:
+            if calibration is None:
+                parser.error(f"stride {stride} needs --calibration: normal images to recalibrate at it")
+            at_stride.calibrate(calibration)
+        timings, predictions = {}, {}
+        for name in names:
+            try:
+                radar = at_stride.with_backend(name)
+            except RadarError as exc:
+                print(f"{name}: skipped ({exc})", file=sys.stderr)
+                continue
+            timings[name], predictions[name] = time_backend(radar, images, args.batch, args.rounds)
+        reference = predictions["torch"]
+        height, width = reference[0].anomaly_map.shape
+        patch = model.config.patch_size
+        row = {"stride": stride, "image": f"{height}x{width}",
+               "patches_per_image": (len(grid_positions(height, patch, stride))
+                                     * len(grid_positions(width, patch, stride))),
+               "anomalous": sum(a.is_anomalous for a in reference), "backends": {}}
+        for name, seconds in timings.items():
+            got = predictions[name]
+            row["backends"][name] = {
+                "images_per_s": 1 / seconds, "vs_torch": timings["torch"] / seconds,
+                "max_map_diff_rel": max(float(np.abs(a.anomaly_map - b.anomaly_map).max())
+                                        for a, b in zip(reference, got)) / model.pixel_threshold_,
+                "max_score_diff": max(abs(a.score - b.score) for a, b in zip(reference, got)),
+                "verdicts_differing": sum(a.is_anomalous != b.is_anomalous for a, b in zip(reference, got)),
+            }
+        rows.append(row)
+    print("| stride | image | patches | backend | img/s | vs torch | map diff / pixel thr | score diff | "
+          "verdicts differing |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['stride']} | {r['image']} | {r['patches_per_image']} | {r['torch_images_per_s']:.2f} | "
-              f"{r['onnx_images_per_s']:.2f} | "
-              f"{r['onnx_vs_torch']:.2f}x | {r['max_map_diff_rel']:.1e} | {r['max_score_diff']:.1e} | "
-              f"{r['verdicts_differing']} of {len(images)} |")
+        for name, b in r["backends"].items():
+            print(f"| {r['stride']} | {r['image']} | {r['patches_per_image']} | {name} | {b['images_per_s']:.2f} | "
+                  f"{b['vs_torch']:.2f}x | {b['max_map_diff_rel']:.1e} | {b['max_score_diff']:.1e} | "
+                  f"{b['verdicts_differing']} of {len(images)} |")
     result = {"model": str(args.model or "untrained default"), "overrides": args.set,
               "images": len(images), "batch": args.batch,
               "rounds": args.rounds, "machine": {"cpu_threads": torch.get_num_threads(),

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from radar_ad import Radar, RadarConfig
-from radar_ad.baselines import (
+from radar_ad.bench.baselines import (
     DDIMReconstruction,
     DDPMReconstruction,
     MethodOutput,
@@ -15,33 +15,33 @@ from radar_ad.baselines import (
     OneClassMethod,
     OneStepReconstruction,
     StatisticalBaseline,
+    baseline_names,
     reconstruction_baselines,
-    statistical_baseline,
 )
 from radar_ad.errors import DataError, NotFittedError
-from radar_ad.network import build_unet
 from radar_ad.synthetic import make_surface
 
+# One training step (still in warm-up): the network is as good as untrained,
+# which is all these tests need, and the model is a real fitted Radar.
 TINY = {"network.block_out_channels": [8, 16], "network.attention": [False, True],
-        "decision.n_estimators": 50}
+        "decision.n_estimators": 50, "train.steps": 1, "train.batch_size": 8}
 
 
 def shell(channels: int) -> Radar:
-    """A Radar holding only what the baselines read: an untrained U-Net
-    (seeded), its config, channels and device."""
-    config = RadarConfig(patch_size=16).updated(TINY)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(channels)
-        unet = build_unet(config.network, channels, config.patch_size)
-    radar = Radar(config)
-    radar.unet_, radar.channels_, radar.noise_device_ = unet.eval(), channels, torch.device("cpu")
+    """A fitted Radar with an (all but) untrained, seeded U-Net: fitted on
+    six random 24 px images (one to train on, five to calibrate on)."""
+    config = RadarConfig(patch_size=16).updated({**TINY, "data.grayscale": channels == 1})
+    rng = np.random.default_rng(channels)
+    shape = (24, 24) if channels == 1 else (24, 24, channels)
+    radar = Radar(config, device="cpu").fit([rng.random(shape) for _ in range(6)], progress=False)
+    assert radar.channels_ == channels
     return radar
 
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """Hundreds of tiny U-Net calls: one thread beats threads fighting over
-    shared cores (10x on a loaded 2-core machine)."""
+    shared cores."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -70,8 +70,15 @@ def test_reconstruction_methods_in_order_with_their_chain_lengths(gray_radar):
     assert [m.network_evaluations for m in methods] == [251, 26, 10, 1]
     assert [m.slow for m in methods] == [True, False, False, False]
     assert all(m.name for m in methods)
-    stat = statistical_baseline(gray_radar.config)
+    stat = StatisticalBaseline(gray_radar.config)
     assert (stat.key, stat.network_evaluations, stat.slow) == ("statistical", 0, False)
+    # the names a harness lists without building anything are the built methods' own
+    assert baseline_names() == {m.key: m.name for m in [*methods, stat]}
+
+
+def test_reconstruction_baselines_need_a_fitted_network():
+    with pytest.raises(NotFittedError, match="not fitted"):
+        reconstruction_baselines(Radar(RadarConfig(patch_size=16)))
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -83,7 +90,7 @@ def test_every_method_gives_image_sized_maps_and_fixed_length_features(channels,
     methods = reconstruction_baselines(radar)
     if channels == 3:  # the long chain is the same code; once (gray) is enough
         methods = methods[1:]
-    methods.append(statistical_baseline(radar.config))
+    methods.append(StatisticalBaseline(radar.config))
     methods[-1].fit_reference(batch)
     for method in methods:
         outputs = method.analyse(batch)
@@ -109,10 +116,9 @@ def test_runs_are_deterministic_and_independent_of_batch_companions(gray_radar):
         np.testing.assert_array_equal(alone.features, again.features)
         together = method.analyse([second, first])[1]
         np.testing.assert_allclose(together.anomaly_map, alone.anomaly_map, rtol=1e-4, atol=1e-5)
-    # a different seed gives a different stochastic chain
-    reseeded = shell(1)
-    reseeded.unet_ = gray_radar.unet_
-    reseeded.config = gray_radar.config.updated({"seed": 1})
+    # a different seed gives a different stochastic chain (on the same network)
+    reseeded = gray_radar.with_settings({"seed": 1})
+    assert reseeded.unet is gray_radar.unet
     other = DDPMReconstruction(reseeded, 25).analyse([first])[0]
     assert not np.allclose(other.anomaly_map, alone.anomaly_map)
 
@@ -131,10 +137,8 @@ class CountingUNet(torch.nn.Module):
 
 
 def test_chains_evaluate_the_network_as_often_as_stated(gray_radar):
-    radar = shell(1)
-    counter = CountingUNet(gray_radar.unet_)
-    radar.unet_ = counter
-    radar.config = radar.config.updated({"inference.batch_size": 4})
+    radar = gray_radar.with_settings({"inference.batch_size": 4})
+    counter = CountingUNet(gray_radar.unet)
     # 16 x 40 at patch 16, stride 16: 3 patch positions; two images: 6 patches,
     # so a batch size of 4 splits every evaluation into two calls
     batch = images(1, [(16, 40), (16, 40)])
@@ -145,6 +149,7 @@ def test_chains_evaluate_the_network_as_often_as_stated(gray_radar):
     }
     for method in (DDPMReconstruction(radar, 250), DDIMReconstruction(radar),
                    OneStepReconstruction(radar)):
+        method.unet = counter  # the network the method evaluates
         counter.calls.clear()
         method.analyse(batch)
         patches = sum(size for _, size in counter.calls)

@@ -1,6 +1,6 @@
 """``radar benchmark``: a quick end-to-end run on tiny generated data (in
-process, through ``cli.main``), the cached model, the validation split and
-bad input."""
+process, through ``cli.main``), the cached model, the validation split, the
+method rows the registries give, and bad input."""
 
 from __future__ import annotations
 
@@ -12,15 +12,32 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_gray
 
-from radar_ad.benchmark import METHOD_KEYS, fixed_subset, validation_split
-from radar_ad.cli import main
+from radar_ad import RadarConfig
+from radar_ad.apps.cli import main
+from radar_ad.bench.harness import (
+    BASELINE_METHODS,
+    REFERENCE_METHOD,
+    DatasetSource,
+    dataset_sources,
+    fixed_subset,
+    method_names,
+    radar_rows,
+    selected_methods,
+    validation_split,
+)
 from radar_ad.data import LabeledImage
+from radar_ad.decision import OneClassModel
 from radar_ad.errors import ConfigError
+from radar_ad.registry import ONE_CLASS_MODELS, RESPONSES
+from radar_ad.response import Response
 from radar_ad.synthetic import SyntheticSpec, make_dataset
 
-FAST = {"radar_if", "radar_lof", "onestep", "statistical"}
+from conftest import write_gray
+
+METHOD_KEYS = tuple(method_names())  # those of the default config, which the tiny dataset is run with
+# every RADAR row (one network evaluation per position) and the two cheap baselines
+FAST = {row.key for row in radar_rows()} | {"onestep", "statistical"}
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +69,9 @@ def test_quick_benchmark_reports_every_method_and_reuses_the_model(tiny_dataset,
     subset_rows = {row["method"]: row for row in dataset["tables"]["subset"]}
     test_rows = {row["method"]: row for row in dataset["tables"]["test"]}
     assert set(subset_rows) == set(METHOD_KEYS) and set(test_rows) == FAST
+    # the registries' rows: another one-class model and another response, each in both tables
+    assert {"radar_if", "radar_lof", "radar_knn", "radar_energy", "radar_sobel"} <= FAST
+    assert dataset["reference_method"] == "radar_if" and list(subset_rows)[0] == "radar_if"
     for row in [*subset_rows.values(), *test_rows.values()]:
         assert math.isfinite(row["image_auroc"]) and row["pixel_auroc"] is not None
         assert row["median_seconds_per_image"] > 0 and row["peak_rss_mib"] > 0
@@ -73,7 +93,11 @@ def test_quick_benchmark_reports_every_method_and_reuses_the_model(tiny_dataset,
     assert "radar benchmark" in markdown and "total wall time" in markdown
     assert markdown.count("| DDPM reconstruction from t=250") == 1  # slow: the subset table only
     assert markdown.count("| RADAR (IsolationForest)") == 2
+    assert markdown.count("| RADAR (KNearestNeighbour)") == 2
+    assert markdown.count("| RADAR (energy response)") == 2
+    assert "time / RADAR IF" in markdown
     assert "| method |" in stdout
+    assert "| RADAR (KNearestNeighbour)" in stdout and "| RADAR (energy response)" in stdout
     page = (out / "report.html").read_text()
     # ROC + histograms, then per example (1 normal + the subset's 2 defective):
     # the image, its mask and one map per method
@@ -94,6 +118,68 @@ def test_quick_benchmark_reports_every_method_and_reuses_the_model(tiny_dataset,
     third = json.loads((out / "results.json").read_text())["datasets"][0]
     assert third["model_dir"] == dataset["model_dir"] and third["config"]["inference"]["map_sigma"] == 2
     assert third["tables"]["subset"][0]["pixel_auroc"] != subset_rows["radar_if"]["pixel_auroc"]
+
+
+def test_method_rows_come_from_the_registries():
+    names = method_names()
+    config = RadarConfig()
+    for model_name, model in ONE_CLASS_MODELS.items():
+        key = f"radar_{model.abbreviation or model_name}"
+        assert names[key] == f"RADAR ({model.__name__.removesuffix('Model')})", model_name
+    for response in RESPONSES.names():
+        if response != config.inference.response:
+            assert names[f"radar_{response}"] == f"RADAR ({response} response)"
+    # the config's own response is the one-class rows' response: no row of its own
+    assert f"radar_{config.inference.response}" not in names
+    n_rows = len(ONE_CLASS_MODELS.names()) + len(RESPONSES.names()) - 1
+    assert list(names) == [row.key for row in radar_rows()] + list(BASELINE_METHODS)
+    assert len(names) == n_rows + len(BASELINE_METHODS)
+    assert BASELINE_METHODS == ("ddpm250", "ddpm25", "ddim10", "onestep", "statistical")
+    # keys the tests and the README use
+    assert names["radar_if"] == "RADAR (IsolationForest)" and names["radar_lof"] == "RADAR (LocalOutlierFactor)"
+    assert list(names)[0] == REFERENCE_METHOD == "radar_if"
+
+
+def test_a_new_plug_in_gets_a_row_with_no_harness_change(monkeypatch):
+    # discover the installed plug-ins first, so the stand-ins are added to them
+    ONE_CLASS_MODELS.names()
+    RESPONSES.names()
+
+    class ConvexHullModel(OneClassModel):
+        """A stand-in one-class model."""
+
+        abbreviation = "hull"
+
+    class GlowResponse(Response):
+        """A stand-in response."""
+
+    monkeypatch.setitem(ONE_CLASS_MODELS._entries, "convex_hull", ConvexHullModel)
+    monkeypatch.setitem(RESPONSES._entries, "glow", GlowResponse)
+    names = method_names()
+    assert names["radar_hull"] == "RADAR (ConvexHull)" and names["radar_glow"] == "RADAR (glow response)"
+
+
+def test_rows_follow_the_configs_own_model_and_response():
+    config = RadarConfig().updated({"inference.response": "sobel", "decision.one_class_model": "local_outlier_factor"})
+    rows = radar_rows(config)
+    assert rows[0].key == "radar_lof" and rows[0].settings == {}  # the config itself: the reference
+    keys = {row.key: row.settings for row in rows}
+    assert keys["radar_if"] == {"decision.one_class_model": "isolation_forest"}
+    assert keys["radar_two_sided"] == {"inference.response": "two_sided"} and "radar_sobel" not in keys
+    assert selected_methods(config, ["statistical", "radar_if"]) == ("radar_if", "statistical")  # table order
+    with pytest.raises(ConfigError, match="radar_sobel") as caught:
+        selected_methods(config, ["radar_sobel"])
+    assert caught.value.setting == "methods"
+
+
+def test_no_dataset_arguments_means_the_demo_data_only(tmp_path):
+    assert dataset_sources(None, tmp_path) == [DatasetSource("demo", tmp_path / "data" / "demo", builtin=True)]
+    assert dataset_sources([], tmp_path, quick=True)[0].name == "demo-quick"
+
+
+def test_datasets_of_the_same_name_are_told_apart(tiny_dataset, tmp_path):
+    names = [source.name for source in dataset_sources([str(tiny_dataset)] * 3, tmp_path)]
+    assert names == ["tiny", "tiny-2", "tiny-3"]
 
 
 def _items() -> list[LabeledImage]:

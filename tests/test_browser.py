@@ -30,7 +30,7 @@ except ImportError:
 try:
     import httpx  # noqa: F401  (the server's stack, checked together)
 
-    from radar_ad.serve import background_server, create_app
+    from radar_ad.apps.serve import background_server, create_app
 except ImportError as exc:
     background_server = create_app = None
     _missing_server = f"radar serve's dependencies are missing ({exc.name})"

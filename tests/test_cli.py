@@ -17,7 +17,7 @@ from conftest import TINY, write_gray
 def radar(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("RADAR_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "radar_ad.cli", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "radar_ad", *map(str, args)],
                           capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
 
 
@@ -167,8 +167,8 @@ def test_demo_writes_metrics_and_report(tmp_path):
 
 def test_detect_reads_16bit_rgba_and_palette_images(fitted, surfaces, tmp_path):
     _, model = fitted
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     gray = np.asarray(Image.open(surfaces / "test" / "good" / "000.png"))
     folder = tmp_path / "odd"

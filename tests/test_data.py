@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from radar_ad.config import DataConfig
-from radar_ad.data import as_image_array, list_images, load_image, load_mask, evaluation_images, training_images
+from radar_ad.data import as_image_array, evaluation_images, list_images, load_image, load_mask, training_images
 from radar_ad.errors import DataError
 
 from conftest import write_gray

@@ -3,10 +3,11 @@ import pytest
 
 from radar_ad.config import DecisionConfig
 from radar_ad.decision import ImageDecision, pixel_threshold
-from radar_ad.errors import DataError
+from radar_ad.errors import ConfigError, DataError
+from radar_ad.registry import ONE_CLASS_MODELS
 
 
-@pytest.mark.parametrize("model", ["isolation_forest", "local_outlier_factor"])
+@pytest.mark.parametrize("model", ONE_CLASS_MODELS.names())
 def test_outliers_score_higher_and_threshold_matches_contamination(model):
     rng = np.random.default_rng(0)
     normal = rng.normal(size=(200, 2))
@@ -50,5 +51,11 @@ def test_scores_keep_growing_beyond_the_calibration_range():
     assert np.all(np.diff(scores) > 0)
     assert np.all(decision.is_anomalous(scores))
     inside = decision.score(calibration)
-    plain = -decision.model_.score_samples(decision.scaler_.transform(calibration))
+    plain = decision.model_.score(decision.scaler_.transform(calibration))
     np.testing.assert_allclose(inside, plain)  # no change inside the range
+
+
+def test_unknown_one_class_model_lists_the_registered_ones():
+    with pytest.raises(ConfigError, match="decision.one_class_model must be one of") as error:
+        DecisionConfig(one_class_model="svm")
+    assert all(name in str(error.value) for name in ONE_CLASS_MODELS.names())

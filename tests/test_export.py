@@ -10,13 +10,14 @@ import pytest
 import torch
 
 from radar_ad import Radar, RadarConfig
+from radar_ad.backends.onnx import CALIBRATION_KEY, GRAPH_KEY, METADATA_KEY
 from radar_ad.data import as_image_array, evaluation_images
 from radar_ad.errors import ConfigError, ModelError
-from radar_ad.export import CALIBRATION_KEY, GRAPH_KEY, METADATA_KEY, export_onnx
 from radar_ad.noise_map import border_weights
 from radar_ad.patches import grid_positions, stitch
 
-from test_cli import assert_one_line_error, radar as run_radar
+from test_cli import assert_one_line_error
+from test_cli import radar as run_radar
 
 # The stated parity: anomaly maps of the two backends agree to 1e-3 of the
 # model's pixel threshold (float32 kernels differ in summation order only).
@@ -26,7 +27,7 @@ MAP_TOLERANCE = 1e-3
 @pytest.fixture(scope="module")
 def exported(fitted, tmp_path_factory):
     radar, _ = fitted
-    return export_onnx(radar, tmp_path_factory.mktemp("onnx") / "tiny.onnx")
+    return radar.export(tmp_path_factory.mktemp("onnx") / "tiny.onnx")
 
 
 def assert_parity(reference, other, paths):
@@ -97,7 +98,7 @@ def test_dynamic_batch(fitted, exported, batch):
     patches = torch.rand(batch, 1, 28, 28, generator=torch.Generator().manual_seed(batch))
     index = torch.arange(batch) * 37
     with torch.inference_mode():
-        expected = radar.noise_(patches, index).numpy()
+        expected = radar.backend_(patches, index).numpy()
     got = session.run(["noise"], {"patches": patches.numpy(), "index": index.numpy()})[0]
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
@@ -107,7 +108,7 @@ def test_onnx_model_cannot_be_saved_or_reexported(exported, tmp_path):
     with pytest.raises(ModelError, match="ONNX"):
         loaded.save(tmp_path / "model")
     with pytest.raises(ModelError, match="ONNX"):
-        export_onnx(loaded, tmp_path / "again.onnx")
+        loaded.export(tmp_path / "again.onnx")
 
 
 def test_cli_export_and_detect(fitted, surfaces, tmp_path):
@@ -158,6 +159,5 @@ def test_foreign_onnx_file_is_refused(tmp_path):
 
 def test_settings_baked_into_the_graph_cannot_change(exported, surfaces):
     loaded = Radar.load(exported)
-    loaded.config.inference.timestep = 5
     with pytest.raises(ConfigError, match="export again"):
-        loaded.predict(surfaces / "test" / "good" / "000.png")
+        loaded.with_settings({"inference.timestep": 5}).predict(surfaces / "test" / "good" / "000.png")

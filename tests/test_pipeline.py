@@ -12,7 +12,8 @@ from radar_ad import Radar
 from radar_ad.data import evaluation_images, load_mask
 from radar_ad.errors import ConfigError, DataError, ModelError, NotFittedError
 from radar_ad.evaluation import evaluate
-from radar_ad.pipeline import CONFIG_FILE, WEIGHTS_FILE, calibration_split
+from radar_ad.persistence import CONFIG_FILE, WEIGHTS_FILE
+from radar_ad.pipeline import calibration_split
 
 from conftest import tiny_config
 
@@ -161,7 +162,7 @@ def test_calibrate_follows_changed_inference_settings(fitted, surfaces):
     radar = Radar.load(model_dir)
     image = surfaces / "test" / "blob" / "000.png"
     before = radar.predict(image)
-    radar.config.inference.timestep = 50
+    radar = radar.with_settings({"inference.timestep": 50})
     normal = [item.path for item in evaluation_images(surfaces) if not item.is_defective]
     radar.calibrate(normal)
     after = radar.predict(image)
@@ -179,7 +180,7 @@ def test_paper_response_round_trip_and_switching_needs_calibration(fitted, surfa
     radar = Radar.load(model_dir)
     assert radar.config.inference.response == "two_sided"
     normal = [item.path for item in evaluation_images(surfaces) if not item.is_defective]
-    radar.config.inference.response = "sobel"
+    radar = radar.with_settings({"inference.response": "sobel"})
     radar.calibrate(normal)
     paths = [item.path for item in evaluation_images(surfaces)][:4]
     predictions = radar.predict_many(paths)
@@ -190,13 +191,13 @@ def test_paper_response_round_trip_and_switching_needs_calibration(fitted, surfa
     for a, b in zip(predictions, loaded.predict_many(paths)):
         assert a.score == b.score
         np.testing.assert_array_equal(a.anomaly_map, b.anomaly_map)
-    loaded.config.inference.response = "two_sided"
+    loaded = loaded.with_settings({"inference.response": "two_sided"})
     with pytest.raises(ConfigError, match="calibrate"):
         loaded.predict(paths[0])
     loaded.calibrate(normal)
     assert loaded.predict(paths[0]).features.shape == (2,)
     # any response setting changed after calibration is refused, not silently used
-    loaded.config.inference.map_sigma = 2.0
+    loaded = loaded.with_settings({"inference.map_sigma": 2.0})
     with pytest.raises(ConfigError, match="map_sigma"):
         loaded.predict_many(paths[:1])
     with pytest.raises(ConfigError, match="calibrate"):

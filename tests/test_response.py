@@ -2,12 +2,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
 from scipy.ndimage import gaussian_filter, uniform_filter
 
-from radar_ad.response import (ResponseStatistics, blur, fit_response_statistics, gaussian_smooth,
-                               local_energy, response_map, response_parts, sobel_magnitude,
-                               two_sided_map)
+from radar_ad.response import blur, gaussian_smooth, local_energy, response_map, sobel_magnitude
+from radar_ad.responses.two_sided import ResponseStatistics, fit_response_statistics, response_parts, two_sided_map
 
 
 # OpenCV 4 and 5 agree on the fixed kernels up to 7; OpenCV 5 also tabulates 9

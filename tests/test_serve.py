@@ -26,7 +26,7 @@ pytest.importorskip("uvicorn", reason="radar serve needs uvicorn")
 pytest.importorskip("multipart", reason="radar serve needs python-multipart")
 httpx = pytest.importorskip("httpx", reason="the serve tests use httpx as the client")
 
-from radar_ad.serve import background_server, create_app  # noqa: E402
+from radar_ad.apps.serve import background_server, create_app  # noqa: E402
 
 
 def png_bytes(array: np.ndarray) -> bytes:
@@ -170,7 +170,7 @@ def test_undecodable_uploads_are_400(client, surfaces):
         "header only": data[:40],
         "empty": b"",
     }
-    for name, content in cases.items():
+    for content in cases.values():
         for kind in ("image/png", "application/octet-stream"):
             response = client.post("/predict", files={"file": ("x.png", content, kind)})
             assert_refused(response, 400)
@@ -262,7 +262,7 @@ def _first_line(process: subprocess.Popen, timeout: float) -> str:
 def _cli(*args: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("RADAR_DEBUG", None)
-    return subprocess.Popen([sys.executable, "-m", "radar_ad.cli", "serve", *args], env=env, text=True,
+    return subprocess.Popen([sys.executable, "-m", "radar_ad", "serve", *args], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
 
 

@@ -122,7 +122,7 @@ def test_surface_period_is_in_pixels_and_image_is_textured() -> None:
     surface = render_surface(np.random.default_rng(1), 64)
     assert 7.0 <= surface.period <= 10.0
     assert surface.image.dtype == np.float32
-    assert 0 <= surface.image.min() and surface.image.max() <= 255
+    assert surface.image.min() >= 0 and surface.image.max() <= 255
 
 
 @pytest.mark.parametrize(

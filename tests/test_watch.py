@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from radar_ad.apps.watch import COLUMNS, Watcher, watch, watch_folder
 from radar_ad.errors import ConfigError, DataError, ModelError
-from radar_ad.watch import COLUMNS, Watcher, watch, watch_folder
 
 FAST = {"interval": 0.05, "settle": 0.1}
 
@@ -120,7 +120,7 @@ def test_each_dropped_image_is_inspected_once_like_predict(fitted, expected, tmp
     with Loop(Watcher(radar, inbox, out, **FAST)) as loop:
         for i, name in enumerate(names):
             drop(expected[name]["path"], inbox, name)
-            wait_for(lambda: len(rows(out)) == i + 1, f"the row of {name}")
+            wait_for(lambda count=i + 1: len(rows(out)) == count, f"the row of {name}")
         # The same name with other content (size/mtime change) is a new image.
         replaced = pick(expected, anomalous=True)[0]
         drop(expected[replaced]["path"], inbox, names[0])
@@ -243,7 +243,7 @@ def test_mistakes_are_one_error_before_the_loop(fitted, tmp_path):
         watch_folder(model, tmp_path / "nope", tmp_path / "out")
     with pytest.raises(ModelError):
         watch_folder(tmp_path / "no-model", inbox, tmp_path / "out")
-    with pytest.raises(ConfigError, match="--maps-for"):
+    with pytest.raises(ConfigError, match="maps_for"):
         Watcher(radar, inbox, tmp_path / "out", maps_for="some")
     with pytest.raises(ConfigError, match="backend must be one of"):
         watch_folder(model, inbox, tmp_path / "out", backend="tensorrt")
@@ -268,7 +268,7 @@ def test_cli_watches_until_stopped(fitted, expected, tmp_path, stop_signal):
     inbox.mkdir()
     name = pick(expected, anomalous=True)[0]
     process = subprocess.Popen(
-        [sys.executable, "-m", "radar_ad.cli", "watch", str(model), str(inbox), "--out", str(out),
+        [sys.executable, "-m", "radar_ad", "watch", str(model), str(inbox), "--out", str(out),
          "--interval", "0.05", "--settle", "0.1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
     try:
@@ -291,10 +291,23 @@ def test_cli_watches_until_stopped(fitted, expected, tmp_path, stop_signal):
 
 def test_cli_missing_input_folder(fitted, tmp_path):
     _, model = fitted
-    result = subprocess.run([sys.executable, "-m", "radar_ad.cli", "watch", str(model), str(tmp_path / "nope"),
+    result = subprocess.run([sys.executable, "-m", "radar_ad", "watch", str(model), str(tmp_path / "nope"),
                              "--out", str(tmp_path / "out")], capture_output=True, text=True, env=cli_env(),
                             timeout=300)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("radar: error:") and "not found" in lines[0], result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_names_the_flag_the_library_error_names(fitted, tmp_path):
+    """The library says ``maps_for``; the command line says ``--maps-for``."""
+    _, model = fitted
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    result = subprocess.run([sys.executable, "-m", "radar_ad", "watch", str(model), str(inbox), "--out",
+                             str(tmp_path / "out"), "--maps-for", "some"], capture_output=True, text=True,
+                            env=cli_env(), timeout=300)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("radar: error: --maps-for must be one of"), result.stderr

@@ -1,8 +1,13 @@
-"""Every setting of the method, in one validated, JSON-round-trippable place.
+"""Every setting of the method, in one validated, immutable, JSON-round-trippable place.
 
 The config IS the saved description of a model (the diffusers habit): a model
 directory holds this JSON next to the weights, so a loaded model behaves
-exactly like the one that was trained.
+exactly like the one that was trained. Configs are frozen: a changed setting
+is a new config (``config.updated({"inference.stride": 14})``) and, for a
+fitted model, a new model (``radar.with_settings({...})``), never an in-place
+edit that the model would have to notice later. The names a setting such as
+``inference.response`` accepts come from the registries
+(:mod:`radar_ad.registry`), so a plug-in is usable as soon as it is registered.
 """
 
 from __future__ import annotations
@@ -11,48 +16,73 @@ import dataclasses
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from .errors import ConfigError
+from .registry import ONE_CLASS_MODELS, RESPONSES, choices
 
-BLOCK_TYPES_DOWN = ("DownBlock2D", "AttnDownBlock2D")
-ONE_CLASS_MODELS = ("isolation_forest", "local_outlier_factor")
 FEATURE_NORMS = ("rms", "sum")
-RESPONSES = ("two_sided", "sobel")
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+
+C = TypeVar("C")
 
 
 def _require(ok: bool, name: str, allowed: str, value: Any) -> None:
     if not ok:
-        raise ConfigError(f"{name} must be {allowed}, got {value!r}")
+        raise ConfigError(f"{name} must be {allowed}, got {value!r}", setting=name)
 
 
-@dataclass
+def _frozen_setattr(self: Any, name: str, value: Any) -> None:
+    section = getattr(self, "section", "")
+    key = f"{section}.{name}" if section else name
+    raise ConfigError(f"settings are immutable: {key} cannot be assigned; use "
+                      f"config.updated({{{key!r}: ...}}) for a new config, or "
+                      f"radar.with_settings({{{key!r}: ...}}) and then radar.calibrate(images) "
+                      "for a fitted model", setting=key)
+
+
+def _frozen_delattr(self: Any, name: str) -> None:
+    _frozen_setattr(self, name, None)
+
+
+def settings(cls: type[C]) -> type[C]:
+    """A frozen dataclass whose assignments raise a :class:`ConfigError` that
+    names the call to use instead, and which validates itself when built."""
+    frozen = dataclass(frozen=True)(cls)
+    frozen.__setattr__ = _frozen_setattr  # type: ignore[method-assign]
+    frozen.__delattr__ = _frozen_delattr  # type: ignore[method-assign]
+    return frozen
+
+
+@settings
 class DataConfig:
     """How images are read. ``resize`` scales the longer side to that many
     pixels (aspect kept); ``None`` keeps native size."""
 
+    section: ClassVar[str] = "data"
     grayscale: bool = True
     resize: int | None = None
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
         _require(self.resize is None or (isinstance(self.resize, int) and self.resize >= 8),
                  "data.resize", "null or an integer >= 8", self.resize)
 
 
-@dataclass
+@settings
 class NetworkConfig:
     """The diffusers ``UNet2DModel`` and the DDPM noise schedule.
 
     ``attention`` says, per resolution level (finest first), whether that
     level uses attention blocks; the paper puts attention in the U-Net but
     does not say where or how wide. The default (widths 16/32/32, attention
-    at the coarsest level only) was chosen for speed at equal quality: on the
-    demo surfaces it ranked images and pixels as well as 32/64/64 (image
-    AUROC 1.00, pixel AUROC 0.86, AUPRO 0.82 against 0.81), trains 2.5 times
-    faster, and runs a 256 px image 4.5 times faster than 32/64/64 with
-    attention at 14 and 7 px (ONNX Runtime, 2 CPU cores).
+    at the coarsest level only) was chosen for speed at equal quality (README,
+    "Real time").
     """
 
+    section: ClassVar[str] = "network"
     block_out_channels: tuple[int, ...] = (16, 32, 32)
     attention: tuple[bool, ...] = (False, False, True)
     layers_per_block: int = 1
@@ -62,6 +92,9 @@ class NetworkConfig:
     beta_schedule: str = "linear"
     beta_start: float = 1e-4
     beta_end: float = 0.02
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
         _require(len(self.block_out_channels) >= 1 and all(
@@ -78,18 +111,18 @@ class NetworkConfig:
                  self.layers_per_block)
         _require(self.num_train_timesteps >= 2, "network.num_train_timesteps", ">= 2",
                  self.num_train_timesteps)
-        _require(self.beta_schedule in ("linear", "scaled_linear", "squaredcos_cap_v2"),
-                 "network.beta_schedule", "one of linear, scaled_linear, squaredcos_cap_v2",
+        _require(self.beta_schedule in BETA_SCHEDULES, "network.beta_schedule", choices(BETA_SCHEDULES),
                  self.beta_schedule)
         _require(0 < self.beta_start < self.beta_end < 1, "network.beta_start/beta_end",
                  "0 < beta_start < beta_end < 1", (self.beta_start, self.beta_end))
 
 
-@dataclass
+@settings
 class TrainConfig:
     """The training loop. ``max_timestep`` limits the timesteps drawn in
     training (``None``: uniform over all T, the standard DDPM objective)."""
 
+    section: ClassVar[str] = "train"
     steps: int = 2000
     batch_size: int = 64
     learning_rate: float = 1e-3
@@ -100,6 +133,9 @@ class TrainConfig:
     checkpoint_every: int = 500
     calibration_fraction: float = 0.15
     calibrate_on_training: bool = False
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
         _require(self.steps >= 1, "train.steps", ">= 1", self.steps)
@@ -117,7 +153,7 @@ class TrainConfig:
                  "in (0, 1)", self.calibration_fraction)
 
 
-@dataclass
+@settings
 class InferenceConfig:
     """The one-step noise map, the response map and the image features.
 
@@ -127,19 +163,19 @@ class InferenceConfig:
     count, so scores of images of different sizes are comparable; "sum" is the
     paper's raw L2 norm (both apply to the ``"sobel"`` response only).
 
-    ``response`` ``"two_sided"`` (the default) standardises the Sobel
-    response and the local noise energy (in ``energy_window`` px windows)
-    against the normal calibration images and scores both an excess of
-    structure and a deficit of noise energy, the signature of a defect that
-    removes texture; the map is smoothed by a Gaussian of ``map_sigma`` px.
-    ``"sobel"`` is the paper's response, which only sees added structure: on
-    DAGM's validation split it ranked images at chance, the two-sided one
-    perfectly (see README, Results).
-    ``stride`` ``None`` tiles with the patch size
-    (touching patches, one network evaluation per pixel): on the demo data it
-    scored as well as half-overlapping patches at a third of the cost.
+    ``response`` names a registered response (:mod:`radar_ad.responses`):
+    ``"two_sided"`` (the default) standardises the Sobel response and the
+    local noise energy (in ``energy_window`` px windows) against the normal
+    calibration images and scores both an excess of structure and a deficit
+    of noise energy, the signature of a defect that removes texture; the map
+    is smoothed by a Gaussian of ``map_sigma`` px. ``"sobel"`` is the paper's
+    response, which only sees added structure; ``"energy"`` is the deficit
+    part alone. ``stride`` ``None`` tiles with the patch size (touching
+    patches, one network evaluation per pixel). README "Results" gives the
+    measurements behind these defaults.
     """
 
+    section: ClassVar[str] = "inference"
     timestep: int = 0
     stride: int | None = None
     draws: int = 1
@@ -152,6 +188,9 @@ class InferenceConfig:
     response: str = "two_sided"
     energy_window: int = 9
     map_sigma: float = 8.0
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
         _require(self.timestep >= 0, "inference.timestep", ">= 0", self.timestep)
@@ -166,28 +205,36 @@ class InferenceConfig:
         _require(self.window >= 1, "inference.window", ">= 1", self.window)
         _require(self.window_stride >= 1, "inference.window_stride", ">= 1",
                  self.window_stride)
-        _require(self.feature_norm in FEATURE_NORMS, "inference.feature_norm",
-                 "one of " + ", ".join(FEATURE_NORMS), self.feature_norm)
-        _require(self.response in RESPONSES, "inference.response", "one of " + ", ".join(RESPONSES),
-                 self.response)
+        _require(self.feature_norm in FEATURE_NORMS, "inference.feature_norm", choices(FEATURE_NORMS),
+                 self.feature_norm)
+        RESPONSES.check(self.response)
         _require(self.energy_window >= 1, "inference.energy_window", ">= 1", self.energy_window)
         _require(0 <= self.map_sigma <= 64, "inference.map_sigma", "in [0, 64] (0: no smoothing)",
                  self.map_sigma)
 
 
-@dataclass
+@settings
 class DecisionConfig:
-    """The one-class image verdict and the pixel mask threshold."""
+    """The one-class image verdict and the pixel mask threshold.
 
+    ``one_class_model`` names a registered one-class model
+    (:mod:`radar_ad.one_class`); ``n_estimators`` is the isolation forest's
+    tree count, ``n_neighbors`` the neighbourhood of the local outlier factor
+    and of the k-nearest-neighbour model.
+    """
+
+    section: ClassVar[str] = "decision"
     one_class_model: str = "isolation_forest"
     contamination: float = 0.05
     n_estimators: int = 200
     n_neighbors: int = 20
     pixel_quantile: float = 0.999
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
-        _require(self.one_class_model in ONE_CLASS_MODELS, "decision.one_class_model",
-                 "one of " + ", ".join(ONE_CLASS_MODELS), self.one_class_model)
+        ONE_CLASS_MODELS.check(self.one_class_model)
         _require(0 < self.contamination <= 0.5, "decision.contamination", "in (0, 0.5]",
                  self.contamination)
         _require(self.n_estimators >= 1, "decision.n_estimators", ">= 1", self.n_estimators)
@@ -196,10 +243,11 @@ class DecisionConfig:
                  self.pixel_quantile)
 
 
-@dataclass
+@settings
 class RadarConfig:
     """All settings of a RADAR model. ``seed`` seeds every random draw."""
 
+    section: ClassVar[str] = ""
     patch_size: int = 28
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
@@ -207,6 +255,9 @@ class RadarConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     decision: DecisionConfig = field(default_factory=DecisionConfig)
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> RadarConfig:
         levels = len(self.network.block_out_channels)
@@ -233,7 +284,7 @@ class RadarConfig:
         return self.inference.stride or self.patch_size
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return dataclasses.asdict(self)  # type: ignore[call-overload]  # a dataclass, made by settings()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RadarConfig:
@@ -251,15 +302,19 @@ class RadarConfig:
             *parents, leaf = key.split(".")
             for part in parents:
                 if not isinstance(node.get(part), dict):
-                    raise ConfigError(f"unknown setting {key!r}")
+                    raise ConfigError(f"unknown setting {key!r}", setting=key)
                 node = node[part]
             if leaf not in node:
-                raise ConfigError(f"unknown setting {key!r}")
+                raise ConfigError(f"unknown setting {key!r}", setting=key)
             node[leaf] = value
         return RadarConfig.from_dict(data)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
+
+    def changes(self, other: RadarConfig) -> list[str]:
+        """The dotted names of the settings whose values differ in ``other``."""
+        return _changes(self.to_dict(), other.to_dict(), "")
 
     @classmethod
     def from_file(cls, path: str | Path) -> RadarConfig:
@@ -306,3 +361,13 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
         else:
             kwargs[name] = value
     return cls(**kwargs)
+
+
+def _changes(a: dict[str, Any], b: dict[str, Any], prefix: str) -> list[str]:
+    changed = []
+    for key, value in a.items():
+        if isinstance(value, dict):
+            changed += _changes(value, b[key], f"{prefix}{key}.")
+        elif value != b[key]:
+            changed.append(prefix + key)
+    return changed

@@ -18,9 +18,9 @@ from .config import DataConfig
 from .errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-# Refuse decompression bombs well before PIL's own (warning-only) limit.
+# The largest image read, checked from the header before anything is decoded
+# (PIL's own process-wide limit is left as the user's program set it).
 MAX_PIXELS = 64_000_000
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
 @dataclass(frozen=True)
@@ -111,11 +111,12 @@ def _to_uint8(image: Image.Image, path: Path) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(path: str | Path, config: DataConfig, min_size: int = 1) -> np.ndarray:
+def load_image(path: str | Path, config: DataConfig, min_size: int = 1,
+               max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Read one image as float32 ``(C, H, W)`` in [0, 1], resized per config.
 
     Raises :class:`DataError` for anything that is not a readable image at
-    least ``min_size`` pixels on each side.
+    least ``min_size`` pixels on each side and at most ``max_pixels`` in all.
     """
     path = Path(path)
     if not path.exists():
@@ -128,15 +129,24 @@ def load_image(path: str | Path, config: DataConfig, min_size: int = 1) -> np.nd
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as opened:
+                check_pixels(opened, max_pixels, str(path))
                 opened.load()
                 image = _to_uint8(opened, path)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise DataError(f"{path}: image has more than {MAX_PIXELS} pixels") from None
+        raise DataError(f"{path}: image has more than {max_pixels} pixels") from None
     except UnidentifiedImageError:
         raise DataError(f"not an image file: {path}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"cannot read image {path}: {exc}") from None
     return _to_array(image, config, min_size, str(path))
+
+
+def check_pixels(image: Image.Image, max_pixels: int, name: str) -> None:
+    """Refuse an opened (not yet decoded) image of more than ``max_pixels``:
+    a small file can declare a huge image."""
+    width, height = image.size
+    if width * height > max_pixels:
+        raise DataError(f"{name}: image is {width}x{height}, more than {max_pixels} pixels")
 
 
 def _to_array(image: Image.Image, config: DataConfig, min_size: int, name: str) -> np.ndarray:

@@ -1,40 +1,77 @@
 """The image verdict (a one-class model on the features) and the pixel
 threshold for the mask, both learned from normal images only.
 
-The one-class model is never pickled: it is rebuilt from the stored
-calibration features with a fixed ``random_state``, which gives the very
-same model (scikit-learn's fit is deterministic given its seed).
+The one-class model is a plug-in (:data:`~radar_ad.registry.ONE_CLASS_MODELS`,
+one module each in ``radar_ad/one_class/``). It is never pickled: it is
+rebuilt from the stored calibration features with a fixed seed, which gives
+the very same model (scikit-learn's fit is deterministic given its seed).
+
+:func:`is_anomalous` is THE verdict rule: RADAR, every baseline and every
+front end (detect, watch, serve) decide with it.
 """
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import numpy as np
-from sklearn.ensemble import IsolationForest
-from sklearn.neighbors import LocalOutlierFactor
 from sklearn.preprocessing import StandardScaler
 
 from .config import DecisionConfig
 from .errors import DataError
+from .registry import ONE_CLASS_MODELS
 
 MIN_CALIBRATION_IMAGES = 5
+
+
+def is_anomalous(score: Any, threshold: float) -> Any:
+    """The verdict rule: anomalous when the score is above the threshold
+    (elementwise for arrays)."""
+    return score > threshold
+
+
+class OneClassModel:
+    """Base of every registered one-class model: fitted on ``(N, F)``
+    standardised features of normal images, it scores new ones (higher = more
+    anomalous) and sets ``threshold_`` from ``contamination``.
+
+    ``__init__`` stores settings; :meth:`fit` learns and returns ``self``.
+    ``abbreviation`` is the short name tables use (``radar_<abbreviation>``
+    in ``radar benchmark``); it defaults to the registered name.
+    """
+
+    name: ClassVar[str] = ""
+    abbreviation: ClassVar[str] = ""
+
+    def __init__(self, config: DecisionConfig, seed: int = 0) -> None:
+        self.config = config
+        self.seed = seed
+
+    def fit(self, features: np.ndarray) -> OneClassModel:
+        raise NotImplementedError
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """``(N,)`` anomaly scores for ``(N, F)`` standardised features."""
+        raise NotImplementedError
+
+    threshold_: float
 
 
 class ImageDecision:
     """Anomaly score and verdict for image features.
 
-    ``score`` is the negated ``score_samples`` of the one-class model (higher
-    means more anomalous) plus how far, in standard deviations of the
-    calibration features, the features lie outside the calibration range.
-    ``threshold_`` is the model's negated ``offset_``; for features inside the
-    calibration range ``score > threshold_`` is exactly scikit-learn's
-    ``predict == -1``.
+    ``score`` is the one-class model's score (higher means more anomalous)
+    plus how far, in standard deviations of the calibration features, the
+    features lie outside the calibration range. ``threshold_`` is the model's
+    own threshold; for features inside the calibration range ``score >
+    threshold_`` is exactly the one-class model's verdict.
 
     The range term is there because an IsolationForest cannot extrapolate:
     every point beyond its data lands in the same leaves as the most extreme
     calibration point, so an image with ten times the normal response scored
-    no higher than a normal one a little out of range (on the demo the plain
-    forest flagged none of 30 defective images). With the term, scores keep
-    growing outside the range of normal images, in either direction.
+    no higher than a normal one a little out of range (README, "Score and
+    threshold"). With the term, scores keep growing outside the range of
+    normal images, in either direction.
     """
 
     def __init__(self, config: DecisionConfig, seed: int = 0) -> None:
@@ -51,15 +88,9 @@ class ImageDecision:
         self.scaler_ = StandardScaler().fit(features)
         scaled = self.scaler_.transform(features)
         self.range_ = (scaled.min(axis=0), scaled.max(axis=0))
-        if self.config.one_class_model == "isolation_forest":
-            model = IsolationForest(n_estimators=self.config.n_estimators,
-                                    contamination=self.config.contamination,
-                                    random_state=self.seed)
-        else:
-            model = LocalOutlierFactor(n_neighbors=min(self.config.n_neighbors, len(scaled) - 1),
-                                       contamination=self.config.contamination, novelty=True)
-        self.model_ = model.fit(scaled)
-        self.threshold_ = float(-self.model_.offset_)
+        model_class = ONE_CLASS_MODELS.get(self.config.one_class_model)
+        self.model_: OneClassModel = model_class(self.config, self.seed).fit(scaled)
+        self.threshold_ = float(self.model_.threshold_)
         self.calibration_features_ = features
         return self
 
@@ -68,10 +99,10 @@ class ImageDecision:
         scaled = self.scaler_.transform(np.asarray(features, dtype=np.float64))
         low, high = self.range_
         outside = np.clip(scaled - high, 0, None) + np.clip(low - scaled, 0, None)
-        return -self.model_.score_samples(scaled) + outside.sum(axis=1)
+        return self.model_.score(scaled) + outside.sum(axis=1)
 
     def is_anomalous(self, scores: np.ndarray) -> np.ndarray:
-        return np.asarray(scores) > self.threshold_
+        return is_anomalous(np.asarray(scores), self.threshold_)
 
 
 def pixel_threshold(response_maps: list[np.ndarray], quantile: float) -> float:

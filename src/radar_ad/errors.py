@@ -2,14 +2,27 @@
 
 Every failure a user can cause (bad path, bad image, bad model directory, bad
 setting) raises a subclass of :class:`RadarError`, so the CLI can print one
-clear line and exit non-zero instead of a traceback.
+clear line and exit non-zero instead of a traceback. Messages speak the
+library's terms (setting and argument names); the CLI maps a named argument
+to its flag (``setting`` below).
 """
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
+
 
 class RadarError(Exception):
-    """Base class of every error the user can fix."""
+    """Base class of every error the user can fix.
+
+    ``setting`` names the argument or setting at fault (``"interval"``,
+    ``"inference.stride"``), so a front end can say it in its own terms.
+    """
+
+    def __init__(self, message: str = "", *, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
 def first_line(exc: BaseException) -> str:
@@ -34,5 +47,21 @@ class NotFittedError(RadarError):
     """A model used for prediction before ``fit`` or ``load``."""
 
 
+class NotCalibratedError(NotFittedError, ConfigError):
+    """A model whose calibration belongs to other settings: a setting that
+    shapes the maps changed (``Radar.with_settings``) and ``calibrate`` has
+    not run since."""
+
+
 class MissingDependencyError(RadarError):
     """An optional feature whose extra packages are not installed."""
+
+
+def require(module: str, extra: str, purpose: str, package: str | None = None) -> ModuleType:
+    """Import an optional dependency, or say in one line which extra brings it:
+    ``require("onnxruntime", "onnx", "the ONNX backend")``."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingDependencyError(f"{purpose} needs {package or module.split('.')[0]}: "
+                                     f"pip install 'radar-ad[{extra}]'") from None

@@ -7,18 +7,18 @@ threshold-free ones (see :mod:`radar_ad.metrics`).
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .data import LabeledImage, load_mask, evaluation_images
+from .data import LabeledImage, evaluation_images, load_mask
+from .files import json_ready
 from .metrics import image_metrics, pixel_metrics
-from .pipeline import IMAGES_PER_PASS, Prediction, Radar
+from .pipeline import Prediction, Radar
 from .progress import progress_bar
+
 
 @dataclass
 class ImageResult:
@@ -45,20 +45,16 @@ def evaluate(radar: Radar, dataset: str | Path, *, progress: bool = False,
     masks, maps = [], []
     seconds = 0.0
     with progress_bar(total=len(items), enabled=progress, desc="evaluating", unit="img") as bar:
-        for start in range(0, len(items), IMAGES_PER_PASS):
-            chunk = items[start:start + IMAGES_PER_PASS]
-            began = time.perf_counter()
-            predictions = radar.predict_many([item.path for item in chunk])
-            seconds += time.perf_counter() - began
-            for item, prediction in zip(chunk, predictions):
-                results.append(ImageResult(item.path, item.label, prediction.score,
-                                           prediction.is_anomalous))
-                if have_masks and (item.mask_path is not None or not item.is_defective):
-                    masks.append(load_mask(item.mask_path, prediction.anomaly_map.shape))
-                    maps.append(prediction.anomaly_map.astype(np.float32))
-                if on_prediction is not None:
-                    on_prediction(item, prediction)
-            bar.update(len(chunk))
+        for streamed in radar.predict_stream([item.path for item in items]):
+            item, prediction = items[streamed.index], streamed.prediction
+            seconds += streamed.seconds
+            results.append(ImageResult(item.path, item.label, prediction.score, prediction.is_anomalous))
+            if have_masks and (item.mask_path is not None or not item.is_defective):
+                masks.append(load_mask(item.mask_path, prediction.anomaly_map.shape))
+                maps.append(prediction.anomaly_map.astype(np.float32))
+            if on_prediction is not None:
+                on_prediction(item, prediction)
+            bar.update(1)
 
     labels = np.array([r.label != "good" for r in results], dtype=int)
     metrics: dict[str, float | int | None] = dict(image_metrics(
@@ -74,13 +70,5 @@ def evaluate(radar: Radar, dataset: str | Path, *, progress: bool = False,
     for label in sorted({r.label for r in results} - {"good"}):
         flagged = [r.is_anomalous for r in results if r.label == label]
         metrics[f"recall_{label}"] = float(np.mean(flagged))
-    return Evaluation({k: finite_or_none(v) for k, v in metrics.items()}, results)
+    return Evaluation(json_ready(metrics), results)
 
-
-def finite_or_none(value: float | int | None) -> float | int | None:
-    """NaN (an undefined metric) becomes None, i.e. JSON null, not invalid JSON."""
-    if isinstance(value, (float, np.floating)):
-        return None if math.isnan(value) else float(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    return value

@@ -1,5 +1,7 @@
-"""Image features: the paper's two, computed from the Sobel response map, or
-one per part of the two-sided response (see :mod:`radar_ad.response`).
+"""Image features from response maps: the paper's two (global and largest
+window L2 norm of the Sobel response), and the largest window RMS of each
+part of a multi-part response. Each response (:mod:`radar_ad.responses`)
+says which of these it uses.
 
 ``feature_norm="rms"`` (the default) divides each L2 norm by the square root
 of the number of pixels it sums over: the global feature becomes the
@@ -15,7 +17,6 @@ import torch
 import torch.nn.functional as F
 
 FEATURE_NAMES = ("global_l2", "window_max_l2")
-TWO_SIDED_FEATURE_NAMES = ("window_max_structure", "window_max_deficit")
 
 
 def image_features(response: torch.Tensor, window: int = 20, stride: int = 20,
@@ -26,7 +27,7 @@ def image_features(response: torch.Tensor, window: int = 20, stride: int = 20,
     squared = response.double().pow(2).unsqueeze(1)  # (B, 1, H, W)
     height, width = squared.shape[-2:]
     wh, ww = min(window, height), min(window, width)
-    window_mean = _window_means(squared, window, stride).amax(1)
+    window_mean = window_means(squared, window, stride).amax(1)
     global_mean = squared.flatten(1).mean(1)
     if norm == "sum":
         global_mean, window_mean = global_mean * height * width, window_mean * wh * ww
@@ -35,22 +36,18 @@ def image_features(response: torch.Tensor, window: int = 20, stride: int = 20,
     return torch.stack([global_mean.sqrt(), window_mean.sqrt()], dim=1)
 
 
-def two_sided_features(parts: torch.Tensor, window: int = 20, stride: int = 20) -> torch.Tensor:
-    """``(B, P, H, W)`` two-sided response parts -> ``(B, P)``: each part's
-    largest window RMS. (No global feature: on DAGM's validation split the
-    global RMS of a part only diluted the window maximum.)"""
+def window_max_rms(parts: torch.Tensor, window: int = 20, stride: int = 20) -> torch.Tensor:
+    """``(B, P, H, W)`` response parts -> ``(B, P)``: each part's largest
+    window RMS. (No global feature: on DAGM's validation split the global RMS
+    of a part only diluted the window maximum.)"""
     batch, n_parts = parts.shape[:2]
     squared = parts.double().pow(2).reshape(batch * n_parts, 1, *parts.shape[-2:])
-    return _window_means(squared, window, stride).amax(1).sqrt().reshape(batch, n_parts)
+    return window_means(squared, window, stride).amax(1).sqrt().reshape(batch, n_parts)
 
 
-def _window_means(squared: torch.Tensor, window: int, stride: int) -> torch.Tensor:
+def window_means(squared: torch.Tensor, window: int, stride: int) -> torch.Tensor:
     """``(B, 1, H, W)`` -> ``(B, n_windows)`` means over ``window`` x
     ``window`` windows, each side clipped to the image when it is smaller."""
     height, width = squared.shape[-2:]
     return F.avg_pool2d(squared, (min(window, height), min(window, width)), stride=stride).flatten(1)
 
-
-def feature_names(response: str) -> tuple[str, ...]:
-    """The names of the image features the given response mode produces."""
-    return FEATURE_NAMES if response == "sobel" else TWO_SIDED_FEATURE_NAMES

@@ -1,13 +1,19 @@
-"""Atomic writes: a result or model is either complete or absent, never
-half-written (written under a temporary name, then renamed into place)."""
+"""Writing files: atomically (a result or model is either complete or absent,
+never half-written: written under a temporary name, then renamed into
+place), as strict JSON, and under names that do not collide."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 
 def _umask() -> int:
@@ -51,3 +57,35 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
 def write_text(path: str | Path, text: str) -> None:
     with atomic_file(path) as tmp:
         tmp.write_text(text)
+
+
+def unique_stem(stem: str, taken: Callable[[str], bool]) -> str:
+    """``stem``, or ``stem-2``, ``stem-3`` ... : the first name ``taken``
+    says is free (output files of two inputs with the same name never
+    overwrite each other)."""
+    name, n = stem, 1
+    while taken(name):
+        n += 1
+        name = f"{stem}-{n}"
+    return name
+
+
+def json_ready(data: Any) -> Any:
+    """``data`` with numpy scalars and arrays as Python values, paths as
+    strings, and NaN/inf as None (JSON null), so it serialises as strict JSON."""
+    if isinstance(data, dict):
+        return {str(k): json_ready(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple, np.ndarray)):
+        return [json_ready(v) for v in data]
+    if isinstance(data, (float, np.floating)):
+        return float(data) if math.isfinite(float(data)) else None
+    if isinstance(data, (np.integer, np.bool_)):
+        return data.item()
+    if isinstance(data, Path):
+        return str(data)
+    return data
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Strict JSON (NaN as null), indented, written atomically."""
+    write_text(path, json.dumps(json_ready(data), indent=2, allow_nan=False))

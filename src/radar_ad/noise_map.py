@@ -14,6 +14,7 @@ the tiling and stitching around any such patch predictor.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from diffusers import UNet2DModel
@@ -56,6 +57,7 @@ class OneStepNoise(torch.nn.Module):
         self.unet = unet
         self.timestep = int(timestep)
         self.abar = float(abar)
+        self.bank: torch.Tensor
         self.register_buffer("bank", bank, persistent=False)
 
     def forward(self, patches: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -66,6 +68,40 @@ class OneStepNoise(torch.nn.Module):
         t = torch.tensor(self.timestep, dtype=torch.long, device=patches.device)
         eps = self.unet(noisy, t).sample
         return eps.reshape(draws, -1, *patches.shape[1:]).mean(0)
+
+
+class NoiseAndActivations(torch.nn.Module):
+    """:class:`OneStepNoise` that also returns the outputs of named U-Net
+    modules (``"mid_block"``, ``"down_blocks.1"`` ...; a module that returns
+    a tuple gives its first element), averaged over the noise draws like the
+    noise. What the torch backend runs when activations are asked for, and
+    what an export with activations traces, so both compute one function."""
+
+    def __init__(self, noise: OneStepNoise, layers: tuple[str, ...]) -> None:
+        super().__init__()
+        self.noise = noise
+        self.layers = tuple(layers)
+        for layer in self.layers:
+            noise.unet.get_submodule(layer)  # AttributeError names an unknown layer
+
+    def forward(self, patches: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        captured: dict[str, torch.Tensor] = {}
+
+        def keeper(layer: str) -> Callable[..., None]:
+            def keep(module: torch.nn.Module, args: Any, output: Any) -> None:
+                captured[layer] = output[0] if isinstance(output, (tuple, list)) else output
+            return keep
+
+        handles = [self.noise.unet.get_submodule(layer).register_forward_hook(keeper(layer))
+                   for layer in self.layers]
+        try:
+            eps = self.noise(patches, index)
+        finally:
+            for handle in handles:
+                handle.remove()
+        draws = int(self.noise.bank.shape[0])
+        return (eps, *(captured[layer].reshape(draws, -1, *captured[layer].shape[1:]).mean(0)
+                       for layer in self.layers))
 
 
 def one_step_noise(unet: UNet2DModel, *, timestep: int, alphas_cumprod: torch.Tensor, seed: int,

@@ -1,53 +1,65 @@
-"""``Radar``: fit, predict, save and load — the method's orchestration only.
+"""``Radar``: the method's orchestration, built from parts a reader can name.
 
-Reads like the method: load normal images -> hold out calibration images ->
-train the patch diffusion model -> one-step noise maps of the calibration
-images -> response maps -> features -> one-class model and pixel threshold.
-Prediction runs the same stages on a new image.
+Fitting reads like the method: load normal images -> hold out calibration
+images -> train the patch diffusion network -> one-step noise maps of the
+calibration images (the backend) -> the response fitted on them -> image
+features -> one-class decision and pixel threshold. Prediction runs the same
+stages on a new image.
+
+A fitted ``Radar`` is made of:
+
+- ``network_``: the trained PyTorch U-Net (:class:`~radar_ad.backend.TorchBackend`;
+  ``None`` for a model opened from an exported file);
+- ``backend_``: the engine that predicts the noise (the network itself, or
+  ONNX Runtime, OpenVINO ... built from it; :mod:`radar_ad.backend`);
+- ``calibration_``: what was learned from normal calibration images
+  (:class:`Calibration`: the fitted response, the one-class decision and the
+  pixel threshold), or ``None`` after a settings change that needs a new one.
+
+Settings are immutable: :meth:`Radar.with_settings` returns a new model;
+when the change affects the maps, that model asks for :meth:`Radar.calibrate`
+before it predicts.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
+import time
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from . import __version__
+from .backend import NOISE_SETTINGS, NoiseBackend, TorchBackend
 from .config import RadarConfig
 from .data import as_image_array, training_images
-from .decision import MIN_CALIBRATION_IMAGES, ImageDecision, pixel_threshold
-from .errors import ConfigError, DataError, ModelError, NotFittedError, first_line
-from .features import feature_names, image_features, two_sided_features
-from .files import temporary_dir
+from .decision import MIN_CALIBRATION_IMAGES, ImageDecision, is_anomalous, pixel_threshold
+from .errors import ConfigError, DataError, ModelError, NotCalibratedError, NotFittedError, first_line
 from .network import build_scheduler, build_unet, pick_device
-from .noise_map import PatchPredictor, noise_map, one_step_noise
+from .noise_map import noise_map
 from .patches import PatchSampler
+from .persistence import FORMAT, FORMAT_VERSION, check_model_target, checkpoint_dir, read_model_dir, write_model_dir
 from .progress import progress_bar
-from .response import (ResponseStatistics, fit_response_statistics, response_map, response_parts,
-                       two_sided_map)
+from .registry import BACKENDS, RESPONSES
+from .response import Response
 from .training import train_unet
-
-FORMAT = "radar-ad"
-FORMAT_VERSION = 2
-CONFIG_FILE = "radar.json"
-WEIGHTS_FILE = "unet.safetensors"
-CALIBRATION_FILE = "calibration.safetensors"
 
 ImageLike = Any  # a path, a PIL image or a numpy array
 # Images analysed together: their patches go through the network in shared
 # batches, while maps of at most this many images are held at once.
 IMAGES_PER_PASS = 8
-BACKENDS = ("torch", "onnx")
+# Settings a fitted model can change without a new calibration, and those
+# whose change only needs the one-class model refitted on the stored features.
+FREE_SETTINGS = frozenset({"inference.batch_size"})
+DECISION_SETTINGS = frozenset({"decision.one_class_model", "decision.contamination", "decision.n_estimators",
+                               "decision.n_neighbors"})
+# Settings the trained network fixes: changing them means training again.
+TRAINED_SETTINGS = ("network.", "train.", "patch_size", "data.grayscale")
 
 
 @dataclass
@@ -77,19 +89,111 @@ class Prediction:
         return "anomalous" if self.is_anomalous else "normal"
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """What a model learned from normal calibration images."""
+
+    response: Response
+    decision: ImageDecision
+    pixel_threshold: float
+
+
+@dataclass
+class StreamedPrediction:
+    """One item of :func:`stream_predictions`: its position, the item, its
+    prediction and the seconds per image of the chunk it was predicted in."""
+
+    index: int
+    item: Any
+    prediction: Any
+    seconds: float
+
+
+def stream_predictions(predict: Callable[[list[Any]], list[Any]], items: Sequence[Any],
+                       chunk_size: int = IMAGES_PER_PASS) -> Iterator[StreamedPrediction]:
+    """Predict ``items`` ``chunk_size`` at a time, in order, yielding each
+    prediction as soon as its chunk is done: memory stays at one chunk's maps
+    whatever the number of items. ``predict`` is ``Radar.predict_many`` or any
+    function of the same shape (a baseline's)."""
+    if chunk_size < 1:
+        raise ConfigError(f"chunk_size must be >= 1, got {chunk_size}", setting="chunk_size")
+    for start in range(0, len(items), chunk_size):
+        chunk = list(items[start:start + chunk_size])
+        began = time.perf_counter()
+        predictions = predict(chunk)
+        seconds = (time.perf_counter() - began) / max(1, len(chunk))
+        for offset, (item, prediction) in enumerate(zip(chunk, predictions)):
+            yield StreamedPrediction(start + offset, item, prediction, seconds)
+
+
 class Radar:
-    """Reconstruction-free anomaly detection with a patch diffusion model."""
+    """Reconstruction-free anomaly detection with a patch diffusion model.
+
+    ``Radar(config)`` only stores settings; :meth:`fit` learns and returns
+    ``self``; :meth:`predict` before that raises :class:`NotFittedError`.
+    """
 
     def __init__(self, config: RadarConfig | None = None, device: str | None = None) -> None:
         self.config = config if config is not None else RadarConfig()
         self.device = device
+
+    # ------------------------------------------------------------ the parts
+    def check_fitted(self, calibrated: bool = True) -> None:
+        """The one not-fitted check: a network (and, with ``calibrated``, a
+        calibration for the current settings) or a clear error saying which call is missing."""
+        if getattr(self, "backend_", None) is None:
+            raise NotFittedError("this Radar model is not fitted: call fit() or Radar.load() first")
+        if calibrated and self.calibration_ is None:
+            raise NotCalibratedError(f"{self.stale_setting_} changed since this model was calibrated; "
+                                     "call calibrate(normal_images) first", setting=self.stale_setting_)
+
+    @property
+    def backend(self) -> str:
+        """The name of the backend that predicts the noise."""
+        self.check_fitted(calibrated=False)
+        return self.backend_.name
+
+    @property
+    def unet(self) -> torch.nn.Module:
+        """The trained diffusers ``UNet2DModel`` (for methods that run the
+        network themselves, such as the reconstruction baselines)."""
+        self.check_fitted(calibrated=False)
+        if self.network_ is None:
+            raise ModelError(f"a model opened from an exported file runs on {self.backend_.label} and has no "
+                             "PyTorch network; load the model directory it was exported from instead")
+        return self.network_.unet
+
+    @property
+    def response_(self) -> Response:
+        self.check_fitted()
+        return self.calibration_.response  # type: ignore[union-attr]
+
+    @property
+    def decision_(self) -> ImageDecision:
+        self.check_fitted()
+        return self.calibration_.decision  # type: ignore[union-attr]
+
+    @property
+    def pixel_threshold_(self) -> float:
+        self.check_fitted()
+        return self.calibration_.pixel_threshold  # type: ignore[union-attr]
+
+    def _learned(self, network: TorchBackend | None, backend: NoiseBackend, channels: int,
+                 training: dict[str, Any], calibration: Calibration | None, stale: str | None = None) -> Radar:
+        self.network_ = network
+        self.backend_ = backend
+        self.channels_ = int(channels)
+        self.training_ = training
+        self.calibration_ = calibration
+        self.stale_setting_ = stale
+        return self
 
     # ----------------------------------------------------------------- fit
     def fit(self, source: str | Path | Sequence[ImageLike], *, progress: bool = True,
             checkpoint_dir: str | Path | None = None, resume: bool = False) -> Radar:
         """Learn from normal images: a folder, an MVTec category (its
         ``train/good``), or a sequence of images. Returns ``self``."""
-        config = self.config.validate()
+        config = self.config
         images = self._load_training_images(source, progress)
         channels = images[0].shape[0]
         train_idx, calib_idx = calibration_split(len(images), config)
@@ -103,11 +207,8 @@ class Radar:
         result = train_unet(unet, scheduler, sampler, config, device,
                             checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None,
                             resume=resume, progress=progress)
-        self.channels_ = channels
-        self._use_unet(unet)
-
-        self._calibrate([images[i] for i in calib_idx], progress)
-        self.training_ = {
+        network = TorchBackend(unet, config, channels)
+        training = {
             "n_images": len(images), "n_train": len(train_idx), "n_calibration": len(calib_idx),
             "stride1_patches": sampler.n_patches, "steps": result.steps,
             "seconds": round(result.seconds, 2), "final_loss": result.final_loss,
@@ -115,42 +216,40 @@ class Radar:
             "resumed_from": result.resumed_from, "device": str(device),
             "radar_ad_version": __version__,
         }
+        self._learned(network, network, channels, training, None, "the network")
+        self.calibration_ = self._calibrate([images[i] for i in calib_idx], progress)
         return self
 
     def calibrate(self, images: Sequence[ImageLike], progress: bool = False) -> Radar:
-        """Refit the one-class model and the pixel threshold on these normal
-        images, keeping the network: after changing an inference setting
-        (stride, timestep, draws, features) or when the line's normal look
+        """Refit the response, the one-class model and the pixel threshold on
+        these normal images, keeping the network: after :meth:`with_settings`
+        changed a setting that shapes the maps, or when the line's normal look
         drifts. Returns ``self``."""
-        if not hasattr(self, "noise_"):
-            raise NotFittedError("this Radar model has no network yet: call fit() or Radar.load() first")
+        self.check_fitted(calibrated=False)
         arrays = [as_image_array(im, self.config.data, self.config.patch_size) for im in images]
         if len(arrays) < MIN_CALIBRATION_IMAGES:
             raise DataError(f"need at least {MIN_CALIBRATION_IMAGES} normal images to calibrate, "
                             f"got {len(arrays)}")
-        self._calibrate(arrays, progress)
+        self.calibration_ = self._calibrate(arrays, progress)
+        self.stale_setting_ = None
         return self
 
-    def _calibrate(self, arrays: list[np.ndarray], progress: bool) -> None:
+    def _calibrate(self, arrays: list[np.ndarray], progress: bool) -> Calibration:
         config = self.config
-        inference = config.inference
-        chunks: Iterable[list[tuple[list[int], torch.Tensor]]] = self._noise_maps(
-            arrays, progress, "calibrating")
-        if inference.response == "two_sided":
-            # the two-sided response is measured against statistics of these
-            # very maps, so they are all computed (and held, float32) first
+        response: Response = RESPONSES.get(config.inference.response)(config)
+        chunks: Iterable[list[tuple[list[int], torch.Tensor]]] = self._noise_maps(arrays, progress, "calibrating")
+        if response.needs_fit:
+            # the response is measured against statistics of these very maps,
+            # so they are all computed (and held, float32) first
             chunks = [[(indices, noise.cpu()) for indices, noise in groups] for groups in chunks]
-            self.response_statistics_ = fit_response_statistics(
-                [noise for groups in chunks for _, noise in groups], inference.energy_window,
-                inference.blur_ksize, inference.sobel_ksize, config.decision.pixel_quantile)
-        self.calibrated_settings_ = response_settings(config)
+            response.fit([noise for groups in chunks for _, noise in groups])
         maps, features = [], []
         for groups in chunks:
-            for _, anomaly, feats in self._respond_in_order(groups):
+            for _, anomaly, feats in self._respond_in_order(response, groups):
                 maps.append(anomaly)
                 features.append(feats)
-        self.decision_ = ImageDecision(config.decision, config.seed).fit(np.stack(features))
-        self.pixel_threshold_ = pixel_threshold(maps, config.decision.pixel_quantile)
+        decision = ImageDecision(config.decision, config.seed).fit(np.stack(features))
+        return Calibration(response, decision, pixel_threshold(maps, config.decision.pixel_quantile))
 
     def _load_training_images(self, source: Any, progress: bool) -> list[np.ndarray]:
         items = training_images(source) if isinstance(source, (str, Path)) else list(source)
@@ -163,50 +262,63 @@ class Radar:
             raise DataError(f"need at least {needed} normal training images, got {len(loaded)}")
         return loaded
 
+    # ------------------------------------------------------------ settings
+    def with_settings(self, overrides: dict[str, Any]) -> Radar:
+        """A new model with dotted-key setting changes, sharing this one's
+        network: ``radar.with_settings({"inference.stride": 14})``.
+
+        A change of the decision's one-class model refits it on the stored
+        calibration features; ``inference.batch_size`` needs nothing; any
+        other inference or data setting gives a model that asks for
+        :meth:`calibrate` before it predicts. Settings the trained network
+        fixes (network, training, patch size, colour) are refused. This model
+        is left as it was."""
+        config = self.config.updated(overrides)
+        if getattr(self, "backend_", None) is None:
+            return Radar(config, self.device)
+        changed = self.config.changes(config)
+        fixed = [key for key in changed if key.startswith(TRAINED_SETTINGS)]
+        if fixed:
+            raise ConfigError(f"{fixed[0]} is fixed by the trained network; train a new model to change it",
+                              setting=fixed[0])
+        backend = self.backend_
+        if any(key in NOISE_SETTINGS for key in changed):
+            backend = backend.with_noise_settings(config)
+        network = self.network_
+        if network is not None and any(key in NOISE_SETTINGS for key in changed):
+            network = backend if isinstance(backend, TorchBackend) else network.with_noise_settings(config)
+        calibration, stale = self.calibration_, self.stale_setting_
+        needs = [key for key in changed if key not in FREE_SETTINGS]
+        if needs and calibration is not None and all(key in DECISION_SETTINGS for key in needs):
+            features = calibration.decision.calibration_features_
+            calibration = replace(calibration, decision=ImageDecision(config.decision, config.seed).fit(features))
+        elif needs:
+            calibration, stale = None, needs[0]
+        twin = Radar(config, self.device)
+        return twin._learned(network, backend, self.channels_, self.training_, calibration, stale)
+
+    def with_backend(self, name: str, layers: tuple[str, ...] = ()) -> Radar:
+        """The same model with the noise predicted by another registered
+        backend (built from this model's PyTorch network and checked against
+        it), e.g. ``radar.with_backend("onnx")``."""
+        self.check_fitted(calibrated=False)
+        backend_class = BACKENDS.get(name)
+        if self.network_ is None:
+            if name == self.backend_.name and tuple(layers) == self.backend_.layers:
+                return self
+            raise ModelError("a model opened from an exported file has no PyTorch network to build "
+                             f"another backend from; open the file with backend={name!r} instead")
+        twin = Radar(self.config, self.device)
+        return twin._learned(self.network_, backend_class.from_network(self.network_, tuple(layers)),
+                             self.channels_, self.training_, self.calibration_, self.stale_setting_)
+
     # ------------------------------------------------------------- predict
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "decision_"):
-            raise NotFittedError("this Radar model is not fitted: call fit() or Radar.load() first")
-
-    def _check_calibrated(self) -> None:
-        """Refuse to score with a one-class model, pixel threshold and response
-        statistics fitted under other response settings: the numbers would
-        be silently meaningless."""
-        changed = [key for key, value in response_settings(self.config).items()
-                   if self.calibrated_settings_.get(key) != value]
-        if changed:
-            raise ConfigError(f"inference.{changed[0]} changed since this model was calibrated; "
-                              "call calibrate(normal_images) first")
-
-    def _use_unet(self, unet: torch.nn.Module) -> None:
-        """Predict noise with ``unet`` through PyTorch (the default backend)."""
-        config = self.config
-        self.unet_ = unet.eval()
-        self.noise_: PatchPredictor = one_step_noise(
-            unet, timestep=config.inference.timestep,
-            alphas_cumprod=build_scheduler(config.network).alphas_cumprod, seed=config.seed,
-            draws=config.inference.draws, channels=self.channels_, patch_size=config.patch_size)
-        self.noise_device_ = next(unet.parameters()).device
-        self.noise_settings_ = noise_settings(config)
-        self.backend = "torch"
-
-    def _check_noise_settings(self) -> None:
-        """Follow changes of the settings baked into the noise predictor
-        (a rebuilt torch module; an exported graph cannot follow)."""
-        if self.noise_settings_ == noise_settings(self.config):
-            return
-        if self.backend != "torch" or not hasattr(self, "unet_"):
-            raise ConfigError("seed, inference.timestep and inference.draws are fixed in an ONNX "
-                              "model; change them on the model directory and export again")
-        self._use_unet(self.unet_)
-
     def _noise_maps(self, images: list[np.ndarray], progress: bool = False, desc: str = "analysing",
                     ) -> Iterator[list[tuple[list[int], torch.Tensor]]]:
         """Per chunk of images: (indices into ``images``, ``(b, C, H, W)``
         noise maps) for each group of equal-size images, which share batches."""
         config = self.config
-        self._check_noise_settings()
-        device = self.noise_device_
+        device = self.backend_.device
         with progress_bar(total=len(images), enabled=progress, desc=desc, unit="img") as bar:
             for start in range(0, len(images), IMAGES_PER_PASS):
                 by_shape: dict[tuple[int, ...], list[int]] = {}
@@ -215,215 +327,168 @@ class Radar:
                 groups = []
                 for indices in by_shape.values():
                     batch = torch.from_numpy(np.stack([images[i] for i in indices])).to(device)
-                    groups.append((indices, noise_map(self.noise_, batch, patch_size=config.patch_size,
+                    groups.append((indices, noise_map(self.backend_, batch, patch_size=config.patch_size,
                                                       stride=config.stride,
                                                       batch_size=config.inference.batch_size,
                                                       device=device)))
                 bar.update(sum(len(indices) for indices, _ in groups))
                 yield groups
 
-    def _respond(self, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(b, C, H, W)`` noise maps -> pixel anomaly maps ``(b, H, W)`` and
-        image features ``(b, F)``, as ``inference.response`` says."""
-        inference = self.config.inference
-        if inference.response == "sobel":
-            response = response_map(noise, inference.blur_ksize, inference.sobel_ksize)
-            return response, image_features(response, inference.window, inference.window_stride,
-                                            inference.feature_norm)
-        statistics = self.response_statistics_  # _check_calibrated guarantees them
-        parts = response_parts(noise, statistics, inference.energy_window, inference.blur_ksize,
-                               inference.sobel_ksize)
-        return (two_sided_map(parts, statistics, inference.map_sigma),
-                two_sided_features(parts, inference.window, inference.window_stride))
-
-    def _analyse(self, images: list[np.ndarray], progress: bool = False, desc: str = "analysing",
-                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """(noise map, anomaly map, features) per image, in input order."""
-        for groups in self._noise_maps(images, progress, desc):
-            yield from self._respond_in_order(groups)
-
-    def _respond_in_order(self, groups: list[tuple[list[int], torch.Tensor]],
+    @staticmethod
+    def _respond_in_order(response: Response, groups: list[tuple[list[int], torch.Tensor]],
                           ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(noise map, anomaly map, features) per image of a chunk, in input order."""
         results: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         for indices, noise in groups:
-            response, feats = self._respond(noise)
+            output = response(noise)
             for j, i in enumerate(indices):
-                results[i] = (noise[j].cpu().numpy(), response[j].cpu().numpy(), feats[j].cpu().numpy())
+                results[i] = (noise[j].cpu().numpy(), output.anomaly_map[j].cpu().numpy(),
+                              output.features[j].cpu().numpy())
         return [results[i] for i in sorted(results)]
 
     def predict(self, image: ImageLike) -> Prediction:
         """Verdict, score, maps and mask for one image (path, PIL or array)."""
-        return next(iter(self.predict_many([image])))
+        return self.predict_many([image])[0]
 
     def predict_many(self, images: Iterable[ImageLike], progress: bool = False) -> list[Prediction]:
-        """:meth:`predict` for many images, batching images of equal size."""
-        self._check_fitted()
-        self._check_calibrated()
+        """:meth:`predict` for many images, batching images of equal size
+        (all of them in memory: :meth:`predict_stream` for long lists)."""
+        self.check_fitted()
+        calibration: Calibration = self.calibration_  # type: ignore[assignment]
         arrays = [as_image_array(im, self.config.data, self.config.patch_size) for im in images]
-        analysed = list(self._analyse(arrays, progress, "detecting"))
+        analysed = [result for groups in self._noise_maps(arrays, progress, "detecting")
+                    for result in self._respond_in_order(calibration.response, groups)]
         if not analysed:
             return []
         # one call for all images: a forest's per-call overhead is ~30 ms
-        scores = self.decision_.score(np.stack([feats for _, _, feats in analysed]))
-        out = []
-        for image, (noise, anomaly, feats), score in zip(arrays, analysed, scores.tolist()):
-            out.append(Prediction(
-                score=score, is_anomalous=bool(score > self.decision_.threshold_),
-                threshold=self.decision_.threshold_, pixel_threshold=self.pixel_threshold_,
-                features=feats, noise_map=noise, anomaly_map=anomaly,
-                mask=anomaly > self.pixel_threshold_, image=image))
-        return out
+        decision = calibration.decision
+        scores = decision.score(np.stack([feats for _, _, feats in analysed]))
+        return [Prediction(score=score, is_anomalous=bool(is_anomalous(score, decision.threshold_)),
+                           threshold=decision.threshold_, pixel_threshold=calibration.pixel_threshold,
+                           features=feats, noise_map=noise, anomaly_map=anomaly,
+                           mask=anomaly > calibration.pixel_threshold, image=image)
+                for image, (noise, anomaly, feats), score in zip(arrays, analysed, scores.tolist())]
+
+    def predict_stream(self, images: Sequence[ImageLike], chunk_size: int = IMAGES_PER_PASS,
+                       ) -> Iterator[StreamedPrediction]:
+        """Predictions of ``images`` in order, ``chunk_size`` images read and
+        analysed at a time (see :func:`stream_predictions`)."""
+        return stream_predictions(self.predict_many, images, chunk_size)
 
     # --------------------------------------------------------- persistence
     def metadata(self) -> dict[str, Any]:
         """What a model file says about itself (``radar.json``; also the
-        metadata of an ONNX export): config, thresholds, training record."""
-        self._check_fitted()
-        self._check_calibrated()
+        metadata of an exported file): config, thresholds, training record."""
+        self.check_fitted()
+        calibration: Calibration = self.calibration_  # type: ignore[assignment]
         return {
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "config": self.config.to_dict(), "channels": self.channels_,
-            "image_threshold": self.decision_.threshold_,
-            "pixel_threshold": self.pixel_threshold_,
-            "feature_names": list(feature_names(self.config.inference.response)),
-            "response_statistics": (self.response_statistics_.to_dict()
-                                    if self.config.inference.response == "two_sided" else None),
+            "image_threshold": calibration.decision.threshold_,
+            "pixel_threshold": calibration.pixel_threshold,
+            "feature_names": list(calibration.response.feature_names),
+            "response_statistics": calibration.response.state(),
             "training": self.training_,
         }
+
+    def _network_or_refuse(self) -> TorchBackend:
+        self.check_fitted()
+        if self.network_ is None:
+            raise ModelError(f"a model opened from an exported file runs on {self.backend_.label} and has no "
+                             "PyTorch weights; use the model directory it was exported from instead")
+        return self.network_
 
     def save(self, path: str | Path) -> Path:
         """Write a model directory (JSON + safetensors only) atomically:
         built beside ``path`` under a temporary name, then renamed."""
-        self._check_fitted()
-        if not hasattr(self, "unet_"):
-            raise ModelError("a model loaded from an ONNX file has no PyTorch weights to save; "
-                             "save the model directory it was exported from instead")
-        path = Path(path)
-        check_model_target(path)
-        tmp = temporary_dir(path)
-        try:
-            meta = self.metadata()
-            weights = {k: v.detach().cpu().contiguous() for k, v in self.unet_.state_dict().items()}
-            save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
-            save_file({"calibration_features": torch.from_numpy(
-                self.decision_.calibration_features_)}, str(tmp / CALIBRATION_FILE))
-            (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
-            if path.exists():
-                old = temporary_dir(path)
-                os.replace(path, old / "model")
-                os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return path
+        network = self._network_or_refuse()
+        return write_model_dir(Path(path), self.metadata(), network.state_dict(),
+                               self.decision_.calibration_features_)
+
+    def export(self, path: str | Path, format: str = "onnx") -> Path:
+        """Write the model as one file that the named backend runs (e.g.
+        ``"onnx"``: a self-contained ``.onnx`` file), checked against PyTorch."""
+        exporters = [name for name, backend in BACKENDS.items() if backend.exports]
+        if format not in exporters:
+            raise ConfigError(f"format must be {', '.join(exporters) or 'none'}, got {format!r}",
+                              setting="format")
+        network = self._network_or_refuse()
+        return BACKENDS.get(format).export(network, self.metadata(), self.decision_.calibration_features_,
+                                           Path(path))
 
     @classmethod
-    def load(cls, path: str | Path, device: str | None = None, backend: str = "torch") -> Radar:
-        """Read a model directory written by :meth:`save` (or an ONNX file
-        written by ``radar export``); the one-class model is refitted from the
+    def load(cls, path: str | Path, device: str | None = None, backend: str | None = None) -> Radar:
+        """Read a model directory written by :meth:`save`, or a model file
+        written by :meth:`export`; the one-class model is refitted from the
         stored calibration features (deterministic).
 
-        ``backend="onnx"`` runs the network through ONNX Runtime instead of
-        PyTorch (on the CPU): the same function, faster there.
+        ``backend`` names a registered backend: by default ``torch`` for a
+        directory and the exporting backend for a file (``onnx`` for
+        ``.onnx``); ``Radar.load(model_dir, backend="onnx")`` runs the same
+        network through ONNX Runtime, checked against PyTorch first.
         """
         path = Path(path)
-        if backend not in BACKENDS:
-            raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-        if path.is_file() and path.suffix.lower() == ".onnx":
-            from .export import load_onnx  # only ONNX users need onnxruntime
-
-            return load_onnx(path)
-        radar = cls._load_dir(path, device)
-        if backend == "onnx":
-            from .export import use_onnx
-
-            use_onnx(radar)
-        return radar
-
-    @classmethod
-    def _load_dir(cls, path: Path, device: str | None) -> Radar:
-        if not path.is_dir():
-            raise ModelError(f"model not found: {path} (expected a model directory "
-                             "from `radar train` or an .onnx file from `radar export`)")
-        meta_path = path / CONFIG_FILE
-        if not meta_path.is_file():
-            raise ModelError(f"{path} is not a radar model directory (no {CONFIG_FILE})")
+        if backend is not None:
+            BACKENDS.check(backend)
+        if path.is_file():
+            return cls._load_file(path, device, backend)
+        meta, weights, calibration = read_model_dir(path)
         try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ModelError(f"cannot read {meta_path}: {exc}") from None
-        check_metadata(meta, str(meta_path))
-        for name in (WEIGHTS_FILE, CALIBRATION_FILE):
-            if not (path / name).is_file():
-                raise ModelError(f"model directory {path} is incomplete: {name} is missing")
-        try:
-            radar = cls.from_metadata(meta, device=device)
-            unet = build_unet(radar.config.network, radar.channels_, radar.config.patch_size)
-            unet.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
-            calibration = load_file(str(path / CALIBRATION_FILE))["calibration_features"]
-        except (ConfigError, KeyError, TypeError, ValueError, RuntimeError, OSError,
-                SafetensorError) as exc:
+            config = RadarConfig.from_dict(meta["config"])
+            channels = int(meta["channels"])
+            unet = build_unet(config.network, channels, config.patch_size)
+            unet.load_state_dict(weights)
+        except (ConfigError, KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise ModelError(f"cannot load model from {path}: {first_line(exc)}") from None
-        radar._use_unet(unet.to(pick_device(device)))
-        radar._calibrate_from(calibration.numpy(), meta)
-        return radar
+        network = TorchBackend(unet.to(pick_device(device)), config, channels)
+        radar = cls._assemble(meta, calibration, network, network, str(path), device)
+        return radar if backend in (None, "torch") else radar.with_backend(backend)
 
     @classmethod
-    def from_metadata(cls, meta: dict[str, Any], device: str | None = None) -> Radar:
-        """An unfitted shell with the saved config, channels, pixel threshold
-        and training record; the caller adds a network and calibrates."""
-        radar = cls(RadarConfig.from_dict(meta["config"]), device)
-        radar.channels_ = int(meta["channels"])
-        radar.pixel_threshold_ = float(meta["pixel_threshold"])
-        radar.training_ = meta.get("training", {})
-        if radar.config.inference.response == "two_sided":
-            radar.response_statistics_ = ResponseStatistics.from_dict(meta.get("response_statistics"))
-        radar.calibrated_settings_ = response_settings(radar.config)
-        return radar
+    def _load_file(cls, path: Path, device: str | None, backend: str | None) -> Radar:
+        suffix = path.suffix.lower()
+        readers = [name for name, entry in BACKENDS.items() if suffix in entry.reads]
+        if not readers:
+            raise ModelError(f"{path} is not a model directory or a model file that a backend reads")
+        name = backend or next((n for n in readers if BACKENDS.get(n).exports == suffix), readers[0])
+        if name not in readers:
+            raise ModelError(f"a {suffix} file runs on {', '.join(readers)}, not {name}")
+        opened = BACKENDS.get(name).open_file(path)
+        return cls._assemble(opened.metadata, opened.calibration_features, None, opened.backend, str(path), device)
 
-    def _calibrate_from(self, calibration_features: np.ndarray, meta: dict[str, Any]) -> None:
-        """Refit the one-class model on the stored calibration features and
-        check it lands on the saved threshold."""
-        self.decision_ = ImageDecision(self.config.decision, self.config.seed).fit(calibration_features)
-        if not np.isclose(self.decision_.threshold_, meta.get("image_threshold", np.nan)):
+    @classmethod
+    def _assemble(cls, meta: dict[str, Any], calibration_features: np.ndarray, network: TorchBackend | None,
+                  backend: NoiseBackend, where: str, device: str | None) -> Radar:
+        """A fitted model from stored metadata, calibration features and a
+        backend; the one-class model is refitted and checked against the
+        saved threshold."""
+        try:
+            config = RadarConfig.from_dict(meta["config"])
+            response = RESPONSES.get(config.inference.response).from_state(config, meta.get("response_statistics"))
+            decision = ImageDecision(config.decision, config.seed).fit(
+                np.asarray(calibration_features, dtype=np.float64))
+            calibration = Calibration(response, decision, float(meta["pixel_threshold"]))
+            channels = int(meta["channels"])
+        except (ConfigError, DataError, KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"cannot load model from {where}: {first_line(exc)}") from None
+        if not np.isclose(decision.threshold_, meta.get("image_threshold", np.nan)):
             warnings.warn("the refitted one-class model's threshold differs from the saved one "
-                          "(another scikit-learn version?)", stacklevel=2)
+                          "(another scikit-learn version?)", stacklevel=3)
+        return cls(config, device)._learned(network, backend, channels, meta.get("training", {}), calibration)
 
 
-def check_metadata(meta: Any, where: str) -> None:
-    """Refuse metadata of another format or format version."""
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ModelError(f"{where} is not a radar-ad model file")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ModelError(f"{where} has model format version {meta.get('format_version')!r}; "
-                         f"this radar-ad ({__version__}) reads version {FORMAT_VERSION}; "
-                         "train the model again with it")
-
-
-def response_settings(config: RadarConfig) -> dict[str, Any]:
-    """The inference settings the calibration (one-class model, pixel
-    threshold, response statistics) depends on beyond the noise map."""
-    inference = config.inference
-    keys = ("response", "energy_window", "map_sigma", "blur_ksize", "sobel_ksize", "window",
-            "window_stride", "feature_norm")
-    return {key: getattr(inference, key) for key in keys}
-
-
-def noise_settings(config: RadarConfig) -> tuple[int, int, int]:
-    """The settings a noise predictor is built with."""
-    return config.seed, config.inference.timestep, config.inference.draws
-
-
-def check_model_target(path: Path) -> None:
-    """Refuse to replace anything but an empty folder or a model directory,
-    so a typo in ``--out`` cannot wipe a user's data."""
-    if path.exists() and not (path.is_dir() and (not any(path.iterdir())
-                                                 or (path / CONFIG_FILE).is_file())):
-        raise DataError(f"{path} exists and is not a radar model directory; "
-                        "refusing to overwrite it")
+def train_model(config: RadarConfig, data: str | Path, out: str | Path, *, resume: bool = False,
+                device: str | None = None, progress: bool = True) -> Radar:
+    """Train on ``data`` and write the model directory ``out``: the output
+    location is checked first, a checkpoint is kept beside it while training
+    (``resume`` continues one) and removed once the model is written."""
+    out = Path(out)
+    check_model_target(out)  # before training, not after an hour of it
+    checkpoint = checkpoint_dir(out)
+    radar = Radar(config, device=device).fit(data, progress=progress, checkpoint_dir=checkpoint, resume=resume)
+    radar.save(out)
+    shutil.rmtree(checkpoint, ignore_errors=True)
+    return radar
 
 
 def calibration_split(n_images: int, config: RadarConfig) -> tuple[list[int], list[int]]:

@@ -108,6 +108,36 @@ def _fmt(value: Any) -> str:
     return html.escape(str(value))
 
 
+BASE_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; margin-bottom: 1em; }
+th, td { border: 1px solid #ccc; padding: 4px 10px; text-align: left; }
+figure { display: inline-block; margin: 0 8px 0 0; text-align: center; }
+figcaption { font-size: 0.8em; }
+img { image-rendering: pixelated; }
+code { background: #f4f4f4; }
+.anomalous { color: #c00; font-weight: bold; } .normal { color: #070; }
+"""
+
+
+def html_page(title: str, body: str, css: str = "") -> str:
+    """A self-contained HTML page (no external resources): every report
+    radar-ad writes is one of these."""
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>{BASE_CSS}{css}</style></head><body>
+<h1>{html.escape(title)}</h1>
+{body}
+</body></html>
+"""
+
+
+def figure_html(array: np.ndarray, caption: str) -> str:
+    """An ``(H, W[, 3])`` uint8 picture embedded as PNG, with a caption."""
+    return (f'<figure><img src="{png_data_uri(array)}" alt="{html.escape(caption)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
 def html_report(title: str, metrics: dict[str, Any], examples: list[dict[str, Any]],
                 notes: list[str] | None = None) -> str:
     """An HTML page: a metrics table, then one row per example with its
@@ -118,30 +148,14 @@ def html_report(title: str, metrics: dict[str, Any], examples: list[dict[str, An
     cards = []
     for ex in examples:
         verdict = "ANOMALOUS" if ex["is_anomalous"] else "normal"
-        cells = "".join(
-            f'<figure><img src="{png_data_uri(ex[key])}" alt="{key}"><figcaption>{key}'
-            f"</figcaption></figure>" for key in ("image", "anomaly", "mask", "overlay"))
+        cells = "".join(figure_html(ex[key], key) for key in ("image", "anomaly", "mask", "overlay"))
         cards.append(
             f'<div class="card"><h3>{html.escape(ex["name"])} — truth: {html.escape(ex["label"])}'
             f' — verdict: <span class="{verdict.lower()}">{verdict}</span>'
             f' (score {ex["score"]:.4f}, threshold {ex["threshold"]:.4f})</h3>{cells}</div>')
     note_html = "".join(f"<p>{html.escape(n)}</p>" for n in notes or [])
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
-table {{ border-collapse: collapse; margin-bottom: 2em; }}
-th, td {{ border: 1px solid #ccc; padding: 4px 10px; text-align: left; }}
-.card {{ margin-bottom: 1.5em; }}
-figure {{ display: inline-block; margin: 0 8px 0 0; text-align: center; }}
-img {{ width: 192px; image-rendering: pixelated; border: 1px solid #999; }}
-.anomalous {{ color: #c00; font-weight: bold; }} .normal {{ color: #070; }}
-</style></head><body>
-<h1>{html.escape(title)}</h1>{note_html}
-<h2>Metrics</h2><table>{rows}</table>
-<h2>Examples</h2>
-<p>Overlay: heat map blended on the image, predicted mask outlined in cyan, true defect in green.</p>
-{''.join(cards)}
-</body></html>
-"""
-
+    body = (f"{note_html}<h2>Metrics</h2><table>{rows}</table><h2>Examples</h2>"
+            "<p>Overlay: heat map blended on the image, predicted mask outlined in cyan, true defect in green.</p>"
+            + "".join(cards))
+    return html_page(title, body, ".card { margin-bottom: 1.5em; } .card img { width: 192px; "
+                                  "border: 1px solid #999; }")

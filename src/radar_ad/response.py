@@ -1,5 +1,11 @@
-"""From the predicted-noise map to the pixel anomaly map: the paper's blur +
-Sobel response, and the two-sided response built on it (see below).
+"""From the predicted-noise map to the pixel anomaly map: the response stage.
+
+A response turns ``(B, C, H, W)`` predicted-noise maps into ``(B, H, W)``
+pixel anomaly maps and ``(B, F)`` image features, after learning what it needs
+from the noise maps of normal calibration images. Responses are plug-ins
+(:data:`~radar_ad.registry.RESPONSES`; one module each in
+``radar_ad/responses/``) built on :class:`Response` and on the filters here:
+the paper's blur + Sobel, local noise energy, Gaussian smoothing.
 
 A torch implementation (separable convolutions, OpenCV's default
 BORDER_REFLECT_101 border) rather than a call into OpenCV, so the same code
@@ -10,12 +16,15 @@ runs batched on the GPU and exports to ONNX; tests show it equal to
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .config import RadarConfig
 
 # OpenCV's fixed kernels for ksize <= 7 with sigma <= 0 (getGaussianKernel).
 _SMALL_GAUSSIANS = {
@@ -88,43 +97,6 @@ def response_map(noise_map: torch.Tensor, blur_ksize: int = 5, sobel_ksize: int 
     return magnitude[:, 0] if channels == 1 else magnitude.pow(2).sum(1).sqrt()
 
 
-# ----------------------------------------------------------------- two-sided
-# The paper's response only grows where a defect ADDS structure. On textures
-# a defect often removes it instead (a smudge, a polished spot): the network
-# then finds less to explain there and its predicted noise is weaker. The
-# two-sided response keeps the paper's Sobel response as one part and adds the
-# deficit of local noise energy as a second, both standardised against the
-# normal calibration images, so either kind of departure lights up the map.
-
-
-@dataclass
-class ResponseStatistics:
-    """Normal levels the two-sided response is measured against, learned from
-    the noise maps of normal calibration images. ``*_scale`` are the parts'
-    high quantiles, which put both parts on one scale in the combined map."""
-
-    energy_mean: float
-    energy_std: float
-    structure_mean: float
-    structure_std: float
-    structure_scale: float = 1.0
-    deficit_scale: float = 1.0
-
-    def to_dict(self) -> dict[str, float]:
-        return {k: float(v) for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: Any) -> ResponseStatistics:
-        """From :meth:`to_dict`'s output; ``ValueError`` for anything else."""
-        names = {f.name for f in fields(cls)}
-        if not isinstance(data, dict) or set(data) != names:
-            raise ValueError(f"response_statistics must be an object with {', '.join(sorted(names))}")
-        return cls(**{k: float(v) for k, v in data.items()})
-
-
-QUANTILE_SAMPLE = 8_000_000  # pixels per part behind the scales' quantiles (float64: 128 MB)
-
-
 def local_energy(noise_map: torch.Tensor, window: int) -> torch.Tensor:
     """``(B, C, H, W)`` -> ``(B, H, W)``: log mean squared predicted noise
     over ``window`` x ``window`` neighbourhoods (mirrored at the border)."""
@@ -133,53 +105,6 @@ def local_energy(noise_map: torch.Tensor, window: int) -> torch.Tensor:
     wy, wx = min(window, height), min(window, width)
     padded = F.pad(squared, (wx // 2, wx - 1 - wx // 2, wy // 2, wy - 1 - wy // 2), mode="reflect")
     return torch.log(F.avg_pool2d(padded, (wy, wx), stride=1) + 1e-12)[:, 0]
-
-
-def response_parts(noise_map: torch.Tensor, statistics: ResponseStatistics, energy_window: int,
-                   blur_ksize: int = 5, sobel_ksize: int = 5) -> torch.Tensor:
-    """``(B, C, H, W)`` noise maps -> ``(B, 2, H, W)``: the Sobel response
-    above its normal level and the local noise energy below its normal level,
-    each in standard deviations of the calibration pixels (0 where normal
-    or on the other side)."""
-    structure = response_map(noise_map, blur_ksize, sobel_ksize).double()
-    energy = local_energy(noise_map, energy_window)
-    excess = (structure - statistics.structure_mean) / statistics.structure_std
-    deficit = (statistics.energy_mean - energy) / statistics.energy_std
-    return torch.stack([excess, deficit], dim=1).clamp_min(0)
-
-
-def fit_response_statistics(noise_maps: list[torch.Tensor], energy_window: int, blur_ksize: int = 5,
-                            sobel_ksize: int = 5, quantile: float = 0.999) -> ResponseStatistics:
-    """Pooled pixel statistics of normal ``(B, C, H, W)`` noise maps: running
-    moments, then the parts' quantiles from an evenly strided sample of at
-    most :data:`QUANTILE_SAMPLE` pixels, so memory stays near one map's."""
-    count, sums = 0, torch.zeros(4, dtype=torch.float64)  # energy, energy^2, structure, structure^2
-    for noise in noise_maps:
-        structure = response_map(noise, blur_ksize, sobel_ksize).double()
-        energy = local_energy(noise, energy_window)
-        count += energy.numel()
-        sums += torch.stack([energy.sum(), energy.pow(2).sum(), structure.sum(), structure.pow(2).sum()])
-    mean_e, mean_s = float(sums[0] / count), float(sums[2] / count)
-    # sample standard deviations (n - 1), as torch.std
-    std_e = max(float(sums[1] - count * mean_e**2) / max(count - 1, 1), 0.0) ** 0.5
-    std_s = max(float(sums[3] - count * mean_s**2) / max(count - 1, 1), 0.0) ** 0.5
-    statistics = ResponseStatistics(mean_e, max(std_e, 1e-12), mean_s, max(std_s, 1e-12))
-    step = max(1, math.ceil(count / QUANTILE_SAMPLE))
-    sample = torch.cat([response_parts(noise, statistics, energy_window, blur_ksize, sobel_ksize)
-                        .transpose(0, 1).flatten(1)[:, ::step] for noise in noise_maps], dim=1)
-    scales = np.quantile(sample.numpy(), quantile, axis=1)
-    statistics.structure_scale, statistics.deficit_scale = (max(float(s), 1e-6) for s in scales)
-    return statistics
-
-
-def two_sided_map(parts: torch.Tensor, statistics: ResponseStatistics, sigma: float) -> torch.Tensor:
-    """``(B, 2, H, W)`` parts -> ``(B, H, W)`` pixel anomaly map: the larger
-    part in units of its normal high quantile, smoothed by a Gaussian of
-    ``sigma`` px (a defect's deficit is a region, not an edge)."""
-    scales = torch.tensor([statistics.structure_scale, statistics.deficit_scale], dtype=parts.dtype,
-                          device=parts.device)
-    combined = (parts / scales.view(1, 2, 1, 1)).amax(1, keepdim=True)
-    return gaussian_smooth(combined, sigma)[:, 0].float()
 
 
 def gaussian_smooth(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -192,3 +117,93 @@ def gaussian_smooth(x: torch.Tensor, sigma: float) -> torch.Tensor:
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
     kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
     return _separable(x, kernel / kernel.sum(), kernel / kernel.sum())
+
+
+# ------------------------------------------------------------------ the stage
+QUANTILE_SAMPLE = 8_000_000  # pixels per part behind a response's quantiles (float64: 128 MB)
+
+
+@dataclass
+class ResponseOutput:
+    """``anomaly_map`` ``(B, H, W)`` float32 (the pixel-level score) and
+    ``features`` ``(B, F)`` float64 (the image features) of a batch."""
+
+    anomaly_map: torch.Tensor
+    features: torch.Tensor
+
+
+class Response:
+    """Base of every registered response.
+
+    ``__init__`` stores the settings; :meth:`fit` learns from normal
+    calibration noise maps (when ``needs_fit``) and returns ``self``;
+    ``__call__`` maps noise maps to anomaly maps and features. What it learned
+    round-trips through :meth:`state` and :meth:`from_state` (JSON numbers,
+    stored in the model file as ``response_statistics``).
+    """
+
+    name: ClassVar[str] = ""
+    feature_names: ClassVar[tuple[str, ...]] = ()
+    needs_fit: ClassVar[bool] = False
+
+    def __init__(self, config: RadarConfig) -> None:
+        self.inference = config.inference
+        self.pixel_quantile = config.decision.pixel_quantile
+
+    def fit(self, noise_maps: Sequence[torch.Tensor]) -> Response:
+        """Learn normal levels from ``(b, C, H, W)`` noise maps of normal images."""
+        return self
+
+    def __call__(self, noise_map: torch.Tensor) -> ResponseOutput:
+        raise NotImplementedError
+
+    def state(self) -> dict[str, float] | None:
+        """What :meth:`fit` learned, as JSON numbers (None: nothing)."""
+        return None
+
+    @classmethod
+    def from_state(cls, config: RadarConfig, state: Any) -> Response:
+        """A fitted response from :meth:`state`'s output; ``ValueError`` for
+        anything else."""
+        if cls.needs_fit:
+            raise NotImplementedError(f"{cls.__name__} must restore what it fitted")
+        if state is not None:
+            raise ValueError(f"the {cls.name} response stores no statistics, got {state!r}")
+        return cls(config)
+
+    def describe(self) -> str:
+        """How the map is computed, for an exported model's metadata."""
+        return (self.__doc__ or self.name).strip().split("\n\n")[0]
+
+
+class RunningMoments:
+    """Mean and sample standard deviation (n - 1, as ``torch.std``) of every
+    element added, from running float64 sums: bounded memory over many maps."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total = torch.zeros((), dtype=torch.float64)
+        self.squares = torch.zeros((), dtype=torch.float64)
+
+    def add(self, values: torch.Tensor) -> None:
+        self.count += values.numel()
+        self.total += values.sum()
+        self.squares += values.pow(2).sum()
+
+    @property
+    def mean(self) -> float:
+        return float(self.total / self.count)
+
+    @property
+    def std(self) -> float:
+        variance = float(self.squares - self.count * self.mean**2) / max(self.count - 1, 1)
+        return max(variance, 0.0) ** 0.5
+
+
+def strided_quantiles(parts: Iterable[torch.Tensor], count: int, quantile: float) -> list[float]:
+    """The ``quantile`` of each part over ``(b, P, H, W)`` tensors holding
+    ``count`` pixels per part, from an evenly strided sample of at most
+    :data:`QUANTILE_SAMPLE` of them (only the sample is kept)."""
+    step = max(1, math.ceil(count / QUANTILE_SAMPLE))
+    sample = torch.cat([p.transpose(0, 1).flatten(1)[:, ::step].clone() for p in parts], dim=1)
+    return [float(q) for q in np.quantile(sample.numpy(), quantile, axis=1)]

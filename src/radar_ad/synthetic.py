@@ -491,9 +491,9 @@ def validate_spec(spec: SyntheticSpec) -> None:
         raise ConfigError(f"SyntheticSpec.defect_types has duplicates: {tuple(types)}")
     sev = spec.severity
     try:
-        lo, hi = (float(s) for s in sev)  # type: ignore[union-attr]
+        lo, hi = (float(s) for s in sev)
         ok = all(isinstance(s, (int, float, np.floating, np.integer)) and not isinstance(s, bool)
-                 for s in sev)  # type: ignore[union-attr]
+                 for s in sev)
     except (TypeError, ValueError):
         ok = False
     if not ok or not (0.0 <= lo <= hi <= 1.0):

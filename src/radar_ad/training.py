@@ -1,5 +1,14 @@
-"""The training loop: the standard DDPM epsilon objective on random patches,
-with AdamW, optional EMA, checkpoints and resume.
+"""Training the patch diffusion network, in three parts:
+
+- the loss step (:func:`diffusion_loss`): the standard DDPM epsilon
+  objective, noising with the diffusers scheduler's ``add_noise``;
+- the loop (:func:`train_unet`): patch and timestep draws, AdamW with
+  warm-up + cosine learning rate, optional EMA, progress, checkpoints and
+  resume;
+- the device strategy (:class:`DeviceStrategy`): where tensors live, how the
+  backward pass runs and which process writes checkpoints. The default runs
+  on one device; a distributed launcher plugs in its own without touching
+  the loop.
 
 Every random draw (patch positions, timesteps, noise) comes from one CPU
 generator seeded from the config, so a run is reproducible, a resumed run
@@ -62,12 +71,53 @@ def _training_fingerprint(config: RadarConfig, channels: int) -> dict:
                       if k not in ("steps", "checkpoint_every")}}
 
 
+def diffusion_loss(unet: UNet2DModel, scheduler: DDPMScheduler, clean: torch.Tensor, timesteps: torch.Tensor,
+                   noise: torch.Tensor) -> torch.Tensor:
+    """The DDPM loss step: ``|| noise - eps_theta(add_noise(clean, noise, t), t) ||^2``
+    for clean patches ``(N, C, p, p)`` in [-1, 1]."""
+    noisy = scheduler.add_noise(clean, noise, timesteps)
+    return F.mse_loss(unet(noisy, timesteps).sample, noise)
+
+
+class DeviceStrategy:
+    """Where training runs: one process on one device (the default).
+
+    The loop asks the strategy to :meth:`prepare` the model and optimiser,
+    to move each batch (:meth:`to_device`), to run :meth:`backward`, and
+    whether this process :attr:`is_main` (the one that writes checkpoints).
+    A data-parallel launcher implements the same methods.
+    """
+
+    rank = 0
+    world_size = 1
+
+    def __init__(self, device: torch.device | str) -> None:
+        self.device = torch.device(device)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def prepare(self, unet: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                ) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        return unet, optimizer
+
+    def to_device(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(t.to(self.device) for t in tensors)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def wait(self) -> None:
+        """Wait for every process (nothing to wait for with one)."""
+
+
 def train_unet(
     unet: UNet2DModel,
     scheduler: DDPMScheduler,
     sampler: PatchSampler,
     config: RadarConfig,
-    device: torch.device,
+    device: torch.device | DeviceStrategy,
     *,
     checkpoint_dir: Path | None = None,
     resume: bool = False,
@@ -76,43 +126,41 @@ def train_unet(
     """Train ``unet`` in place; when EMA is on, the EMA weights are copied into
     it at the end (they are what inference uses)."""
     train = config.train
+    strategy = device if isinstance(device, DeviceStrategy) else DeviceStrategy(device)
     channels = int(sampler.stack.shape[1])
     generator = torch.Generator().manual_seed(config.seed)
-    unet.to(device).train()
+    unet.to(strategy.device).train()
     params = [p for p in unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=train.learning_rate, weight_decay=train.weight_decay)
     ema = [p.detach().clone() for p in params] if train.ema_decay > 0 else None
-    alphas = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
+    model, prepared = strategy.prepare(unet, optimizer)
     max_t = min(train.max_timestep or scheduler.config.num_train_timesteps,
                 scheduler.config.num_train_timesteps)
     fingerprint = _training_fingerprint(config, channels)
 
-    start, history = 0, []
+    start, history = 0, list[float]()
     if resume and checkpoint_dir is not None and (checkpoint_dir / CHECKPOINT_FILE).is_file():
         start, history = _load_checkpoint(checkpoint_dir, unet, optimizer, ema, generator,
-                                          fingerprint, device)
+                                          fingerprint, strategy.device)
     if start >= train.steps:
         start = train.steps
 
     began = time.perf_counter()
-    bar = progress_bar(total=train.steps, initial=start, enabled=progress, desc="training",
+    bar = progress_bar(total=train.steps, initial=start, enabled=progress and strategy.is_main, desc="training",
                        unit="step")
     loss_value = float("nan")
     for step in range(start, train.steps):
         patches = sampler.sample(train.batch_size, generator) * 2 - 1
         timesteps = torch.randint(0, max_t, (train.batch_size,), generator=generator)
         noise = torch.randn(patches.shape, generator=generator)
-        patches, timesteps, noise = patches.to(device), timesteps.to(device), noise.to(device)
-        abar = alphas[timesteps].view(-1, 1, 1, 1)
-        noisy = abar.sqrt() * patches + (1 - abar).sqrt() * noise
-        for group in optimizer.param_groups:
+        patches, timesteps, noise = strategy.to_device(patches, timesteps, noise)
+        for group in prepared.param_groups:
             group["lr"] = learning_rate(step, config)
-        prediction = unet(noisy, timesteps).sample
-        loss = F.mse_loss(prediction, noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = diffusion_loss(model, scheduler, patches, timesteps, noise)
+        prepared.zero_grad(set_to_none=True)
+        strategy.backward(loss)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
+        prepared.step()
         if ema is not None:
             with torch.no_grad():
                 torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - train.ema_decay)
@@ -126,8 +174,10 @@ def train_unet(
                             patches_s=f"{done * train.batch_size / max(elapsed, 1e-9):.0f}")
         if checkpoint_dir is not None and ((step + 1) % train.checkpoint_every == 0
                                            or step + 1 == train.steps):
-            _save_checkpoint(checkpoint_dir, step + 1, unet, optimizer, ema, generator,
-                             fingerprint, history)
+            if strategy.is_main:
+                _save_checkpoint(checkpoint_dir, step + 1, unet, optimizer, ema, generator,
+                                 fingerprint, history)
+            strategy.wait()
     bar.close()
     seconds = time.perf_counter() - began
     if ema is not None:
@@ -170,7 +220,7 @@ def _load_checkpoint(directory: Path, unet: UNet2DModel, optimizer: torch.optim.
         path = str(directory / CHECKPOINT_FILE)
         with safe_open(path, framework="pt") as handle:  # one read: metadata and tensors
             meta = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (a safetensors handle, not a dict)
         step, saved = int(meta["step"]), json.loads(meta["fingerprint"])
         history = json.loads(meta.get("loss_history", "[]"))
     except (OSError, ValueError, KeyError, SafetensorError) as exc:

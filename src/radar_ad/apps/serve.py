@@ -25,7 +25,7 @@ import math
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
@@ -41,9 +41,9 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from . import __version__
-from .errors import ConfigError, RadarError, first_line
-from .report import png_base64, prediction_maps
+from .. import __version__
+from ..errors import ConfigError, RadarError, first_line
+from ..report import png_base64, prediction_maps
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 2**20
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -60,7 +60,7 @@ IMAGE_TYPES = frozenset({
 UNTYPED_PARTS = frozenset({"", "application/octet-stream"})
 # Room for the multipart boundaries and part headers around the file itself.
 MULTIPART_OVERHEAD = 64 * 2**10
-Receive = Callable[[], Awaitable[dict[str, Any]]]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 
 
 def create_app(radar: Any, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
@@ -71,10 +71,10 @@ def create_app(radar: Any, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     for name, value in (("max_upload_bytes", max_upload_bytes), ("max_pixels", max_pixels),
                         ("max_in_flight", max_in_flight)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}", setting=name)
     limits = {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels, "max_in_flight": max_in_flight}
     metadata = {**model_metadata(radar), "limits": limits, **(model_info or {})}
-    page = resources.files("radar_ad").joinpath("static/index.html").read_text(encoding="utf-8")
+    page = resources.files(__package__).joinpath("static/index.html").read_text(encoding="utf-8")
     admission = Admission(max_in_flight)
 
     app = FastAPI(title="radar-ad", version=__version__, docs_url=None, redoc_url=None)  # both pull assets from a CDN
@@ -188,7 +188,7 @@ def _limited_receive(receive: Receive, limit: int) -> Receive:
     memory."""
     received = 0
 
-    async def limited() -> dict[str, Any]:
+    async def limited() -> MutableMapping[str, Any]:
         nonlocal received
         message = await receive()
         if message["type"] == "http.request":
@@ -304,6 +304,7 @@ def model_metadata(radar: Any) -> dict[str, Any]:
         **radar.metadata(),
         "radar_ad_version": __version__,
         "backend": radar.backend,
+        "engine": radar.backend_.describe(),
         "patch_size": config.patch_size,
         "grayscale": config.data.grayscale,
         "resize": config.data.resize,
@@ -360,15 +361,15 @@ def background_server(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> I
         sock.close()
 
 
-def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, backend: str = "torch",
+def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, backend: str | None = None,
           device: str | None = None, max_upload_mb: float = DEFAULT_MAX_UPLOAD_BYTES / 2**20,
           max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, max_pixels: int = DEFAULT_MAX_PIXELS,
           on_start: Callable[[str], None] | None = None) -> None:
     """Load the model (a bad model directory fails here, before anything
     listens), bind, call ``on_start(url)`` and serve until interrupted."""
     if not max_upload_mb > 0:
-        raise ConfigError(f"max_upload_mb must be > 0, got {max_upload_mb}")
-    from .pipeline import Radar
+        raise ConfigError(f"max_upload_mb must be > 0, got {max_upload_mb}", setting="max_upload_mb")
+    from ..pipeline import Radar
 
     radar = Radar.load(model_dir, device=device, backend=backend)
     app = create_app(radar, max_upload_bytes=max(1, int(max_upload_mb * 2**20)), max_pixels=max_pixels,

@@ -14,17 +14,18 @@ import html
 import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from .errors import MissingDependencyError
-from .files import write_text
-from .report import colorize, png_base64, to_rgb
+from ..errors import require
+from ..files import write_json, write_text
+from ..report import colorize, figure_html, html_page, png_base64, to_rgb
+from .results import BenchmarkResult, Example
 
-if TYPE_CHECKING:
-    from .benchmark import BenchmarkResult, Example
-
+# The method the time ratios are relative to, when a summary does not say
+# (results.json files written before it did).
+DEFAULT_REFERENCE = "radar_if"
 
 QUICK_WARNING = ("--quick: a tiny network, tiny images and a tiny subset; a smoke run of the harness, "
                  "not a measurement of any method.")
@@ -58,17 +59,27 @@ TABLE_COLUMNS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
     ("aupro", "AUPRO", _metric),
     ("pixel_f1max", "px F1-max", _metric),
     ("median_seconds_per_image", "ms / img", _ms),
-    ("relative_time", "time / RADAR IF", _ratio),
+    ("relative_time", "time / reference", _ratio),
     ("training_seconds", "train s", lambda v: f"{v:,.1f}"),
     ("peak_rss_mib", "peak RSS MiB", lambda v: f"{v:,.0f}"),
 )
 
 
-def _columns(rows: Sequence[dict[str, Any]]) -> tuple[tuple[str, str, Callable[[Any], str]], ...]:
-    """The table columns, plus peak CUDA memory when a row has it."""
+def reference_label(key: str) -> str:
+    """How tables name the method the time ratios are relative to:
+    ``radar_if`` -> ``RADAR IF``."""
+    return "RADAR " + key.removeprefix("radar_").replace("_", " ").upper()
+
+
+def _columns(rows: Sequence[dict[str, Any]], reference: str = DEFAULT_REFERENCE,
+             ) -> tuple[tuple[str, str, Callable[[Any], str]], ...]:
+    """The table columns (the time ratio named after ``reference``), plus
+    peak CUDA memory when a row has it."""
+    columns = tuple((key, f"time / {reference_label(reference)}" if key == "relative_time" else header, fmt)
+                    for key, header, fmt in TABLE_COLUMNS)
     if any(row.get("peak_cuda_mib") is not None for row in rows):
-        return (*TABLE_COLUMNS, ("peak_cuda_mib", "peak CUDA MiB", lambda v: f"{v:,.0f}"))
-    return TABLE_COLUMNS
+        return (*columns, ("peak_cuda_mib", "peak CUDA MiB", lambda v: f"{v:,.0f}"))
+    return columns
 
 
 def _cells(row: dict[str, Any], columns: Sequence[tuple[str, str, Callable[[Any], str]]]) -> list[str]:
@@ -76,18 +87,19 @@ def _cells(row: dict[str, Any], columns: Sequence[tuple[str, str, Callable[[Any]
 
 
 def method_table_markdown(rows: Sequence[dict[str, Any]],
-                          columns: Sequence[tuple[str, str, Callable[[Any], str]]] | None = None) -> str:
+                          columns: Sequence[tuple[str, str, Callable[[Any], str]]] | None = None,
+                          reference: str = DEFAULT_REFERENCE) -> str:
     """A Markdown table with one row per method (rows as in ``results.json``'s
     ``tables``); ``n/a`` where a metric is undefined."""
-    columns = columns or _columns(rows)
+    columns = columns or _columns(rows, reference)
     lines = ["| " + " | ".join(header for _, header, _ in columns) + " |",
              "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_cells(row, columns)) + " |" for row in rows]
     return "\n".join(lines)
 
 
-def method_table_html(rows: Sequence[dict[str, Any]]) -> str:
-    columns = _columns(rows)
+def method_table_html(rows: Sequence[dict[str, Any]], reference: str = DEFAULT_REFERENCE) -> str:
+    columns = _columns(rows, reference)
     head = "".join(f"<th>{html.escape(header)}</th>" for _, header, _ in columns)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in _cells(row, columns))
                    + "</tr>" for row in rows)
@@ -125,6 +137,7 @@ def dataset_notes(dataset: dict[str, Any]) -> list[str]:
     slow = [key for key, info in methods.items() if info["slow"]]
     limited = [key for key, info in methods.items() if info["n_calibration"] < splits["n_calibration"]]
     stride = config["inference"]["stride"] or config["patch_size"]
+    reference = reference_label(dataset.get("reference_method", DEFAULT_REFERENCE))
     backends = ("every network ran through PyTorch" if dataset.get("backend", "torch") == "torch" else
                 f"RADAR's network ran through {dataset['backend']}, the baselines' through PyTorch")
     validation = (
@@ -147,8 +160,8 @@ def dataset_notes(dataset: dict[str, Any]) -> list[str]:
          f"on the tiling grid ({dataset['patches_per_image']:.1f} on average: patch {config['patch_size']}, "
          f"stride {stride}); RADAR: {config['inference']['draws']} per position."),
         (f"Time per image: after one untimed warm-up image, each batch of up to 8 images (already loaded) "
-         f"is timed and divided by its size; the median over images. 'time / RADAR IF' is the ratio to "
-         f"RADAR IF's median in the same table and process; {backends}."),
+         f"is timed and divided by its size; the median over images. 'time / {reference}' is the ratio to "
+         f"{reference}'s median in the same table and process; {backends}."),
         ("Peak RSS is the process's peak resident memory (getrusage) read after each method: cumulative for "
          "the process, so it only grows down the table; a method's own share is at most its increase."),
         ("All methods share the one trained network (train s); the statistical baseline uses none (0 s)."),
@@ -185,19 +198,20 @@ def markdown_report(summary: dict[str, Any]) -> str:
         lines += [f"## {dataset['name']}", "", dataset_facts(dataset), ""]
         for table in ("subset", "test"):
             if dataset["tables"][table]:
-                lines += [f"### {titles[table]}", "", method_table_markdown(dataset["tables"][table]), ""]
+                lines += [f"### {titles[table]}", "",
+                          method_table_markdown(dataset["tables"][table], reference=_reference(dataset)), ""]
         lines += ["Notes:", ""] + [f"- {note}" for note in dataset_notes(dataset)] + [""]
     return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- figures
+def _reference(dataset: dict[str, Any]) -> str:
+    return dataset.get("reference_method", DEFAULT_REFERENCE)
+
+
 def _figure(width: float, height: float) -> Any:
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise MissingDependencyError("the benchmark report needs matplotlib: "
-                                     "pip install 'radar-ad[bench]'") from None
-    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+    figure = require("matplotlib.figure", "bench", "the benchmark report", package="matplotlib")
+    return figure.Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
 def figure_png_base64(figure: Any) -> str:
@@ -262,17 +276,12 @@ def gallery_html(dataset: dict[str, Any], examples: list[Example]) -> str:
     mask, then each method's anomaly map (one colour scale per method)."""
     if not examples:
         return ""
-
-    def img(array: np.ndarray, caption: str) -> str:
-        return (f'<figure><img src="data:image/png;base64,{png_base64(array)}" alt="{html.escape(caption)}">'
-                f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-
     head = "".join(f"<th>{html.escape(e.file)}<br>({html.escape(e.label)})</th>" for e in examples)
-    rows = ["<tr><th>image</th>" + "".join(f"<td>{img(to_rgb(e.image), 'image')}</td>" for e in examples)
-            + "</tr>",
-            "<tr><th>ground truth</th>" + "".join(
-                f"<td>{img(np.repeat(e.truth[..., None].astype(np.uint8) * 255, 3, axis=2), 'mask')}</td>"
-                for e in examples) + "</tr>"]
+    masks = [np.repeat(e.truth[..., None].astype(np.uint8) * 255, 3, axis=2) for e in examples]
+    rows = ["<tr><th>image</th>" + "".join(f"<td>{figure_html(to_rgb(e.image), 'image')}</td>"
+                                           for e in examples) + "</tr>",
+            "<tr><th>ground truth</th>" + "".join(f"<td>{figure_html(mask, 'mask')}</td>" for mask in masks)
+            + "</tr>"]
     for key, info in dataset["methods"].items():
         shown = [e.maps[key] for e in examples if key in e.maps]
         if not shown:
@@ -283,10 +292,20 @@ def gallery_html(dataset: dict[str, Any], examples: list[Example]) -> str:
             if key not in e.maps:
                 cells.append("<td>n/a</td>")
                 continue
-            verdict = "anomalous" if e.verdicts[key] else "normal"
-            cells.append(f"<td>{img(colorize(e.maps[key], vmax), f'score {e.scores[key]:.4g}, {verdict}')}</td>")
+            caption = f"score {e.scores[key]:.4g}, {'anomalous' if e.verdicts[key] else 'normal'}"
+            cells.append(f"<td>{figure_html(colorize(e.maps[key], vmax), caption)}</td>")
         rows.append(f"<tr><th>{html.escape(info['name'])}</th>{''.join(cells)}</tr>")
     return f'<table class="gallery"><thead><tr><th></th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+REPORT_CSS = """
+th, td { padding: 3px 8px; text-align: right; font-size: 0.9em; }
+th:first-child, td:first-child { text-align: left; }
+.gallery td { text-align: center; }
+figure { display: block; margin: 0; }
+.gallery img { width: 128px; border: 1px solid #999; }
+img.figure { max-width: 100%; image-rendering: auto; }
+"""
 
 
 def html_report(summary: dict[str, Any], examples: dict[str, list[Example]]) -> str:
@@ -294,7 +313,8 @@ def html_report(summary: dict[str, Any], examples: dict[str, list[Example]]) -> 
     parts = []
     for dataset in summary["datasets"]:
         titles = table_titles(dataset)
-        tables = "".join(f"<h3>{html.escape(titles[t])}</h3>{method_table_html(dataset['tables'][t])}"
+        tables = "".join(f"<h3>{html.escape(titles[t])}</h3>"
+                         f"{method_table_html(dataset['tables'][t], _reference(dataset))}"
                          for t in ("subset", "test") if dataset["tables"][t])
         notes = "".join(f"<li>{html.escape(note)}</li>" for note in dataset_notes(dataset))
         parts.append(
@@ -308,35 +328,18 @@ def html_report(summary: dict[str, Any], examples: dict[str, list[Example]]) -> 
             f"<p>Each method's maps share one colour scale (0 to its 99.9th percentile over these images); "
             f"scales differ between methods.</p>{gallery_html(dataset, examples.get(dataset['name'], []))}"
             f"</section>")
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>radar-ad benchmark</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
-table {{ border-collapse: collapse; margin-bottom: 1em; }}
-th, td {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; font-size: 0.9em; }}
-th:first-child, td:first-child {{ text-align: left; }}
-.gallery td {{ text-align: center; }}
-figure {{ margin: 0; }} figcaption {{ font-size: 0.8em; }}
-.gallery img {{ width: 128px; image-rendering: pixelated; border: 1px solid #999; }}
-img.figure {{ max-width: 100%; }}
-code {{ background: #f4f4f4; }}
-</style></head><body>
-<h1>radar-ad benchmark</h1>
-<p>Command: <code>{html.escape(summary['command'])}</code> (started {html.escape(summary['started'])})</p>
-<p>Hardware: {html.escape(environment_line(summary))}</p>
-<p>Total wall time: {summary['total_seconds']:.0f} s</p>
-{f"<p><strong>{html.escape(QUICK_WARNING)}</strong></p>" if summary["options"]["quick"] else ""}
-{''.join(parts)}
-</body></html>
-"""
+    quick = f"<p><strong>{html.escape(QUICK_WARNING)}</strong></p>" if summary["options"]["quick"] else ""
+    body = (f"<p>Command: <code>{html.escape(summary['command'])}</code> "
+            f"(started {html.escape(summary['started'])})</p>\n"
+            f"<p>Hardware: {html.escape(environment_line(summary))}</p>\n"
+            f"<p>Total wall time: {summary['total_seconds']:.0f} s</p>\n{quick}\n{''.join(parts)}")
+    return html_page("radar-ad benchmark", body, REPORT_CSS)
 
 
 def write_reports(result: BenchmarkResult, out: str | Path) -> dict[str, Path]:
     """Write ``results.json``, ``results.md`` and ``report.html`` into
     ``out``, each atomically; the HTML is drawn first, so a plotting error
     leaves no new results half-written beside old ones."""
-    from .benchmark import write_json
-
     out = Path(out)
     page = html_report(result.summary, result.examples)
     result.markdown = markdown_report(result.summary)

@@ -1,7 +1,9 @@
 """The ``radar`` command line: a thin layer over the Python API.
 
 Every user-fixable failure surfaces as one ``radar: error: ...`` line on
-stderr and exit code 2; nothing half-written is left behind.
+stderr and exit code 2; nothing half-written is left behind. The library's
+errors name the argument at fault in the library's terms; :func:`main` says
+it as this command's flag (``maps_for`` -> ``--maps-for``).
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -17,9 +18,10 @@ from typing import Any, Optional
 import click
 import typer
 
-from . import __version__
-from .config import RadarConfig
-from .errors import ConfigError, DataError, RadarError, first_line
+from .. import __version__
+from ..config import RadarConfig
+from ..errors import ConfigError, DataError, RadarError, first_line, require
+from ..registry import BACKENDS, choices
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="RADAR: one-step diffusion anomaly detection and segmentation.")
@@ -67,8 +69,9 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Train on normal images and write a model directory."""
-    from .pipeline import Radar, check_model_target
-    from .training import CHECKPOINT_FILE
+    from ..persistence import checkpoint_dir
+    from ..pipeline import train_model
+    from ..training import CHECKPOINT_FILE
 
     config = RadarConfig.from_file(config_file) if config_file else RadarConfig()
     overrides = {k: v for k, v in {"train.steps": steps, "train.batch_size": batch_size,
@@ -78,24 +81,21 @@ def train(
         overrides["data.grayscale"] = False
     overrides.update(_parse_set(set_))
     config = config.updated(overrides)
-    check_model_target(out)  # before training, not after an hour of it
-    checkpoint = out.with_name(out.name + ".checkpoint")
+    checkpoint = checkpoint_dir(out)
     if resume and not (checkpoint / CHECKPOINT_FILE).is_file():
         raise DataError(f"nothing to resume: no checkpoint at {checkpoint}")
     if not resume and (checkpoint / CHECKPOINT_FILE).is_file():
         typer.echo(f"note: starting afresh; the checkpoint in {checkpoint} will be replaced "
                    "(--resume continues it)", err=True)
-    radar = Radar(config, device=device).fit(data, progress=not quiet, checkpoint_dir=checkpoint,
-                                             resume=resume)
-    radar.save(out)
-    shutil.rmtree(checkpoint, ignore_errors=True)
+    radar = train_model(config, data, out, resume=resume, device=device, progress=not quiet)
     info = radar.training_
     typer.echo(f"model written to {out} ({info['n_train']} training + {info['n_calibration']} "
                f"calibration images, {info['steps']} steps in {info['seconds']:.0f} s, "
                f"final loss {info['final_loss']:.4f})")
 
 
-BACKEND_HELP = "torch, or onnx (ONNX Runtime on the CPU: same results, faster there)."
+BACKEND_HELP = (f"{BACKENDS.choices().capitalize()} (default: torch for a model directory, the file's own "
+                "for an exported file; onnx and openvino run on the CPU, faster there).")
 
 
 @app.command()
@@ -105,7 +105,7 @@ def detect(
     out: Path = typer.Option(..., "--out", "-o", help="Folder for results.csv and maps."),
     batch_size: int = typer.Option(16, help="Images read and analysed at a time (bounds memory)."),
     maps: bool = typer.Option(True, "--maps/--no-maps", help="Write anomaly map, mask and overlay PNGs."),
-    backend: str = typer.Option("torch", help=BACKEND_HELP),
+    backend: Optional[str] = typer.Option(None, help=BACKEND_HELP),
     device: Optional[str] = typer.Option(None, help="cpu, cuda ... (default: CUDA if present)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -114,14 +114,14 @@ def detect(
     Streams: at most --batch-size images and their maps are in memory at once,
     and each row is written as soon as its image is scored.
     """
-    from .data import list_images
-    from .files import atomic_file
-    from .pipeline import Radar
-    from .progress import progress_bar
-    from .report import RESULT_COLUMNS, result_fields, save_prediction_maps
+    from ..data import list_images
+    from ..files import atomic_file, unique_stem
+    from ..pipeline import Radar
+    from ..progress import progress_bar
+    from ..report import RESULT_COLUMNS, result_fields, save_prediction_maps
 
     if batch_size < 1:
-        raise ConfigError("--batch-size must be >= 1")
+        raise ConfigError("batch_size must be >= 1", setting="batch_size")
     radar = Radar.load(model, device=device, backend=backend)
     images = [image for path in paths for image in list_images(path)]
     out.mkdir(parents=True, exist_ok=True)
@@ -131,24 +131,16 @@ def detect(
           progress_bar(total=len(images), enabled=not quiet, desc="detecting", unit="img") as bar):
         writer = csv.writer(handle)
         writer.writerow(RESULT_COLUMNS)
-        for start in range(0, len(images), batch_size):
-            chunk = images[start:start + batch_size]
-            for path, pred in zip(chunk, radar.predict_many(chunk)):
-                flagged += pred.is_anomalous
-                writer.writerow([str(path), *result_fields(pred)])
-                if maps:
-                    save_prediction_maps(pred, out, _unique_stem(path, used))
-            bar.update(len(chunk))
+        for streamed in radar.predict_stream(images, chunk_size=batch_size):
+            path, pred = streamed.item, streamed.prediction
+            flagged += pred.is_anomalous
+            writer.writerow([str(path), *result_fields(pred)])
+            if maps:
+                stem = unique_stem(path.stem, used.__contains__)
+                used.add(stem)
+                save_prediction_maps(pred, out, stem)
+            bar.update(1)
     typer.echo(f"{len(images)} images, {flagged} anomalous; results in {out / 'results.csv'}")
-
-
-def _unique_stem(path: Path, used: set[str]) -> str:
-    stem, n = path.stem, 1
-    while stem in used:
-        n += 1
-        stem = f"{path.stem}-{n}"
-    used.add(stem)
-    return stem
 
 
 @app.command()
@@ -156,13 +148,13 @@ def evaluate(
     model: Path = typer.Argument(..., help="Model directory from `radar train`, or an .onnx file."),
     dataset: Path = typer.Argument(..., help="MVTec-layout folder with test/ (and ground_truth/)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout."),
-    backend: str = typer.Option("torch", help=BACKEND_HELP),
+    backend: Optional[str] = typer.Option(None, help=BACKEND_HELP),
     device: Optional[str] = typer.Option(None, help="cpu, cuda ... (default: CUDA if present)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Accuracy/precision/recall/F1 at the model's threshold, AUROC, F1-max, pixel AUROC, AUPRO."""
-    from .evaluation import evaluate as run_evaluation
-    from .pipeline import Radar
+    from ..evaluation import evaluate as run_evaluation
+    from ..pipeline import Radar
 
     radar = Radar.load(model, device=device, backend=backend)
     result = run_evaluation(radar, dataset, progress=not quiet and not as_json)
@@ -174,23 +166,25 @@ def evaluate(
         typer.echo(f"{key:>20}  {shown}")
 
 
+EXPORT_FORMATS = tuple(name for name, backend in BACKENDS.items() if backend.exports)
+
+
 @app.command()
 def export(
     model_dir: Path = typer.Argument(..., help="Model directory from `radar train`."),
     out: Path = typer.Option(..., "--out", "-o", help="File to write, e.g. model.onnx."),
-    format_: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
+    format_: str = typer.Option(EXPORT_FORMATS[0], "--format", help=f"Export format: {choices(EXPORT_FORMATS)}."),
 ) -> None:
-    """Write the model as one self-contained ONNX file (network, noising step,
+    """Write the model as one self-contained file (network, noising step,
     thresholds and calibration in its metadata), checked against PyTorch."""
-    from .export import export_onnx
-    from .pipeline import Radar
+    from ..pipeline import Radar
 
-    if format_ != "onnx":
-        raise ConfigError(f"--format must be onnx, got {format_!r}")
+    if format_ not in EXPORT_FORMATS:
+        raise ConfigError(f"format must be {choices(EXPORT_FORMATS)}, got {format_!r}", setting="format")
     if out.is_dir():
-        raise DataError(f"{out} is a folder; give a file name such as model.onnx")
-    export_onnx(Radar.load(model_dir, device="cpu"), out)
-    typer.echo(f"ONNX model written to {out} ({out.stat().st_size / 2**20:.1f} MiB); "
+        raise DataError(f"{out} is a folder; give a file name such as model{BACKENDS.get(format_).exports}")
+    Radar.load(model_dir, device="cpu").export(out, format_)
+    typer.echo(f"{format_} model written to {out} ({out.stat().st_size / 2**20:.1f} MiB); "
                f"use it with `radar detect {out} IMAGES --out DIR`")
 
 
@@ -222,7 +216,7 @@ def make_data(
     seed: int = typer.Option(0, help="Seed of the generator."),
 ) -> None:
     """Write the built-in synthetic surfaces (with defects and masks)."""
-    from .synthetic import SyntheticSpec, make_dataset
+    from ..synthetic import SyntheticSpec, make_dataset
 
     path = make_dataset(out, SyntheticSpec(size=size, n_train=n_train, n_test_good=n_test_good,
                                            n_test_per_defect=n_test_per_defect, seed=seed))
@@ -234,19 +228,15 @@ def serve(
     model_dir: Path = typer.Argument(..., help="Model directory from `radar train`, or an .onnx file."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8000, help="Port to listen on (0: any free port)."),
-    backend: str = typer.Option("torch", help=BACKEND_HELP),
+    backend: Optional[str] = typer.Option(None, help=BACKEND_HELP),
     device: Optional[str] = typer.Option(None, help="cpu, cuda ... (default: CUDA if present)."),
     max_upload_mb: float = typer.Option(20.0, help="Largest accepted upload, in MiB."),
     max_in_flight: int = typer.Option(8, help="Requests admitted at once (running + waiting); more get 503."),
 ) -> None:
     """Serve a model over HTTP: POST /predict, GET /model, GET /health and a web page at /."""
-    from .errors import MissingDependencyError
-
-    try:
-        from .serve import serve as run_server
-    except ImportError as exc:
-        raise MissingDependencyError(f"`radar serve` needs fastapi, uvicorn and python-multipart ({exc.name} "
-                                     "is missing): pip install 'radar-ad[serve]'") from None
+    for module in ("fastapi", "uvicorn", "multipart"):
+        require(module, "serve", "`radar serve`", "python-multipart" if module == "multipart" else None)
+    from .serve import serve as run_server
 
     def announce(url: str) -> None:
         typer.echo(f"serving {model_dir} at {url} (Ctrl+C to stop)")
@@ -269,7 +259,7 @@ def watch(
     existing: bool = typer.Option(True, "--existing/--no-existing",
                                   help="Also inspect images already in the folder at start."),
     maps_for: str = typer.Option("anomalous", help="Write map PNGs for: all, anomalous or none."),
-    backend: str = typer.Option("torch", help=BACKEND_HELP),
+    backend: Optional[str] = typer.Option(None, help=BACKEND_HELP),
     device: Optional[str] = typer.Option(None, help="cpu, cuda ... (default: CUDA if present)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No line per image."),
 ) -> None:
@@ -284,8 +274,7 @@ def watch(
 @app.command()
 def benchmark(
     datasets: Optional[list[str]] = typer.Argument(
-        None, help="MVTec-layout folders, or `demo` for the built-in data (default: demo plus every "
-                   "dataset in ../shared/datasets)."),
+        None, help="MVTec-layout folders, or `demo` for the built-in data (default: demo)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for results.json, results.md and report.html."),
     quick: bool = typer.Option(False, "--quick", help="Tiny network, data and subset, one torch thread: "
                                "a smoke run of under a minute on the demo data."),
@@ -297,38 +286,59 @@ def benchmark(
                                          "datasets, native for the demo data)."),
     subset: Optional[int] = typer.Option(None, help="Normal and defective test images each in the subset "
                                          "every method runs on (default 30)."),
-    methods: Optional[str] = typer.Option(None, help="Comma-separated methods (default: all): radar_if, "
-                                          "radar_lof, ddpm250, ddpm25, ddim10, onestep, statistical."),
+    methods: Optional[str] = typer.Option(None, help="Comma-separated methods (default: all; "
+                                          "`radar benchmark --list-methods` names them)."),
+    list_methods: bool = typer.Option(False, "--list-methods", help="Print the methods and exit."),
     cache: Optional[Path] = typer.Option(None, help="Folder of trained models, reused across runs "
                                          "(default: OUT/models)."),
     validation_fraction: float = typer.Option(0.2, help="Share of each defect type's test images set "
                                               "aside for choosing settings (0: none)."),
     calibration_limit: Optional[int] = typer.Option(None, help="Calibration images the slow baselines "
                                                     "are fitted on (default 20)."),
-    backend: str = typer.Option("torch", help=BACKEND_HELP),
+    backend: Optional[str] = typer.Option(None, help=BACKEND_HELP),
     device: Optional[str] = typer.Option(None, help="cpu, cuda ... (default: CUDA if present)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Compare RADAR with reconstruction and statistical baselines on the same network and images."""
-    from .benchmark import BenchmarkOptions, run_benchmark
+    from ..bench.harness import BenchmarkOptions, method_names, run_benchmark
 
+    if list_methods:
+        for key, name in method_names().items():
+            typer.echo(f"{key:<22} {name}")
+        return
     options = BenchmarkOptions(
         quick=quick, config_file=config_file, overrides=_parse_set(set_), steps=steps, resize=resize,
         subset=subset, methods=[m.strip() for m in methods.split(",") if m.strip()] if methods else None,
         cache=cache, validation_fraction=validation_fraction, calibration_limit=calibration_limit,
-        backend=backend, device=device, progress=not quiet)
+        backend=backend or "torch", device=device, progress=not quiet)
     result = run_benchmark(datasets, out, options, log=lambda message: typer.echo(message, err=True))
     typer.echo(result.markdown)
     typer.echo(f"written: {', '.join(str(path) for path in result.files.values())}")
 
 
+def _in_flags(exc: RadarError, argv: list[str]) -> str:
+    """The error's message with the argument it names said as the invoked
+    command's flag, when it has one (``maps_for`` -> ``--maps-for``)."""
+    message = str(exc)
+    if not exc.setting or not argv:
+        return message
+    # typer may carry its own copy of click: look at the commands' shapes, not their types
+    sub = getattr(typer.main.get_command(app), "commands", {}).get(str(argv[0]))
+    for param in getattr(sub, "params", ()):
+        if getattr(param, "param_type_name", "") == "option" and param.name in (exc.setting, exc.setting + "_"):
+            flag = max(param.opts, key=len)
+            return message.replace(exc.setting, flag, 1) if message.startswith(exc.setting) else message
+    return message
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning errors into one line and an exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        result = app(args=argv, prog_name="radar", standalone_mode=False)
+        result = app(args=args, prog_name="radar", standalone_mode=False)
         return result if isinstance(result, int) else 0
     except RadarError as exc:
-        click.echo(f"radar: error: {exc}", err=True)
+        click.echo(f"radar: error: {_in_flags(exc, args)}", err=True)
         code = 2
     except click.exceptions.Exit as exc:
         return exc.exit_code

@@ -12,8 +12,9 @@ residual ``|x - x_hat|`` as the anomaly map. They differ only in the chain:
 
 ``statistical`` needs no network: classical texture descriptors (GLCM, local
 entropy, SSIM against a smoothed copy, Hough lines), the paper's ablation.
-scikit-image is imported here, at the top, so a missing ``radar-ad[bench]``
-extra shows as an ``ImportError`` on import, not midway through a run.
+It needs scikit-image (the ``radar-ad[bench]`` extra), imported when the
+method is built, so a missing extra is one clear error before any image is
+analysed and the reconstruction methods run without it.
 
 Every method hands the same one-class protocol as RADAR (:class:`OneClassMethod`)
 an ``(H, W)`` anomaly map and a fixed-length feature vector per image, so a
@@ -25,31 +26,22 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import torch
 from diffusers import DDIMScheduler
-from skimage.feature import canny, graycomatrix, graycoprops
-from skimage.filters import gaussian
-from skimage.filters.rank import entropy
-from skimage.metrics import structural_similarity
-from skimage.morphology import disk
-from skimage.transform import probabilistic_hough_line
 
-from .config import RadarConfig
-from .decision import ImageDecision, pixel_threshold
-from .errors import DataError, NotFittedError
-from . import features
-from .features import FEATURE_NAMES, image_features
-from .network import build_scheduler
-from .noise_map import border_weights
-from .patches import stitch, tile
-from .pipeline import IMAGES_PER_PASS  # images whose patches share U-Net batches
-from .response import blur
-
-if TYPE_CHECKING:
-    from .pipeline import Radar
+from ..config import RadarConfig
+from ..decision import ImageDecision, is_anomalous, pixel_threshold
+from ..errors import DataError, NotFittedError, require
+from ..features import FEATURE_NAMES, image_features, window_means
+from ..network import build_scheduler
+from ..noise_map import border_weights
+from ..patches import stitch, tile
+from ..pipeline import IMAGES_PER_PASS, Radar  # IMAGES_PER_PASS: images whose patches share U-Net batches
+from ..response import blur
 
 # The start timestep (0-based, as in diffusers) of the long chains, as in the paper.
 DEEP_TIMESTEP = 250
@@ -127,12 +119,14 @@ class ReconstructionBaseline(Baseline):
         if not 0 <= start_timestep < config.network.num_train_timesteps:
             raise ValueError(f"start_timestep must be in [0, {config.network.num_train_timesteps}), "
                              f"got {start_timestep}")
-        self.unet = radar.unet_
+        # radar.unet: the trained PyTorch network (NotFittedError before fit,
+        # ModelError for a model opened from an exported file)
+        self.unet = radar.unet
         self.config = config
         self.channels = int(radar.channels_)
         # the torch U-Net's own device: with the ONNX backend the noise
         # predictor runs on the CPU while the U-Net may sit on a GPU
-        self.device = next(radar.unet_.parameters()).device
+        self.device = next(self.unet.parameters()).device
         self.start_timestep = int(start_timestep)
         self.scheduler = build_scheduler(config.network)
         self.key, self.name = key, name
@@ -141,7 +135,7 @@ class ReconstructionBaseline(Baseline):
         self.residual_ksize = inference.blur_ksize + inference.sobel_ksize - 1
 
     @property
-    def slow(self) -> bool:
+    def slow(self) -> bool:  # type: ignore[override]  # derived here, a class attribute elsewhere
         return self.network_evaluations > SLOW_EVALUATIONS
 
     def analyse(self, images: list[np.ndarray]) -> list[MethodOutput]:
@@ -219,13 +213,18 @@ class DDPMReconstruction(ReconstructionBaseline):
 
     def __init__(self, radar: Radar, start_timestep: int = DEEP_TIMESTEP, *,
                  key: str | None = None, name: str | None = None) -> None:
-        super().__init__(radar, start_timestep, key=key or f"ddpm{start_timestep}",
-                         name=name or f"DDPM reconstruction from t={start_timestep}"
-                         + (" (AnoDDPM)" if start_timestep == DEEP_TIMESTEP else ""))
+        default_key, default_name = self.describe(start_timestep)
+        super().__init__(radar, start_timestep, key=key or default_key, name=name or default_name)
         # Explicit timesteps start..0: each step goes to t - 1 and the last
         # one (t = 0) to the clean sample, with no added noise.
         self.scheduler.set_timesteps(timesteps=list(range(self.start_timestep, -1, -1)))
         self.network_evaluations = len(self.scheduler.timesteps)
+
+    @staticmethod
+    def describe(start_timestep: int = DEEP_TIMESTEP) -> tuple[str, str]:
+        """The default ``(key, name)`` of the chain from ``start_timestep``."""
+        return (f"ddpm{start_timestep}", f"DDPM reconstruction from t={start_timestep}"
+                + (" (AnoDDPM)" if start_timestep == DEEP_TIMESTEP else ""))
 
     def _reverse(self, noisy: torch.Tensor, generators: list[torch.Generator],
                  per_image: int) -> torch.Tensor:
@@ -250,8 +249,8 @@ class DDIMReconstruction(ReconstructionBaseline):
     def __init__(self, radar: Radar, start_timestep: int = DEEP_TIMESTEP,
                  steps: int = DDIM_STEPS, *, key: str | None = None,
                  name: str | None = None) -> None:
-        super().__init__(radar, start_timestep, key=key or f"ddim{steps}",
-                         name=name or f"DDIM reconstruction from t={start_timestep} in {steps} steps")
+        default_key, default_name = self.describe(start_timestep, steps)
+        super().__init__(radar, start_timestep, key=key or default_key, name=name or default_name)
         if steps < 1 or start_timestep < steps or start_timestep % steps:
             raise ValueError(f"steps must be a divisor of start_timestep ({start_timestep}), got {steps}")
         stride = start_timestep // steps
@@ -266,6 +265,11 @@ class DDIMReconstruction(ReconstructionBaseline):
         self.ddim = ddim
         self.timesteps = [start_timestep - k * stride for k in range(steps)]
         self.network_evaluations = steps
+
+    @staticmethod
+    def describe(start_timestep: int = DEEP_TIMESTEP, steps: int = DDIM_STEPS) -> tuple[str, str]:
+        """The default ``(key, name)`` of the chain."""
+        return f"ddim{steps}", f"DDIM reconstruction from t={start_timestep} in {steps} steps"
 
     def _reverse(self, noisy: torch.Tensor, generators: list[torch.Generator],
                  per_image: int) -> torch.Tensor:
@@ -283,10 +287,15 @@ class OneStepReconstruction(ReconstructionBaseline):
     network_evaluations = 1
 
     def __init__(self, radar: Radar, start_timestep: int = DEEP_TIMESTEP, *,
-                 key: str = "onestep", name: str | None = None) -> None:
-        super().__init__(radar, start_timestep, key=key,
-                         name=name or f"One-step x0 prediction from t={start_timestep} "
-                         "(DiffusionAD without segmentation network)")
+                 key: str | None = None, name: str | None = None) -> None:
+        default_key, default_name = self.describe(start_timestep)
+        super().__init__(radar, start_timestep, key=key or default_key, name=name or default_name)
+
+    @staticmethod
+    def describe(start_timestep: int = DEEP_TIMESTEP) -> tuple[str, str]:
+        """The default ``(key, name)`` of the prediction from ``start_timestep``."""
+        return ("onestep", f"One-step x0 prediction from t={start_timestep} "
+                "(DiffusionAD without segmentation network)")
 
     def _reverse(self, noisy: torch.Tensor, generators: list[torch.Generator],
                  per_image: int) -> torch.Tensor:
@@ -295,15 +304,20 @@ class OneStepReconstruction(ReconstructionBaseline):
         return ((noisy - math.sqrt(1 - abar) * eps) / math.sqrt(abar)).clamp(-1, 1)
 
 
+# The paper's reconstruction methods, in table order: (class, its arguments after the radar).
+RECONSTRUCTIONS: tuple[tuple[Any, tuple[int, ...]], ...] = (
+    (DDPMReconstruction, (DEEP_TIMESTEP,)),
+    (DDPMReconstruction, (SHALLOW_TIMESTEP,)),
+    (DDIMReconstruction, (DEEP_TIMESTEP, DDIM_STEPS)),
+    (OneStepReconstruction, (DEEP_TIMESTEP,)),
+)
+
+
 def reconstruction_baselines(radar: Radar) -> list[Baseline]:
     """``ddpm250``, ``ddpm25``, ``ddim10``, ``onestep`` on ``radar``'s
-    fitted network."""
-    if not hasattr(radar, "unet_"):
-        raise NotFittedError("the reconstruction baselines need a fitted Radar with a "
-                             "PyTorch network: call fit() or Radar.load() first")
-    return [DDPMReconstruction(radar, DEEP_TIMESTEP), DDPMReconstruction(radar, SHALLOW_TIMESTEP),
-            DDIMReconstruction(radar, DEEP_TIMESTEP, DDIM_STEPS),
-            OneStepReconstruction(radar, DEEP_TIMESTEP)]
+    fitted PyTorch network (``radar.unet``: a :class:`NotFittedError` before
+    ``fit``, a :class:`ModelError` for a model opened from an exported file)."""
+    return [method(radar, *arguments) for method, arguments in RECONSTRUCTIONS]
 
 
 def _shape_groups(arrays: list[np.ndarray], size: int) -> Iterator[list[int]]:
@@ -351,6 +365,7 @@ class StatisticalBaseline(Baseline):
     def __init__(self, config: RadarConfig, *, levels: int = 32, entropy_radius: int = 4,
                  smooth_sigma: float = 2.0, canny_sigma: float = 2.0,
                  hough_line_length: int = 15, hough_line_gap: int = 3) -> None:
+        self._sk = _scikit_image()
         self.config = config
         self.levels = levels
         self.entropy_radius = entropy_radius
@@ -374,7 +389,7 @@ class StatisticalBaseline(Baseline):
         return [self._analyse_one(_gray(image)) for image in images]
 
     def _entropy(self, gray: np.ndarray) -> np.ndarray:
-        return entropy(self._quantised(gray), disk(self.entropy_radius)).astype(np.float64)
+        return self._sk.entropy(self._quantised(gray), self._sk.disk(self.entropy_radius)).astype(np.float64)
 
     def _quantised(self, gray: np.ndarray) -> np.ndarray:
         """Grey levels 0..levels-1 (uint8): fewer levels keep GLCMs dense and
@@ -383,13 +398,14 @@ class StatisticalBaseline(Baseline):
         return np.clip(levels, 0, self.levels - 1).astype(np.uint8)
 
     def _analyse_one(self, gray: np.ndarray) -> MethodOutput:
+        sk = self._sk
         inference = self.config.inference
         window, stride = inference.window, inference.window_stride
 
         angles = [0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4]
-        glcm = graycomatrix(self._quantised(gray), distances=[1, 2, 4], angles=angles,
+        glcm = sk.graycomatrix(self._quantised(gray), distances=[1, 2, 4], angles=angles,
                             levels=self.levels, symmetric=True, normed=True)
-        props = [graycoprops(glcm, prop).mean(axis=1) for prop in
+        props = [sk.graycoprops(glcm, prop).mean(axis=1) for prop in
                  ("contrast", "dissimilarity", "homogeneity", "energy", "correlation")]
         # A constant image has an undefined GLCM correlation (NaN): call it 1.
         glcm_features = np.nan_to_num(np.concatenate(props), nan=1.0)
@@ -399,14 +415,14 @@ class StatisticalBaseline(Baseline):
         entropy_features = [local_entropy.mean(), local_entropy.std(),
                             entropy_windows.max(), entropy_windows.min()]
 
-        smooth = gaussian(gray, sigma=self.smooth_sigma)
+        smooth = sk.gaussian(gray, sigma=self.smooth_sigma)
         win_size = min(7, *gray.shape)
-        _, ssim_map = structural_similarity(gray, smooth, full=True, data_range=1.0,
+        _, ssim_map = sk.structural_similarity(gray, smooth, full=True, data_range=1.0,
                                             win_size=win_size - (win_size % 2 == 0))
         ssim_features = [ssim_map.mean(), _window_means(ssim_map, window, stride).min()]
 
-        edges = canny(gray, sigma=self.canny_sigma)
-        lines = probabilistic_hough_line(edges, threshold=10, line_length=self.hough_line_length,
+        edges = sk.canny(gray, sigma=self.canny_sigma)
+        lines = sk.probabilistic_hough_line(edges, threshold=10, line_length=self.hough_line_length,
                                          line_gap=self.hough_line_gap, rng=self.config.seed)
         hough_features = _line_statistics(np.asarray(lines, dtype=np.float64).reshape(-1, 4),
                                           gray.size)
@@ -434,8 +450,22 @@ def _line_statistics(lines: np.ndarray, n_pixels: int) -> list[float]:
 def _window_means(values: np.ndarray, window: int, stride: int) -> np.ndarray:
     """Means of ``(H, W)`` over ``window`` x ``window`` windows (clipped to the
     image), pooled exactly as RADAR's window features."""
-    return features._window_means(torch.from_numpy(np.ascontiguousarray(values))[None, None],
-                                  window, stride).flatten().numpy()
+    return window_means(torch.from_numpy(np.ascontiguousarray(values))[None, None],
+                        window, stride).flatten().numpy()
+
+
+def _scikit_image() -> SimpleNamespace:
+    """The scikit-image functions the statistical baseline uses, or a
+    one-line error naming the extra that brings them."""
+    def part(module: str) -> Any:
+        return require(module, "bench", "the statistical baseline", package="scikit-image")
+
+    feature, filters, rank = part("skimage.feature"), part("skimage.filters"), part("skimage.filters.rank")
+    metrics, morphology, transform = part("skimage.metrics"), part("skimage.morphology"), part("skimage.transform")
+    return SimpleNamespace(canny=feature.canny, graycomatrix=feature.graycomatrix, graycoprops=feature.graycoprops,
+                           gaussian=filters.gaussian, entropy=rank.entropy,
+                           structural_similarity=metrics.structural_similarity, disk=morphology.disk,
+                           probabilistic_hough_line=transform.probabilistic_hough_line)
 
 
 def _gray(image: np.ndarray) -> np.ndarray:
@@ -446,9 +476,12 @@ def _gray(image: np.ndarray) -> np.ndarray:
     return np.clip(array.mean(axis=0), 0.0, 1.0)
 
 
-def statistical_baseline(config: RadarConfig) -> Baseline:
-    """The texture-statistics method with the paper's settings."""
-    return StatisticalBaseline(config)
+def baseline_names() -> dict[str, str]:
+    """Key -> name of every baseline, in table order: the reconstruction
+    methods, then the statistical one (no network or scikit-image needed)."""
+    names = dict(method.describe(*arguments) for method, arguments in RECONSTRUCTIONS)
+    names[StatisticalBaseline.key] = StatisticalBaseline.name
+    return names
 
 
 # ----------------------------------------------------------------------- one-class protocol
@@ -485,7 +518,7 @@ class OneClassMethod:
             return []
         scores = self.decision_.score(np.stack([output.features for output in outputs]))
         return [MethodPrediction(score=float(score),
-                                 is_anomalous=bool(score > self.decision_.threshold_),
+                                 is_anomalous=bool(is_anomalous(score, self.decision_.threshold_)),
                                  anomaly_map=output.anomaly_map,
                                  mask=output.anomaly_map > self.pixel_threshold_)
                 for output, score in zip(outputs, scores.tolist())]

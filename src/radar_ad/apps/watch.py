@@ -28,11 +28,11 @@ from datetime import datetime
 from pathlib import Path
 from types import FrameType, TracebackType
 
-
-from .data import IMAGE_SUFFIXES
-from .errors import ConfigError, DataError, RadarError, first_line
-from .pipeline import Radar
-from .report import MAP_KINDS, RESULT_COLUMNS, result_fields, save_prediction_maps
+from ..data import IMAGE_SUFFIXES
+from ..errors import ConfigError, DataError, RadarError, first_line
+from ..files import unique_stem
+from ..pipeline import Radar
+from ..report import MAP_KINDS, RESULT_COLUMNS, result_fields, save_prediction_maps
 
 RESULTS_FILE = "results.csv"
 # `radar detect`'s columns, then when the row was written and, for an error row, why.
@@ -41,7 +41,8 @@ MAPS_FOR = ("all", "anomalous", "none")
 # Longest an idle loop takes to notice a stop requested by a signal.
 _WAKE_EVERY = 0.1
 # The encoding of results.csv; surrogateescape round-trips file names that are not UTF-8.
-_ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}
+_ENCODING = "utf-8"
+_ERRORS = "surrogateescape"
 
 Signature = tuple[int, int]  # (size in bytes, mtime in ns): a file whose signature changes is a new file
 
@@ -79,13 +80,13 @@ def _count(n: int, noun: str) -> str:
 def check_options(interval: float, settle: float, retries: int, maps_for: str) -> None:
     """Refuse values the loop cannot work with before anything is loaded."""
     if not interval > 0:
-        raise ConfigError(f"--interval must be > 0 seconds, got {interval}")
+        raise ConfigError(f"interval must be > 0 seconds, got {interval}", setting="interval")
     if not settle >= 0:
-        raise ConfigError(f"--settle must be >= 0 seconds, got {settle}")
+        raise ConfigError(f"settle must be >= 0 seconds, got {settle}", setting="settle")
     if retries < 0:
-        raise ConfigError(f"--retries must be >= 0, got {retries}")
+        raise ConfigError(f"retries must be >= 0, got {retries}", setting="retries")
     if maps_for not in MAPS_FOR:
-        raise ConfigError(f"--maps-for must be one of {', '.join(MAPS_FOR)}, got {maps_for!r}")
+        raise ConfigError(f"maps_for must be one of {', '.join(MAPS_FOR)}, got {maps_for!r}", setting="maps_for")
 
 
 def check_input_dir(input_dir: Path) -> None:
@@ -111,7 +112,7 @@ class Watcher:
         check_input_dir(self.input_dir)
         self.out = Path(out)
         if self.out.exists() and not self.out.is_dir():
-            raise DataError(f"--out must be a folder, got a file: {self.out}")
+            raise DataError(f"out must be a folder, got a file: {self.out}", setting="out")
         self.interval, self.settle, self.retries = interval, settle, retries
         self.existing, self.maps_for, self.quiet = existing, maps_for, quiet
         self.results = self.out / RESULTS_FILE
@@ -136,11 +137,11 @@ class Watcher:
         if not self.results.is_file() or self.results.stat().st_size == 0:
             return
         try:
-            with open(self.results, newline="", **_ENCODING) as handle:
+            with open(self.results, newline="", encoding=_ENCODING, errors=_ERRORS) as handle:
                 reader = csv.reader(handle)
                 if next(reader, None) != list(COLUMNS):
                     raise DataError(f"{self.results} was not written by `radar watch` (its columns are "
-                                    f"not {', '.join(COLUMNS)}); choose another --out")
+                                    f"not {', '.join(COLUMNS)}); choose another output folder")
                 for row in reader:
                     if len(row) != len(COLUMNS) or not row[0]:
                         continue  # a row cut short when a previous run was killed
@@ -152,7 +153,7 @@ class Watcher:
     def _open_results(self) -> io.TextIOWrapper:
         fresh = not self.results.is_file() or self.results.stat().st_size == 0
         cut_short = not fresh and not _ends_with_newline(self.results)
-        handle = open(self.results, "a", newline="", **_ENCODING)
+        handle = open(self.results, "a", newline="", encoding=_ENCODING, errors=_ERRORS)  # noqa: SIM115 (kept open: closed by close())
         if fresh:
             handle.write(_csv_line(COLUMNS))
         elif cut_short:
@@ -285,7 +286,8 @@ class Watcher:
         milliseconds = (time.perf_counter() - started) * 1000
         if self.maps_for == "all" or (self.maps_for == "anomalous" and prediction.is_anomalous):
             save_prediction_maps(prediction, self.out, self._stem_for(path))
-        self._write_row(path, tuple(result_fields(prediction)))
+        score, threshold, verdict, mask_fraction = result_fields(prediction)
+        self._write_row(path, (score, threshold, verdict, mask_fraction))
         self._counts["inspected"] += 1
         self._counts["anomalous"] += prediction.is_anomalous
         state.done = state.signature
@@ -301,11 +303,8 @@ class Watcher:
         state = self._files[path]
         if state.stem is None:
             taken = {s.stem for s in self._files.values()}
-            stem, n = path.stem, 1
-            while stem in taken or any((self.out / f"{stem}_{kind}.png").exists() for kind in MAP_KINDS):
-                n += 1
-                stem = f"{path.stem}-{n}"
-            state.stem = stem
+            state.stem = unique_stem(path.stem, lambda stem: stem in taken or any(
+                (self.out / f"{stem}_{kind}.png").exists() for kind in MAP_KINDS))
         return state.stem
 
     # ------------------------------------------------------------------ loop
@@ -373,7 +372,7 @@ def watch(radar: Radar, input_dir: str | Path, out: str | Path, *, interval: flo
 
 def watch_folder(model_dir: str | Path, input_dir: str | Path, out: str | Path, *, interval: float = 0.5,
                  settle: float = 0.5, retries: int = 5, existing: bool = True, maps_for: str = "anomalous",
-                 quiet: bool = False, backend: str = "torch", device: str | None = None) -> WatchSummary:
+                 quiet: bool = False, backend: str | None = None, device: str | None = None) -> WatchSummary:
     """``radar watch``: check the arguments and load the model first, so each
     mistake is one error before the loop starts, then :func:`watch`."""
     check_options(interval, settle, retries, maps_for)
@@ -388,7 +387,7 @@ def _image_threshold(radar: Radar) -> str:
     it from); empty for a model object that does not expose it."""
     try:
         return f"{float(radar.decision_.threshold_):.6f}"
-    except AttributeError:
+    except (AttributeError, RadarError):
         return ""
 
 

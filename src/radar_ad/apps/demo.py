@@ -6,40 +6,22 @@ whole method work before pointing it at their own images.
 
 from __future__ import annotations
 
-import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .config import RadarConfig
-from .data import LabeledImage, load_mask
-from .errors import ModelError
-from .evaluation import evaluate
-from .files import write_text
-from .pipeline import CONFIG_FILE, Prediction, Radar
-from .report import colorize, html_report, overlay, to_rgb
-from .synthetic import SyntheticSpec, make_dataset
-
-DEMO_SPEC = SyntheticSpec(size=128, n_train=100, n_test_good=20, n_test_per_defect=5, seed=0)
-
-
-def demo_config(steps: int | None = None) -> RadarConfig:
-    """The demo's model for its 128 px surfaces: twice the default widths
-    (32/64/64; on the demo its threshold let fewer normal images through:
-    F1 0.95 against 0.91-0.92), attention only at the coarsest level, 500
-    steps, and a 20 % calibration share (20 images) for the one-class model."""
-    config = RadarConfig().updated({
-        "network.block_out_channels": [32, 64, 64],
-        "network.attention": [False, False, True],
-        "train.steps": 500,
-        "train.batch_size": 64,
-        "train.checkpoint_every": 200,
-        "train.calibration_fraction": 0.2,
-    })
-    return config if steps is None else config.updated({"train.steps": steps})
+from ..config import RadarConfig
+from ..data import LabeledImage, load_mask
+from ..demo_data import DEMO_SPEC, demo_config
+from ..errors import ModelError
+from ..evaluation import evaluate
+from ..files import write_json, write_text
+from ..persistence import CONFIG_FILE
+from ..pipeline import Prediction, Radar, train_model
+from ..report import colorize, html_report, overlay, to_rgb
+from ..synthetic import make_dataset
 
 
 @dataclass
@@ -61,10 +43,7 @@ def run_demo(out: str | Path, *, steps: int | None = None, progress: bool = True
     model_dir = out / "model"
     radar = _reuse_model(model_dir, config)
     if radar is None:
-        radar = Radar(config).fit(data, progress=progress,
-                                  checkpoint_dir=out / "model.checkpoint", resume=True)
-        radar.save(model_dir)
-        shutil.rmtree(out / "model.checkpoint", ignore_errors=True)
+        radar = train_model(config, data, model_dir, resume=True, progress=progress)
 
     # For the report: three normal images and the first image of each defect type.
     kept: dict[str, list[tuple[LabeledImage, Prediction]]] = {"good": [], "defective": []}
@@ -79,7 +58,7 @@ def run_demo(out: str | Path, *, steps: int | None = None, progress: bool = True
     evaluation = evaluate(radar, data, progress=progress, on_prediction=keep)
     metrics = dict(evaluation.metrics)
     metrics["training_seconds"] = radar.training_.get("seconds")
-    write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    write_json(out / "metrics.json", metrics)
 
     vmax = 2 * radar.pixel_threshold_
     examples = []

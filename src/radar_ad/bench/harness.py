@@ -11,24 +11,29 @@ images, so the tables compare methods and nothing else:
     and (2) the whole test split (fast methods) -> metrics, network
     evaluations, seconds per image and memory, measured in one process.
 
-The pieces are plain functions (:func:`validation_split`,
-:func:`fixed_subset`, :func:`dataset_config`, :func:`run_benchmark`) so scripts
-in ``benchmarks/`` can reuse them; :mod:`radar_ad.benchmark_report` turns the
-result into ``results.md`` and ``report.html``.
+The RADAR rows come from the registries: one per registered one-class model
+(``radar_<abbreviation>``) on the config's response, and one per other
+registered response (``radar_<name>``) with the config's one-class model, so
+a new plug-in shows up here with no change to this module. Each is the
+trained model with its settings changed (:meth:`Radar.with_settings`).
+
+This module is a client of the public API (:class:`Radar`,
+:func:`train_model`, :func:`stream_predictions`, the registries). The pieces
+are plain functions (:func:`validation_split`, :func:`fixed_subset`,
+:func:`dataset_config`, :func:`run_benchmark`) so scripts in ``benchmarks/``
+can reuse them; :mod:`radar_ad.bench.report` turns the result
+(:mod:`radar_ad.bench.results`) into ``results.md`` and ``report.html``.
 """
 
 from __future__ import annotations
 
-import copy
 import datetime
 import hashlib
 import json
-import math
 import os
 import platform
 import resource
 import shlex
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -40,27 +45,28 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from . import __version__
-from .config import RadarConfig
-from .data import LabeledImage, as_image_array, evaluation_images, load_mask, training_images
-from .decision import MIN_CALIBRATION_IMAGES
-from .errors import ConfigError, DataError, MissingDependencyError
-from .evaluation import finite_or_none
-from .files import write_text
-from .metrics import image_metrics, pixel_metrics
-from .network import pick_device
-from .patches import grid_positions
-from .pipeline import BACKENDS, CONFIG_FILE, IMAGES_PER_PASS, Radar, calibration_split
-from .progress import progress_bar
-from .synthetic import SyntheticSpec, make_dataset
+from .. import __version__
+from ..config import RadarConfig
+from ..data import LabeledImage, as_image_array, evaluation_images, load_mask, training_images
+from ..decision import MIN_CALIBRATION_IMAGES
+from ..demo_data import DEMO_SPEC, demo_config
+from ..errors import ConfigError, DataError, NotCalibratedError, require
+from ..files import json_ready, unique_stem
+from ..metrics import image_metrics, pixel_metrics
+from ..network import pick_device
+from ..patches import grid_positions
+from ..persistence import CONFIG_FILE
+from ..pipeline import IMAGES_PER_PASS, Radar, calibration_split, stream_predictions, train_model
+from ..progress import progress_bar
+from ..registry import BACKENDS, ONE_CLASS_MODELS, RESPONSES
+from ..synthetic import SyntheticSpec, make_dataset
+from .baselines import OneClassMethod, StatisticalBaseline, baseline_names, reconstruction_baselines
+from .report import write_reports
+from .results import BenchmarkResult, DatasetResult, Example, MethodRun
 
-RADAR_METHODS = {"radar_if": "RADAR (IsolationForest)", "radar_lof": "RADAR (LocalOutlierFactor)"}
-BASELINE_METHODS = ("ddpm250", "ddpm25", "ddim10", "onestep", "statistical")
-METHOD_KEYS = (*RADAR_METHODS, *BASELINE_METHODS)
-REFERENCE_METHOD = "radar_if"  # speed ratios are relative to it
+BASELINE_METHODS = tuple(baseline_names())
 
 DEMO = "demo"  # on the command line: the built-in generated data
-SHARED_DATASETS = Path("..") / "shared" / "datasets"
 DEFAULT_RESIZE = 256
 DEFAULT_SUBSET = 30
 DEFAULT_CALIBRATION_LIMIT = 20
@@ -68,8 +74,7 @@ DEFAULT_VALIDATION_FRACTION = 0.2
 EXAMPLES_DEFECTIVE = 3  # plus one normal image: the maps shown in the report
 
 # --quick: a tiny network, tiny data and a tiny subset: a smoke run of every
-# method, not a measurement (measured on two shared CPU cores: about 40 s on
-# the demo data, 2.3 min with both ../shared/datasets at 64 px).
+# method, not a measurement.
 QUICK_SETTINGS: dict[str, Any] = {
     "patch_size": 16,
     "network.block_out_channels": [8, 16],
@@ -91,11 +96,87 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+# ------------------------------------------------------------ the methods
+@dataclass(frozen=True)
+class RadarRow:
+    """A RADAR row of the tables: the trained model with ``settings``
+    (dotted keys) changed; no settings: the config's own model."""
+
+    key: str
+    name: str
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def one_class_label(model: type) -> str:
+    """How a table names a one-class model: its class name without the
+    ``Model`` suffix (``IsolationForestModel`` -> ``IsolationForest``)."""
+    return model.__name__.removesuffix("Model")
+
+
+def radar_rows(config: RadarConfig | None = None) -> list[RadarRow]:
+    """The RADAR rows for ``config`` (default: the default config), from the
+    registries: the config's own first (the reference of the time ratios),
+    then one per other registered one-class model on the config's response,
+    then one per other registered response with the config's one-class model."""
+    config = config or RadarConfig()
+    own_model, own_response = config.decision.one_class_model, config.inference.response
+    rows = [RadarRow(f"radar_{model.abbreviation or name}", f"RADAR ({one_class_label(model)})",
+                     {} if name == own_model else {"decision.one_class_model": name})
+            for name, model in ONE_CLASS_MODELS.items()]
+    rows.sort(key=lambda row: bool(row.settings))  # stable: the config's own first
+    rows += [RadarRow(f"radar_{name}", f"RADAR ({name} response)", {"inference.response": name})
+             for name in RESPONSES.names() if name != own_response]
+    return rows
+
+
+def method_names(config: RadarConfig | None = None) -> dict[str, str]:
+    """Key -> display name of every method a run on ``config`` (default: the
+    default config) has, in table order: the RADAR rows, then the baselines."""
+    names: dict[str, str] = {}
+    for key, name in [*((row.key, row.name) for row in radar_rows(config)), *baseline_names().items()]:
+        if key in names:
+            raise ValueError(f"two benchmark methods have the key {key!r} ({names[key]} and {name}); "
+                             "rename one of the plug-ins")
+        names[key] = name
+    return names
+
+
+def reference_method(config: RadarConfig | None = None) -> str:
+    """The key of the config's own RADAR row, which the time ratios are
+    relative to (``radar_if`` for the default config)."""
+    return radar_rows(config)[0].key
+
+
+REFERENCE_METHOD = reference_method()
+
+
+def known_methods() -> tuple[str, ...]:
+    """Every method key some config has: those of the default config, plus
+    a row for each registered response (a config has one for every response
+    but its own)."""
+    keys = dict.fromkeys(row.key for row in radar_rows())
+    keys.update(dict.fromkeys(f"radar_{name}" for name in RESPONSES.names()))
+    keys.update(dict.fromkeys(method_names()))
+    return tuple(keys)
+
+
+def selected_methods(config: RadarConfig, methods: Sequence[str] | None) -> tuple[str, ...]:
+    """The keys of ``methods`` (None: all) a run on ``config`` has, in table
+    order, or a :class:`ConfigError` for one it does not have."""
+    available = method_names(config)
+    for key in methods or ():
+        if key not in available:
+            raise ConfigError(f"methods: {key!r} has no row of its own when inference.response is "
+                              f"{config.inference.response!r}: every RADAR one-class row runs that response; "
+                              f"available: {', '.join(available)}", setting="methods")
+    return tuple(key for key in available if methods is None or key in methods)
+
+
 # ---------------------------------------------------------------- options
 @dataclass
 class BenchmarkOptions:
     """One run's settings (the CLI's options). ``None`` means the default,
-    which ``quick`` makes tiny."""
+    which ``quick`` makes tiny; ``methods`` None: every method."""
 
     quick: bool = False
     config_file: Path | None = None
@@ -113,23 +194,26 @@ class BenchmarkOptions:
 
     def resolved(self) -> BenchmarkOptions:
         """A validated copy with every default filled in."""
-        methods = tuple(dict.fromkeys(self.methods)) if self.methods else METHOD_KEYS
-        unknown = [m for m in methods if m not in METHOD_KEYS]
+        methods = tuple(dict.fromkeys(self.methods)) if self.methods else None
+        known = known_methods()
+        unknown = [m for m in methods or () if m not in known]
         if unknown:
-            raise ConfigError(f"unknown method {unknown[0]!r} in --methods; known: {', '.join(METHOD_KEYS)}")
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+            raise ConfigError(f"methods: unknown method {unknown[0]!r}; known: {', '.join(known)}",
+                              setting="methods")
+        BACKENDS.check(self.backend, "backend")
         if not 0 <= self.validation_fraction < 1:
-            raise ConfigError(f"--validation-fraction must be in [0, 1), got {self.validation_fraction}")
+            raise ConfigError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}",
+                              setting="validation_fraction")
         subset = self.subset if self.subset is not None else (QUICK_SUBSET if self.quick else DEFAULT_SUBSET)
         if subset < 1:
-            raise ConfigError(f"--subset must be >= 1, got {subset}")
+            raise ConfigError(f"subset must be >= 1, got {subset}", setting="subset")
         limit = self.calibration_limit if self.calibration_limit is not None else (
             QUICK_CALIBRATION_LIMIT if self.quick else DEFAULT_CALIBRATION_LIMIT)
         if limit < MIN_CALIBRATION_IMAGES:
-            raise ConfigError(f"--calibration-limit must be >= {MIN_CALIBRATION_IMAGES}, got {limit}")
+            raise ConfigError(f"calibration_limit must be >= {MIN_CALIBRATION_IMAGES}, got {limit}",
+                              setting="calibration_limit")
         if self.steps is not None and self.steps < 1:
-            raise ConfigError(f"--steps must be >= 1, got {self.steps}")
+            raise ConfigError(f"steps must be >= 1, got {self.steps}", setting="steps")
         return replace(self, methods=methods, subset=subset, calibration_limit=limit)
 
 
@@ -143,27 +227,14 @@ class DatasetSource:
     builtin: bool = False
 
 
-def shared_datasets(root: Path = SHARED_DATASETS) -> list[Path]:
-    """MVTec-layout folders under ``root`` (none when it is absent)."""
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and (p / "test").is_dir())
-
-
-def dataset_sources(arguments: Sequence[str] | None, cache: Path, quick: bool = False,
-                    log: Callable[[str], None] = _stderr) -> list[DatasetSource]:
+def dataset_sources(arguments: Sequence[str] | None, cache: Path, quick: bool = False) -> list[DatasetSource]:
     """The datasets of a run, checked before anything is trained: the word
     ``demo`` is the built-in data, anything else a folder; none given means
-    ``demo`` plus every dataset in ``../shared/datasets``."""
-    if not arguments:
-        found = shared_datasets()
-        if not found:
-            log(f"no datasets in {SHARED_DATASETS} (relative to {Path.cwd()}); "
-                "benchmarking the demo data only")
-        arguments = [DEMO, *map(str, found)]
+    the built-in ``demo`` data only. Datasets of the same name are told
+    apart as ``name-2``, ``name-3`` ..."""
     sources: list[DatasetSource] = []
     used: set[str] = set()
-    for argument in arguments:
+    for argument in arguments or [DEMO]:
         if argument == DEMO:
             name = "demo-quick" if quick else DEMO
             source = DatasetSource(name, cache / "data" / name, builtin=True)
@@ -176,24 +247,18 @@ def dataset_sources(arguments: Sequence[str] | None, cache: Path, quick: bool = 
             training_images(path)  # raises a one-line DataError for unusable layouts
             if {item.is_defective for item in evaluation_images(path)} != {False, True}:
                 raise DataError(f"{path}: test/ needs both normal (test/good) and defective images")
-            name = path.resolve().name
-            source = DatasetSource(name, path)
-        name, n = source.name, 1
-        while name in used:
-            n += 1
-            name = f"{source.name}-{n}"
+            source = DatasetSource(path.resolve().name, path)
+        name = unique_stem(source.name, used.__contains__)
         used.add(name)
         sources.append(replace(source, name=name))
     return sources
 
 
 def dataset_config(source: DatasetSource, options: BenchmarkOptions) -> RadarConfig:
-    """The config a dataset is trained with: ``--config`` (else the demo's own
-    for the demo data, else the default), the quick settings, ``data.resize``
-    (``--resize``; by default 256 px for real data, native for the demo
-    unless the config file sets one), ``--steps``, then every ``--set``."""
-    from .demo import demo_config
-
+    """The config a dataset is trained with: ``config_file`` (else the demo's
+    own for the demo data, else the default), the quick settings,
+    ``data.resize`` (``resize``; by default 256 px for real data, native for
+    the demo unless the config file sets one), ``steps``, then every override."""
     if options.config_file is not None:
         base = RadarConfig.from_file(options.config_file)
     else:
@@ -219,7 +284,7 @@ def command_line(datasets: Sequence[str] | None, out: Path, options: BenchmarkOp
     if options.quick:
         args.append("--quick")
     args += [part for flag, value in flags if value is not None for part in (flag, str(value))]
-    if options.methods and tuple(options.methods) != METHOD_KEYS:
+    if options.methods:
         args += ["--methods", ",".join(options.methods)]
     if options.validation_fraction != DEFAULT_VALIDATION_FRACTION:
         args += ["--validation-fraction", str(options.validation_fraction)]
@@ -241,7 +306,7 @@ def validation_split(items: list[LabeledImage], fraction: float, seed: int,
     tables). One generator draws for the types in sorted order, each type's
     images sorted by path. ``fraction == 0`` sets nothing aside."""
     if not 0 <= fraction < 1:
-        raise ConfigError(f"validation fraction must be in [0, 1), got {fraction}")
+        raise ConfigError(f"fraction must be in [0, 1), got {fraction}", setting="fraction")
     rng = np.random.default_rng(seed)
     aside: set[Path] = set()
     for label in sorted({item.label for item in items if item.is_defective}):
@@ -302,7 +367,8 @@ def model_key(config: RadarConfig, dataset: Path) -> str:
 
 def trained_model(source: DatasetSource, config: RadarConfig, cache: Path, options: BenchmarkOptions,
                   log: Callable[[str], None] = _stderr) -> tuple[Radar, Path, bool]:
-    """The dataset's model, trained once and kept under ``cache``:
+    """The dataset's model, trained once (:func:`train_model`: resumable,
+    checkpoint removed once written) and kept under ``cache``:
     ``(radar, model_dir, reused)``. Loaded from disk either way, so a first
     and a second run score with the very same object."""
     model_dir = cache / f"{source.name}-{model_key(config, source.path)}"
@@ -311,14 +377,40 @@ def trained_model(source: DatasetSource, config: RadarConfig, cache: Path, optio
         log(f"{source.name}: reusing the model in {model_dir} (same training settings and files)")
     else:
         log(f"{source.name}: training a model ({config.train.steps} steps) into {model_dir}")
-        checkpoint = model_dir.with_name(model_dir.name + ".checkpoint")
-        Radar(config, device=options.device).fit(source.path, progress=options.progress,
-                                                 checkpoint_dir=checkpoint, resume=True).save(model_dir)
-        shutil.rmtree(checkpoint, ignore_errors=True)
-    return Radar.load(model_dir, device=options.device, backend=options.backend), model_dir, reused
+        train_model(config, source.path, model_dir, resume=True, device=options.device, progress=options.progress)
+    return Radar.load(model_dir, device=options.device), model_dir, reused
 
 
-# --------------------------------------------------------------- methods
+def _setting(config: RadarConfig, key: str) -> Any:
+    """The value of the dotted setting ``key`` of ``config``."""
+    value: Any = config.to_dict()
+    for part in key.split("."):
+        value = value[part]
+    return value
+
+
+def _as_radar_images(images: list[np.ndarray]) -> list[np.ndarray]:
+    # Radar reads (H, W[, C]) arrays; the harness holds (C, H, W) ones
+    # (exact round trip: both came from 8-bit files, resize is a no-op).
+    return [image.transpose(1, 2, 0) for image in images]
+
+
+def radar_variant(radar: Radar, settings: dict[str, Any], calibration: list[np.ndarray]) -> tuple[Radar, bool]:
+    """``(model, recalibrated)``: ``radar`` with ``settings`` changed,
+    sharing its network (:meth:`Radar.with_settings`). A new one-class model
+    is refitted on the stored calibration features; a setting that shapes
+    the maps (a response, say) is calibrated on ``calibration`` ((C, H, W)
+    normal images, the same ones the model was calibrated on)."""
+    if not settings:
+        return radar, False
+    twin = radar.with_settings(settings)
+    try:
+        twin.check_fitted()
+    except NotCalibratedError:
+        return twin.calibrate(_as_radar_images(calibration)), True
+    return twin, False
+
+
 class Predictor(Protocol):
     def predict(self, images: list[np.ndarray]) -> list[Any]:
         """Objects with ``score``, ``is_anomalous`` and ``anomaly_map``."""
@@ -331,9 +423,7 @@ class _RadarPredictor:
         self.radar = radar
 
     def predict(self, images: list[np.ndarray]) -> list[Any]:
-        # Radar reads (H, W[, C]) arrays; the harness holds (C, H, W) ones
-        # (exact round trip: both came from 8-bit files, resize is a no-op).
-        return self.radar.predict_many([image.transpose(1, 2, 0) for image in images])
+        return self.radar.predict_many(_as_radar_images(images))
 
 
 @dataclass
@@ -341,7 +431,8 @@ class MethodSpec:
     """A method as the harness runs it. ``slow``: scored on the subset only
     (a baseline marked slow, or one costing more network evaluations per
     patch position than RADAR). ``fit`` gets the calibration images: all of
-    them, or a seeded limited share when ``limit_calibration``."""
+    them, or a seeded limited share when ``limit_calibration``. ``backend``:
+    the engine that runs its network."""
 
     key: str
     name: str
@@ -349,6 +440,7 @@ class MethodSpec:
     network_evaluations: int  # U-Net evaluations per patch position
     uses_network: bool
     limit_calibration: bool
+    backend: str
     fit: Callable[[list[np.ndarray]], Predictor]
 
 
@@ -356,39 +448,27 @@ def method_specs(radar: Radar, methods: Sequence[str]) -> list[MethodSpec]:
     """The selected methods in table order, all on ``radar``'s network."""
     config = radar.config
     draws = config.inference.draws
-    specs = [
-        MethodSpec("radar_if", RADAR_METHODS["radar_if"], False, draws, True, False,
-                   lambda calibration: _RadarPredictor(radar)),
-        MethodSpec("radar_lof", RADAR_METHODS["radar_lof"], False, draws, True, False,
-                   lambda calibration: _RadarPredictor(lof_copy(radar, calibration))),
-    ]
-    if any(key in BASELINE_METHODS for key in methods):
-        try:
-            from .baselines import OneClassMethod, reconstruction_baselines, statistical_baseline
-        except ImportError as exc:
-            raise MissingDependencyError(f"the baselines need {exc.name}: "
-                                         "pip install 'radar-ad[bench]'") from None
-        baselines = [*reconstruction_baselines(radar), statistical_baseline(config)]
-        for baseline in baselines:
-            def fit(calibration: list[np.ndarray], baseline: Any = baseline) -> Predictor:
-                return OneClassMethod(baseline, copy.deepcopy(config)).fit(calibration)
+    specs = []
+    for row in radar_rows(config):
+        def fit_radar(calibration: list[np.ndarray], settings: dict[str, Any] = row.settings) -> Predictor:
+            return _RadarPredictor(radar_variant(radar, settings, calibration)[0])
 
-            # Costlier per patch than RADAR (a reverse chain): the subset only,
-            # and a limited calibration set; the whole split would take them
-            # 10 to 250 times RADAR's network time.
-            slow = bool(baseline.slow) or baseline.network_evaluations > draws
-            specs.append(MethodSpec(baseline.key, baseline.name, slow, int(baseline.network_evaluations),
-                                    baseline.network_evaluations > 0, slow, fit))
+        specs.append(MethodSpec(row.key, row.name, False, draws, True, False, radar.backend, fit_radar))
+    baselines = ([baseline for baseline in reconstruction_baselines(radar) if baseline.key in methods]
+                 if any(key in methods for key in BASELINE_METHODS if key != StatisticalBaseline.key) else [])
+    if StatisticalBaseline.key in methods:
+        baselines.append(StatisticalBaseline(config))
+    for baseline in baselines:
+        def fit_baseline(calibration: list[np.ndarray], baseline: Any = baseline) -> Predictor:
+            return OneClassMethod(baseline, config).fit(calibration)
+
+        # Costlier per patch than RADAR (a reverse chain): the subset only,
+        # and a limited calibration set; the whole split would take them
+        # many times RADAR's network time.
+        slow = bool(baseline.slow) or baseline.network_evaluations > draws
+        specs.append(MethodSpec(baseline.key, baseline.name, slow, int(baseline.network_evaluations),
+                                baseline.network_evaluations > 0, slow, "torch", fit_baseline))
     return [spec for spec in specs if spec.key in methods]
-
-
-def lof_copy(radar: Radar, calibration: list[np.ndarray]) -> Radar:
-    """``radar`` with a LocalOutlierFactor verdict, re-calibrated on the same
-    images; the network (and its backend) is shared, not copied."""
-    twin = copy.copy(radar)
-    twin.config = copy.deepcopy(radar.config)
-    twin.config.decision.one_class_model = "local_outlier_factor"
-    return twin.calibrate([image.transpose(1, 2, 0) for image in calibration])
 
 
 def patches_per_image(height: int, width: int, config: RadarConfig) -> int:
@@ -397,37 +477,7 @@ def patches_per_image(height: int, width: int, config: RadarConfig) -> int:
     return len(grid_positions(height, p, s)) * len(grid_positions(width, p, s))
 
 
-# --------------------------------------------------------------- results
-@dataclass
-class Example:
-    """One test image of the report's map gallery, with every method's map."""
-
-    file: str
-    label: str
-    image: np.ndarray  # (C, H, W) in [0, 1], as the model saw it
-    truth: np.ndarray  # (H, W) bool
-    maps: dict[str, np.ndarray] = field(default_factory=dict)  # method key -> (H, W)
-    scores: dict[str, float] = field(default_factory=dict)
-    verdicts: dict[str, bool] = field(default_factory=dict)
-
-
-@dataclass
-class DatasetResult:
-    summary: dict[str, Any]  # this dataset's part of results.json
-    examples: list[Example]
-
-
-@dataclass
-class BenchmarkResult:
-    """``summary`` is what ``results.json`` holds; ``examples`` (per dataset
-    name) the arrays only the HTML report shows; ``files`` what was written."""
-
-    summary: dict[str, Any]
-    examples: dict[str, list[Example]]
-    files: dict[str, Path] = field(default_factory=dict)
-    markdown: str = ""
-
-
+# ------------------------------------------------------------ measuring
 def _peak_rss_mib() -> float:
     # ru_maxrss is KiB on Linux, bytes on macOS
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -470,20 +520,16 @@ def _relative(path: Path, root: Path) -> str:
 
 def _score(predictor: Predictor, images: list[np.ndarray], progress: bool, desc: str,
            on_prediction: Callable[[int, Any], None]) -> list[float]:
-    """Run ``predictor`` in batches of :data:`IMAGES_PER_PASS`; each image's
-    seconds are its batch's time over the batch size. ``on_prediction``
-    sees (index, prediction) so maps are used and dropped, not collected."""
+    """Run ``predictor`` :data:`IMAGES_PER_PASS` images at a time
+    (:func:`stream_predictions`); each image's seconds are its chunk's time
+    over the chunk size. ``on_prediction`` sees (index, prediction) so maps
+    are used and dropped, not collected."""
     seconds: list[float] = []
     with progress_bar(total=len(images), enabled=progress, desc=desc, unit="img", leave=False) as bar:
-        for start in range(0, len(images), IMAGES_PER_PASS):
-            chunk = images[start:start + IMAGES_PER_PASS]
-            began = time.perf_counter()
-            predictions = predictor.predict(chunk)
-            elapsed = time.perf_counter() - began
-            seconds += [elapsed / len(chunk)] * len(chunk)
-            for i, prediction in enumerate(predictions):
-                on_prediction(start + i, prediction)
-            bar.update(len(chunk))
+        for streamed in stream_predictions(predictor.predict, images, IMAGES_PER_PASS):
+            on_prediction(streamed.index, streamed.prediction)
+            seconds.append(streamed.seconds)
+            bar.update(1)
     return seconds
 
 
@@ -527,9 +573,9 @@ def _metrics(test: TestSet, indices: list[int], records: dict[int, dict[str, Any
     labels = np.array([r["label"] != "good" for r in rows], dtype=int)
     metrics: dict[str, Any] = dict(image_metrics(labels, np.array([r["score"] for r in rows]),
                                                  np.array([r["is_anomalous"] for r in rows])))
-    with_mask = [i for i in indices if test.truths[i] is not None]
-    if any(test.truths[i].any() for i in with_mask):
-        metrics.update(pixel_metrics([test.truths[i] for i in with_mask], [maps[i] for i in with_mask]))
+    truths = {i: truth for i in indices if (truth := test.truths[i]) is not None}
+    if any(truth.any() for truth in truths.values()):
+        metrics.update(pixel_metrics(list(truths.values()), [maps[i] for i in truths]))
     else:
         metrics.update({key: None for key in MAP_METRICS})
     metrics.update({
@@ -537,17 +583,7 @@ def _metrics(test: TestSet, indices: list[int], records: dict[int, dict[str, Any
         "network_evaluations_per_image": float(np.mean([test.positions[i] for i in indices])) * per_position,
         "median_seconds_per_image": float(np.median([r["seconds"] for r in rows])),
     })
-    return {k: finite_or_none(v) for k, v in metrics.items()}
-
-
-@dataclass
-class MethodRun:
-    """One method on one dataset: what it was fitted on, its per-image
-    results (``records`` by test index) and its metrics per table."""
-
-    info: dict[str, Any]
-    records: dict[int, dict[str, Any]]
-    metrics: dict[str, dict[str, Any]]
+    return json_ready(metrics)
 
 
 def run_method(spec: MethodSpec, calibration: list[np.ndarray], test: TestSet,
@@ -589,8 +625,9 @@ def run_method(spec: MethodSpec, calibration: list[np.ndarray], test: TestSet,
     seconds = _score(predictor, [test.images[i] for i in run_index], progress, desc, keep)
     for position, i in enumerate(run_index):
         records[i]["seconds"] = seconds[position]
-    info = {
-        "name": spec.name, "slow": spec.slow, "tables": ["subset"] if spec.slow else ["subset", "test"],
+    tables = ["subset"] if spec.slow else ["subset", "test"]
+    info: dict[str, Any] = {
+        "name": spec.name, "slow": spec.slow, "tables": tables,
         "network_evaluations_per_position": spec.network_evaluations,
         "n_calibration": len(calibration), "fit_seconds": round(fit_seconds, 3),
         "peak_rss_mib": _peak_rss_mib(),
@@ -598,7 +635,7 @@ def run_method(spec: MethodSpec, calibration: list[np.ndarray], test: TestSet,
                           if device.type == "cuda" else None),
     }
     metrics = {table: _metrics(test, test.subset if table == "subset" else run_index, records, maps,
-                               spec.network_evaluations) for table in info["tables"]}
+                               spec.network_evaluations) for table in tables}
     return MethodRun(info, records, metrics)
 
 
@@ -607,8 +644,6 @@ def benchmark_dataset(source: DatasetSource, config: RadarConfig, options: Bench
     """Train (or reuse) the dataset's model and run every selected method:
     the subset table (all methods) and the test-split table (fast ones)."""
     if source.builtin and not (source.path / "train").is_dir():
-        from .demo import DEMO_SPEC
-
         log(f"{source.name}: generating the built-in demo data into {source.path}")
         make_dataset(source.path, QUICK_DEMO_SPEC if options.quick else DEMO_SPEC)
     radar, model_dir, reused = trained_model(source, config, cache, options, log)
@@ -621,11 +656,14 @@ def benchmark_dataset(source: DatasetSource, config: RadarConfig, options: Bench
     calibration = [as_image_array(p, config.data, config.patch_size)
                    for p in progress_bar(calibration_files, enabled=options.progress, desc="loading", leave=False)]
     if radar.config != config:
-        # a cached network trained with the same settings; other inference or
-        # decision settings only need the one-class model refitted
-        log(f"{source.name}: recalibrating the cached model for this run's inference settings")
-        radar.config = config
-        radar.calibrate([image.transpose(1, 2, 0) for image in calibration])
+        # a cached network trained with the same settings: other inference
+        # or decision settings only need a new calibration or one-class model
+        changes = {key: _setting(config, key) for key in radar.config.changes(config)}
+        radar, recalibrated = radar_variant(radar, changes, calibration)
+        log(f"{source.name}: " + ("recalibrating the cached model for this run's inference settings" if recalibrated
+                                  else "refitting the cached model's one-class model for this run's settings"))
+    if options.backend != radar.backend:
+        radar = radar.with_backend(options.backend)
     limit = min(options.calibration_limit or DEFAULT_CALIBRATION_LIMIT, len(calibration))
     limited = sorted(np.random.default_rng(config.seed).choice(len(calibration), limit, replace=False).tolist())
 
@@ -638,32 +676,33 @@ def benchmark_dataset(source: DatasetSource, config: RadarConfig, options: Bench
                               load_mask(item.mask_path, test.images[i].shape[1:]))
 
     # the baselines run the torch U-Net even when RADAR's runs in ONNX Runtime
-    device = next(radar.unet_.parameters()).device
+    device = next(radar.unet.parameters()).device
+    reference = reference_method(config)
     methods: dict[str, Any] = {}
     records: dict[str, list[dict[str, Any]]] = {}
     tables: dict[str, list[dict[str, Any]]] = {"subset": [], "test": []}
-    for spec in method_specs(radar, options.methods or METHOD_KEYS):
+    for spec in method_specs(radar, selected_methods(config, options.methods)):
         fitted_on = [calibration[i] for i in limited] if spec.limit_calibration else calibration
         log(f"{source.name}: {spec.key}: fitting on {len(fitted_on)} calibration images, then scoring")
         run = run_method(spec, fitted_on, test, examples, device, options.progress, f"{source.name}: {spec.key}")
         run.info["training_seconds"] = radar.training_.get("seconds") if spec.uses_network else 0.0
-        run.info["backend"] = radar.backend if spec.key in RADAR_METHODS else "torch"
+        run.info["backend"] = spec.backend
         methods[spec.key] = run.info
         records[spec.key] = [run.records[i] for i in sorted(run.records)]
         for table, metrics in run.metrics.items():
             tables[table].append({"method": spec.key, "name": spec.name, **metrics, **{
                 k: run.info[k] for k in ("n_calibration", "training_seconds", "peak_rss_mib", "peak_cuda_mib")}})
     for rows in tables.values():
-        reference = next((r["median_seconds_per_image"] for r in rows if r["method"] == REFERENCE_METHOD), None)
+        reference_time = next((r["median_seconds_per_image"] for r in rows if r["method"] == reference), None)
         for row in rows:
-            row["relative_time"] = row["median_seconds_per_image"] / reference if reference else None
+            row["relative_time"] = row["median_seconds_per_image"] / reference_time if reference_time else None
 
     subset_items = [test.items[i] for i in test.subset]
     summary = {
         "name": source.name, "path": str(root), "builtin": source.builtin,
         "config": config.to_dict(), "model_dir": str(model_dir), "model_reused": reused,
         "training_seconds": radar.training_.get("seconds"), "training": radar.training_,
-        "backend": radar.backend,
+        "backend": radar.backend, "reference_method": reference,
         "splits": {
             "seed": config.seed,
             "n_train": len(normal_files) - len(calibration_files),
@@ -692,24 +731,17 @@ def benchmark_dataset(source: DatasetSource, config: RadarConfig, options: Bench
 def require_bench(methods: Sequence[str]) -> None:
     """Refuse early, before any training, when the report cannot be drawn or
     the statistical baseline cannot run."""
-    needed = {"matplotlib": "its report"}
-    if "statistical" in methods:
-        needed["skimage"] = "the statistical baseline"
-    for module, purpose in needed.items():
-        try:
-            __import__(module)
-        except ImportError:
-            package = "scikit-image" if module == "skimage" else module
-            raise MissingDependencyError(f"`radar benchmark` needs {package} for {purpose}: "
-                                         "pip install 'radar-ad[bench]'") from None
+    require("matplotlib", "bench", "the benchmark report")
+    if StatisticalBaseline.key in methods:
+        require("skimage", "bench", "the statistical baseline", package="scikit-image")
 
 
 @contextmanager
 def _torch_threads(threads: int | None) -> Iterator[None]:
     """Run with ``threads`` torch threads (None: leave as is), then restore.
-    --quick uses one: its tiny network gains little from more, and on a
-    busy shared machine torch's spinning workers made the quick demo run six
-    times slower (243 s against 39 s on two cores)."""
+    --quick uses one: its tiny network gains little from more, and on a busy
+    shared machine torch's spinning worker threads made the quick run several
+    times slower."""
     before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -721,22 +753,22 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
 
 def run_benchmark(datasets: Sequence[str] | None, out: str | Path, options: BenchmarkOptions | None = None,
                   log: Callable[[str], None] = _stderr) -> BenchmarkResult:
-    """Benchmark every method on every dataset and write ``results.json``,
-    ``results.md`` and ``report.html`` into ``out``. Every input is checked
-    (datasets, configs, options) before the first model is trained."""
-    from .benchmark_report import write_reports
-
+    """Benchmark every method on every dataset (none given: the built-in
+    demo data) and write ``results.json``, ``results.md`` and ``report.html``
+    into ``out``. Every input is checked (datasets, configs, options,
+    optional dependencies) before the first model is trained."""
     began = time.perf_counter()
     started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     raw_options = options or BenchmarkOptions()
     options = raw_options.resolved()
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise DataError(f"--out must be a folder, got a file: {out}")
-    require_bench(options.methods or METHOD_KEYS)
+        raise DataError(f"out must be a folder, got a file: {out}", setting="out")
     cache = Path(options.cache) if options.cache is not None else out / "models"
-    sources = dataset_sources(datasets, cache, options.quick, log)
+    sources = dataset_sources(datasets, cache, options.quick)
     configs = [dataset_config(source, options) for source in sources]
+    selected = [selected_methods(config, options.methods) for config in configs]
+    require_bench([key for keys in selected for key in keys])
     with _torch_threads(1 if options.quick else None):
         results = [benchmark_dataset(source, config, options, cache, log)
                    for source, config in zip(sources, configs)]
@@ -744,7 +776,8 @@ def run_benchmark(datasets: Sequence[str] | None, out: str | Path, options: Benc
     summary = {
         "command": command_line(datasets, out, raw_options),
         "started": started,
-        "options": {"quick": options.quick, "subset": options.subset, "methods": list(options.methods or ()),
+        "options": {"quick": options.quick, "subset": options.subset,
+                    "methods": list(dict.fromkeys(key for keys in selected for key in keys)),
                     "validation_fraction": options.validation_fraction,
                     "calibration_limit": options.calibration_limit, "backend": options.backend,
                     "cache": str(cache)},
@@ -755,24 +788,3 @@ def run_benchmark(datasets: Sequence[str] | None, out: str | Path, options: Benc
     result = BenchmarkResult(summary, {r.summary["name"]: r.examples for r in results})
     write_reports(result, out)
     return result
-
-
-def json_ready(data: Any) -> Any:
-    """``data`` with numpy scalars as Python numbers and NaN/inf as None, so
-    ``results.json`` is strict JSON."""
-    if isinstance(data, dict):
-        return {str(k): json_ready(v) for k, v in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [json_ready(v) for v in data]
-    if isinstance(data, (float, np.floating)):
-        return float(data) if math.isfinite(float(data)) else None
-    if isinstance(data, (np.integer, np.bool_)):
-        return data.item()
-    if isinstance(data, Path):
-        return str(data)
-    return data
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Strict JSON (NaN as null), written atomically."""
-    write_text(path, json.dumps(json_ready(data), indent=2, allow_nan=False))

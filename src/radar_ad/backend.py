@@ -1,0 +1,147 @@
+"""Inference backends: the engine that runs the per-patch part of the method
+(one forward noising step + one U-Net evaluation) on a batch of patches.
+
+Every backend implements :class:`NoiseBackend` and is registered in
+:data:`~radar_ad.registry.BACKENDS`. The PyTorch backend (:class:`TorchBackend`)
+lives here, in the core; the others are plug-ins in ``radar_ad/backends/``
+(ONNX Runtime, OpenVINO), built from a fitted PyTorch network or opened
+from an exported model file. ``Radar`` only ever talks to this interface.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from diffusers import UNet2DModel
+
+from .config import RadarConfig
+from .errors import ConfigError, ModelError
+from .network import build_scheduler
+from .noise_map import NoiseAndActivations, OneStepNoise, one_step_noise
+from .registry import BACKENDS
+
+# The settings the per-patch function is built with: a backend that runs a
+# fixed graph cannot follow a change of them.
+NOISE_SETTINGS = ("seed", "inference.timestep", "inference.draws")
+
+
+@dataclass
+class BackendOutput:
+    """``noise`` ``(N, C, p, p)``: the predicted noise of each patch;
+    ``activations``: the asked-for network modules' outputs, by name,
+    ``(N, ...)`` each."""
+
+    noise: torch.Tensor
+    activations: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class ModelFile:
+    """What an exported model file holds: its metadata (as ``radar.json``),
+    the calibration features and the backend that runs its graph."""
+
+    metadata: dict[str, Any]
+    calibration_features: np.ndarray
+    backend: NoiseBackend
+
+
+class NoiseBackend:
+    """The interface every backend implements.
+
+    - ``__call__(patches, index)``: patches ``(N, C, p, p)`` in [0, 1] and their
+      grid positions ``(N,)`` -> predicted noise ``(N, C, p, p)`` (what the
+      noise map stitches);
+    - :meth:`predict`: the same, plus the activations of ``layers`` (the
+      network modules named when the backend was built);
+    - :meth:`describe`: what ``/model`` and reports show;
+    - :meth:`with_noise_settings`: the backend for a config whose noise
+      settings (seed, timestep, draws) changed, or a :class:`ConfigError`.
+
+    Optional class methods say how a backend is made: :meth:`from_network`
+    (from a fitted PyTorch network), :meth:`open_file` (from an exported model
+    file with one of the suffixes in ``reads``) and :meth:`export` (write a
+    model file; ``exports`` is its suffix).
+    """
+
+    name: ClassVar[str] = ""
+    label: ClassVar[str] = ""  # the engine's own name, for people
+    reads: ClassVar[tuple[str, ...]] = ()
+    exports: ClassVar[str | None] = None
+    device: torch.device = torch.device("cpu")
+    layers: tuple[str, ...] = ()
+
+    def __call__(self, patches: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return self.predict(patches, index).noise
+
+    def predict(self, patches: torch.Tensor, index: torch.Tensor) -> BackendOutput:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "device": str(self.device), "layers": list(self.layers)}
+
+    def with_noise_settings(self, config: RadarConfig) -> NoiseBackend:
+        raise ConfigError(f"{', '.join(NOISE_SETTINGS)} are fixed in an exported {self.label} model; change "
+                          "them on the model directory and export again", setting=NOISE_SETTINGS[1])
+
+    @classmethod
+    def from_network(cls, network: TorchBackend, layers: tuple[str, ...] = ()) -> NoiseBackend:
+        raise ModelError(f"the {cls.name} backend cannot run a PyTorch network")
+
+    @classmethod
+    def open_file(cls, path: Path) -> ModelFile:
+        raise ModelError(f"the {cls.name} backend opens no model files")
+
+    @classmethod
+    def export(cls, network: TorchBackend, metadata: dict[str, Any], calibration_features: np.ndarray,
+               out: Path) -> Path:
+        raise ModelError(f"the {cls.name} backend writes no model files")
+
+
+@BACKENDS.register("torch")
+class TorchBackend(NoiseBackend):
+    """The fitted diffusers U-Net run by PyTorch, on its own device (CPU or
+    CUDA). Holds the weights: the other backends are built from it."""
+
+    label = "PyTorch"
+
+    def __init__(self, unet: UNet2DModel, config: RadarConfig, channels: int, layers: tuple[str, ...] = ()) -> None:
+        self.unet = unet.eval()
+        self.config = config
+        self.channels = int(channels)
+        self.device = next(unet.parameters()).device
+        inference = config.inference
+        self.noise: OneStepNoise = one_step_noise(
+            unet, timestep=inference.timestep, alphas_cumprod=build_scheduler(config.network).alphas_cumprod,
+            seed=config.seed, draws=inference.draws, channels=self.channels, patch_size=config.patch_size)
+        self.layers = tuple(layers)
+        try:
+            self.module = NoiseAndActivations(self.noise, self.layers)
+        except AttributeError as exc:
+            raise ConfigError(f"unknown network layer: {exc}") from None
+
+    def __call__(self, patches: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return self.noise(patches.to(self.device), index.to(self.device))
+
+    def predict(self, patches: torch.Tensor, index: torch.Tensor) -> BackendOutput:
+        with torch.inference_mode():
+            noise, *activations = self.module(patches.to(self.device), index.to(self.device))
+        return BackendOutput(noise, dict(zip(self.layers, activations)))
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "parameters": sum(p.numel() for p in self.unet.parameters())}
+
+    def with_noise_settings(self, config: RadarConfig) -> TorchBackend:
+        return TorchBackend(self.unet, config, self.channels, self.layers)
+
+    @classmethod
+    def from_network(cls, network: TorchBackend, layers: tuple[str, ...] = ()) -> TorchBackend:
+        return network if tuple(layers) == network.layers else cls(network.unet, network.config,
+                                                                   network.channels, layers)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The U-Net's weights, on the CPU (what a model directory stores)."""
+        return {k: v.detach().cpu().contiguous() for k, v in self.unet.state_dict().items()}

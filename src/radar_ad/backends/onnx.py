@@ -1,0 +1,192 @@
+"""The ONNX Runtime backend and the ``.onnx`` model file.
+
+The exported graph is :class:`~radar_ad.noise_map.OneStepNoise`: patches in
+[0, 1] and their grid positions in, predicted noise out (plus any asked-for
+network activations), with the scaling, the seeded noise bank, the one
+forward noising step and the timestep inside. Tiling, stitching, the
+response and the features stay in the torch code every backend shares (they
+depend on the image size and cost a small share of a 256 px image's time).
+The file's metadata carries everything else a loader needs: config,
+thresholds, the response's normal statistics and the calibration features
+the one-class model is refitted on, so one ``.onnx`` file is a complete model.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..backend import BackendOutput, ModelFile, NoiseBackend, TorchBackend
+from ..config import RadarConfig
+from ..errors import ModelError, first_line, require
+from ..files import atomic_file
+from ..persistence import check_metadata
+from ..registry import BACKENDS, RESPONSES
+
+OPSET = 17
+METADATA_KEY = "radar_ad"
+CALIBRATION_KEY = "calibration_features"
+GRAPH_KEY = "graph"
+LAYERS_KEY = "activation_layers"
+NOISE_OUTPUT = "noise"
+# Largest |difference| allowed between a backend's graph and PyTorch on the
+# parity check (float32 noise predictions are O(1)).
+PARITY_TOLERANCE = 1e-3
+
+
+def activation_output(layer: str) -> str:
+    """The graph output that carries a layer's activations."""
+    return f"activation:{layer}"
+
+
+def onnx_bytes(network: TorchBackend, layers: tuple[str, ...] = ()) -> bytes:
+    """The network's one-step noise predictor (and the activations of
+    ``layers``) as an ONNX graph with a dynamic batch dimension, traced on the
+    CPU whatever device the network is on."""
+    require("onnx", "onnx", "the ONNX export")
+    module = copy.deepcopy(TorchBackend.from_network(network, layers).module).to("cpu").eval()
+    patch, channels = network.config.patch_size, network.channels
+    example = (torch.rand(2, channels, patch, patch), torch.arange(2))
+    outputs = [NOISE_OUTPUT, *map(activation_output, layers)]
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer chatter about diffusers' Python branches
+        torch.onnx.export(module, example, buffer,  # type: ignore[arg-type]  # a file object is accepted
+                          input_names=["patches", "index"], output_names=outputs, opset_version=OPSET, dynamo=False,
+                          dynamic_axes={name: {0: "n"} for name in ["patches", "index", *outputs]})
+    return buffer.getvalue()
+
+
+def graph_description(config: dict[str, Any], channels: int) -> dict[str, Any]:
+    """How to drive the graph without radar-ad: what goes in, what comes out,
+    and how the patches are cut and stitched."""
+    radar_config = RadarConfig.from_dict(config)
+    patch, stride = radar_config.patch_size, radar_config.stride
+    response = RESPONSES.get(radar_config.inference.response)(radar_config)
+    return {
+        "inputs": {
+            "patches": f"(N, {channels}, {patch}, {patch}) float32 in [0, 1]",
+            "index": "(N,) int64: the patch's position in its image's grid, row-major "
+                     "(it selects the seeded noise)",
+        },
+        "outputs": {NOISE_OUTPUT: "(N, C, p, p) float32: predicted noise"},
+        "grid": f"top-left offsets 0, {stride}, 2*{stride}, ... plus H-{patch} (and W-{patch}) "
+                "so the far edges are covered",
+        "stitch": f"weighted mean of overlapping patches; weight 1e-3 in the outer "
+                  f"{patch // 7} px of each patch, 1 inside",
+        "response": f"{response.name}: {' '.join(response.describe().split())}",
+    }
+
+
+def check_parity(network: TorchBackend, other: NoiseBackend) -> float:
+    """Largest difference between ``other`` and PyTorch on random patches at
+    batch sizes either side of 64 (diffusers takes a branch there that a
+    tracer could bake in), noise and activations; raises a ModelError beyond
+    :data:`PARITY_TOLERANCE`."""
+    generator = torch.Generator().manual_seed(0)
+    patch, channels = network.config.patch_size, network.channels
+    reference = TorchBackend.from_network(network, other.layers)
+    worst = 0.0
+    for n in (1, 5, 70):
+        patches = torch.rand(n, channels, patch, patch, generator=generator)
+        index = torch.randint(0, 5000, (n,), generator=generator)
+        expected, got = reference.predict(patches, index), other.predict(patches, index)
+        pairs = [(expected.noise, got.noise), *((expected.activations[k], got.activations[k]) for k in other.layers)]
+        worst = max(worst, *(float((b.cpu() - a.cpu()).abs().max()) for a, b in pairs))
+    if worst > PARITY_TOLERANCE:
+        raise ModelError(f"the {other.name} graph differs from PyTorch by {worst:.2e} "
+                         f"(> {PARITY_TOLERANCE:.0e})")
+    return worst
+
+
+def read_metadata(props: dict[str, str], path: Path) -> tuple[dict[str, Any], np.ndarray, tuple[str, ...]]:
+    """``(radar.json content, calibration features, activation layers)`` from
+    an exported file's metadata properties."""
+    if METADATA_KEY not in props or CALIBRATION_KEY not in props:
+        raise ModelError(f"{path} is an ONNX file but not one written by `radar export`")
+    try:
+        meta = json.loads(props[METADATA_KEY])
+        check_metadata(meta, str(path))
+        calibration = np.asarray(json.loads(props[CALIBRATION_KEY]), dtype=np.float64)
+        layers = tuple(json.loads(props.get(LAYERS_KEY, "[]")))
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"cannot load model from {path}: {first_line(exc)}") from None
+    return meta, calibration, layers
+
+
+@BACKENDS.register("onnx")
+class OnnxBackend(NoiseBackend):
+    """The exported graph run by ONNX Runtime on the CPU
+    (``pip install 'radar-ad[onnx]'``)."""
+
+    label = "ONNX Runtime"
+    reads = (".onnx",)
+    exports = ".onnx"
+
+    def __init__(self, model: bytes | Path, layers: tuple[str, ...] = (), threads: int | None = None) -> None:
+        ort = require("onnxruntime", "onnx", "the ONNX backend")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        source = str(model) if isinstance(model, Path) else model
+        try:
+            self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own unexported types
+            raise ModelError(f"cannot read ONNX model: {first_line(exc)}") from None
+        self.layers = tuple(layers)
+        self.device = torch.device("cpu")
+
+    def metadata_props(self) -> dict[str, str]:
+        return dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def predict(self, patches: torch.Tensor, index: torch.Tensor) -> BackendOutput:
+        feed = {"patches": patches.detach().cpu().float().numpy(),
+                "index": index.detach().cpu().to(torch.int64).numpy()}
+        names = [NOISE_OUTPUT, *map(activation_output, self.layers)]
+        noise, *activations = (torch.from_numpy(a) for a in self.session.run(names, feed))
+        return BackendOutput(noise, dict(zip(self.layers, activations)))
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "onnxruntime": require("onnxruntime", "onnx", "the ONNX backend").__version__}
+
+    @classmethod
+    def from_network(cls, network: TorchBackend, layers: tuple[str, ...] = ()) -> OnnxBackend:
+        backend = cls(onnx_bytes(network, layers), layers)
+        check_parity(network, backend)
+        return backend
+
+    @classmethod
+    def open_file(cls, path: Path) -> ModelFile:
+        probe = cls(path)
+        meta, calibration, layers = read_metadata(probe.metadata_props(), path)
+        backend = cls(path, layers) if layers else probe
+        return ModelFile(meta, calibration, backend)
+
+    @classmethod
+    def export(cls, network: TorchBackend, metadata: dict[str, Any], calibration_features: np.ndarray,
+               out: Path, layers: tuple[str, ...] = ()) -> Path:
+        """Write one self-contained ``.onnx`` file (atomically), after running
+        it through ONNX Runtime and comparing it with PyTorch."""
+        onnx = require("onnx", "onnx", "the ONNX export")
+        model = onnx.load_from_string(onnx_bytes(network, layers))
+        props = {
+            METADATA_KEY: json.dumps(metadata),
+            CALIBRATION_KEY: json.dumps(np.asarray(calibration_features).tolist()),
+            GRAPH_KEY: json.dumps(graph_description(metadata["config"], network.channels)),
+            LAYERS_KEY: json.dumps(list(layers)),
+        }
+        for key, value in props.items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
+        data = model.SerializeToString()
+        check_parity(network, cls(data, layers))
+        with atomic_file(out) as tmp:
+            tmp.write_bytes(data)
+        return out

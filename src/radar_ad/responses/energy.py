@@ -1,0 +1,77 @@
+"""The noise-energy response: the deficit part of the two-sided response
+alone, for surfaces whose defects remove texture rather than add edges."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+
+from ..config import RadarConfig
+from ..features import window_max_rms
+from ..registry import RESPONSES
+from ..response import Response, ResponseOutput, RunningMoments, gaussian_smooth, local_energy, strided_quantiles
+
+
+@dataclass
+class EnergyStatistics:
+    """The normal level of the local noise energy (mean, standard deviation)
+    and the deficit's normal high quantile (``deficit_scale``)."""
+
+    energy_mean: float
+    energy_std: float
+    deficit_scale: float = 1.0
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: float(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> EnergyStatistics:
+        names = {f.name for f in fields(cls)}
+        if not isinstance(data, dict) or set(data) != names:
+            raise ValueError(f"response_statistics must be an object with {', '.join(sorted(names))}")
+        return cls(**{k: float(v) for k, v in data.items()})
+
+
+@RESPONSES.register("energy")
+class EnergyResponse(Response):
+    """E = log of the mean squared predicted noise in energy_window px windows
+    (mirrored border); part max(0, (energy_mean - E) / energy_std) from
+    response_statistics; map = Gaussian (map_sigma px) of the part over its
+    normal high quantile; feature = the part's largest window RMS.
+    """
+
+    feature_names = ("window_max_deficit",)
+    needs_fit = True
+
+    def _deficit(self, noise_map: torch.Tensor, statistics: EnergyStatistics) -> torch.Tensor:
+        """``(B, C, H, W)`` -> ``(B, 1, H, W)`` energy deficit in standard deviations."""
+        energy = local_energy(noise_map, self.inference.energy_window)
+        return ((statistics.energy_mean - energy) / statistics.energy_std).clamp_min(0)[:, None]
+
+    def fit(self, noise_maps: Sequence[torch.Tensor]) -> EnergyResponse:
+        moments = RunningMoments()
+        for noise in noise_maps:
+            moments.add(local_energy(noise, self.inference.energy_window))
+        statistics = EnergyStatistics(moments.mean, max(moments.std, 1e-12))
+        deficits = (self._deficit(noise, statistics) for noise in noise_maps)
+        statistics.deficit_scale = max(strided_quantiles(deficits, moments.count, self.pixel_quantile)[0], 1e-6)
+        self.statistics_ = statistics
+        return self
+
+    def __call__(self, noise_map: torch.Tensor) -> ResponseOutput:
+        inference = self.inference
+        deficit = self._deficit(noise_map, self.statistics_)
+        anomaly = gaussian_smooth(deficit / self.statistics_.deficit_scale, inference.map_sigma)[:, 0].float()
+        return ResponseOutput(anomaly, window_max_rms(deficit, inference.window, inference.window_stride))
+
+    def state(self) -> dict[str, float]:
+        return self.statistics_.to_dict()
+
+    @classmethod
+    def from_state(cls, config: RadarConfig, state: Any) -> EnergyResponse:
+        response = cls(config)
+        response.statistics_ = EnergyStatistics.from_dict(state)
+        return response

@@ -1,0 +1,130 @@
+"""The two-sided response (the default).
+
+The paper's response only grows where a defect ADDS structure. On textures a
+defect often removes it instead (a smudge, a polished spot): the network then
+finds less to explain there and its predicted noise is weaker. The two-sided
+response keeps the paper's Sobel response as one part and adds the deficit of
+local noise energy as a second, both standardised against the normal
+calibration images, so either kind of departure lights up the map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+
+from ..config import RadarConfig
+from ..features import window_max_rms
+from ..registry import RESPONSES
+from ..response import (
+    Response,
+    ResponseOutput,
+    RunningMoments,
+    gaussian_smooth,
+    local_energy,
+    response_map,
+    strided_quantiles,
+)
+
+
+@dataclass
+class ResponseStatistics:
+    """Normal levels the two-sided response is measured against, learned from
+    the noise maps of normal calibration images. ``*_scale`` are the parts'
+    high quantiles, which put both parts on one scale in the combined map."""
+
+    energy_mean: float
+    energy_std: float
+    structure_mean: float
+    structure_std: float
+    structure_scale: float = 1.0
+    deficit_scale: float = 1.0
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: float(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ResponseStatistics:
+        """From :meth:`to_dict`'s output; ``ValueError`` for anything else."""
+        names = {f.name for f in fields(cls)}
+        if not isinstance(data, dict) or set(data) != names:
+            raise ValueError(f"response_statistics must be an object with {', '.join(sorted(names))}")
+        return cls(**{k: float(v) for k, v in data.items()})
+
+
+def response_parts(noise_map: torch.Tensor, statistics: ResponseStatistics, energy_window: int,
+                   blur_ksize: int = 5, sobel_ksize: int = 5) -> torch.Tensor:
+    """``(B, C, H, W)`` noise maps -> ``(B, 2, H, W)``: the Sobel response
+    above its normal level and the local noise energy below its normal level,
+    each in standard deviations of the calibration pixels (0 where normal
+    or on the other side)."""
+    structure = response_map(noise_map, blur_ksize, sobel_ksize).double()
+    energy = local_energy(noise_map, energy_window)
+    excess = (structure - statistics.structure_mean) / statistics.structure_std
+    deficit = (statistics.energy_mean - energy) / statistics.energy_std
+    return torch.stack([excess, deficit], dim=1).clamp_min(0)
+
+
+def fit_response_statistics(noise_maps: Sequence[torch.Tensor], energy_window: int, blur_ksize: int = 5,
+                            sobel_ksize: int = 5, quantile: float = 0.999) -> ResponseStatistics:
+    """Pooled pixel statistics of normal ``(B, C, H, W)`` noise maps: running
+    moments, then the parts' quantiles from an evenly strided sample, so
+    memory stays near one map's."""
+    energy, structure = RunningMoments(), RunningMoments()
+    for noise in noise_maps:
+        structure.add(response_map(noise, blur_ksize, sobel_ksize).double())
+        energy.add(local_energy(noise, energy_window))
+    statistics = ResponseStatistics(energy.mean, max(energy.std, 1e-12), structure.mean, max(structure.std, 1e-12))
+    parts = (response_parts(noise, statistics, energy_window, blur_ksize, sobel_ksize) for noise in noise_maps)
+    scales = strided_quantiles(parts, energy.count, quantile)
+    statistics.structure_scale, statistics.deficit_scale = (max(s, 1e-6) for s in scales)
+    return statistics
+
+
+def two_sided_map(parts: torch.Tensor, statistics: ResponseStatistics, sigma: float) -> torch.Tensor:
+    """``(B, 2, H, W)`` parts -> ``(B, H, W)`` pixel anomaly map: the larger
+    part in units of its normal high quantile, smoothed by a Gaussian of
+    ``sigma`` px (a defect's deficit is a region, not an edge)."""
+    scales = torch.tensor([statistics.structure_scale, statistics.deficit_scale], dtype=parts.dtype,
+                          device=parts.device)
+    combined = (parts / scales.view(1, 2, 1, 1)).amax(1, keepdim=True)
+    return gaussian_smooth(combined, sigma)[:, 0].float()
+
+
+@RESPONSES.register("two_sided")
+class TwoSidedResponse(Response):
+    """S = Gaussian blur then Sobel gradient magnitude of the predicted noise
+    (kernel sizes blur_ksize, sobel_ksize); E = log of the mean squared noise in
+    energy_window px windows (mirrored border). Parts max(0, (S -
+    structure_mean) / structure_std) and max(0, (energy_mean - E) / energy_std)
+    from response_statistics; map = Gaussian (map_sigma px) of the larger part
+    over its scale; features = each part's largest window RMS.
+    """
+
+    feature_names = ("window_max_structure", "window_max_deficit")
+    needs_fit = True
+
+    def fit(self, noise_maps: Sequence[torch.Tensor]) -> TwoSidedResponse:
+        inference = self.inference
+        self.statistics_ = fit_response_statistics(noise_maps, inference.energy_window, inference.blur_ksize,
+                                                   inference.sobel_ksize, self.pixel_quantile)
+        return self
+
+    def __call__(self, noise_map: torch.Tensor) -> ResponseOutput:
+        inference = self.inference
+        parts = response_parts(noise_map, self.statistics_, inference.energy_window, inference.blur_ksize,
+                               inference.sobel_ksize)
+        return ResponseOutput(two_sided_map(parts, self.statistics_, inference.map_sigma),
+                              window_max_rms(parts, inference.window, inference.window_stride))
+
+    def state(self) -> dict[str, float]:
+        return self.statistics_.to_dict()
+
+    @classmethod
+    def from_state(cls, config: RadarConfig, state: Any) -> TwoSidedResponse:
+        response = cls(config)
+        response.statistics_ = ResponseStatistics.from_dict(state)
+        return response
