@@ -224,3 +224,25 @@ def test_a_defect_that_removes_texture_is_found(fitted, surfaces):
     before, after = radar.predict_many([image.astype(np.uint8), smudged.astype(np.uint8)])
     assert after.anomaly_map[region].mean() > 1.2 * before.anomaly_map[region].mean()
     assert after.score > before.score + 1 and after.is_anomalous
+
+
+def test_with_settings_gives_a_new_model_and_leaves_this_one(fitted, surfaces):
+    radar, _ = fitted
+    path = surfaces / "test" / "good" / "001.png"
+    before = radar.predict(path)
+    # assignment is refused with the call to use instead
+    with pytest.raises(ConfigError, match=r"with_settings"):
+        radar.config.inference.stride = 14
+    # a bigger network batch changes nothing the calibration depends on
+    same = radar.with_settings({"inference.batch_size": 7}).predict(path)
+    assert same.score == before.score and np.array_equal(same.anomaly_map, before.anomaly_map)
+    # another one-class model is refitted on the stored calibration features, no images needed
+    knn = radar.with_settings({"decision.one_class_model": "knn"})
+    assert knn.decision_.threshold_ != radar.decision_.threshold_
+    np.testing.assert_array_equal(knn.predict(path).anomaly_map, before.anomaly_map)
+    # the trained network fixes its own settings
+    with pytest.raises(ConfigError, match="train a new model"):
+        radar.with_settings({"network.block_out_channels": [8, 16, 16]})
+    # and the original model is untouched by all of it
+    assert radar.config.decision.one_class_model == "isolation_forest"
+    assert radar.predict(path).score == before.score

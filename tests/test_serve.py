@@ -83,6 +83,7 @@ def test_health_model_and_page(client, fitted):
     assert client.get("/health").json() == {"status": "ok"}
     model = client.get("/model").json()
     assert model["backend"] == "torch" and model["patch_size"] == radar.config.patch_size
+    assert model["engine"]["backend"] == "torch" and model["engine"]["parameters"] > 0  # the backend's own words
     assert model["channels"] == 1 and model["grayscale"] is True
     assert model["image_threshold"] == pytest.approx(radar.decision_.threshold_)
     assert model["pixel_threshold"] == pytest.approx(radar.pixel_threshold_)

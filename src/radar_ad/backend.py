@@ -124,7 +124,8 @@ class TorchBackend(NoiseBackend):
             raise ConfigError(f"unknown network layer: {exc}") from None
 
     def __call__(self, patches: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        return self.noise(patches.to(self.device), index.to(self.device))
+        with torch.inference_mode():
+            return self.noise(patches.to(self.device), index.to(self.device))
 
     def predict(self, patches: torch.Tensor, index: torch.Tensor) -> BackendOutput:
         with torch.inference_mode():

@@ -47,7 +47,7 @@ from .persistence import FORMAT, FORMAT_VERSION, check_model_target, checkpoint_
 from .progress import progress_bar
 from .registry import BACKENDS, RESPONSES
 from .response import Response
-from .training import train_unet
+from .training import DeviceStrategy, train_unet
 
 ImageLike = Any  # a path, a PIL image or a numpy array
 # Images analysed together: their patches go through the network in shared
@@ -190,21 +190,26 @@ class Radar:
 
     # ----------------------------------------------------------------- fit
     def fit(self, source: str | Path | Sequence[ImageLike], *, progress: bool = True,
-            checkpoint_dir: str | Path | None = None, resume: bool = False) -> Radar:
+            checkpoint_dir: str | Path | None = None, resume: bool = False,
+            strategy: DeviceStrategy | None = None) -> Radar:
         """Learn from normal images: a folder, an MVTec category (its
-        ``train/good``), or a sequence of images. Returns ``self``."""
+        ``train/good``), or a sequence of images. Returns ``self``.
+
+        ``strategy`` runs the training loop elsewhere than on this model's
+        device (e.g. data-parallel over several processes); see
+        :class:`~radar_ad.training.DeviceStrategy`."""
         config = self.config
         images = self._load_training_images(source, progress)
         channels = images[0].shape[0]
         train_idx, calib_idx = calibration_split(len(images), config)
-        device = pick_device(self.device)
+        device = strategy.device if strategy is not None else pick_device(self.device)
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             unet = build_unet(config.network, channels, config.patch_size)
         scheduler = build_scheduler(config.network)
         sampler = PatchSampler([torch.from_numpy(images[i]) for i in train_idx], config.patch_size)
-        result = train_unet(unet, scheduler, sampler, config, device,
+        result = train_unet(unet, scheduler, sampler, config, strategy or device,
                             checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None,
                             resume=resume, progress=progress)
         network = TorchBackend(unet, config, channels)
@@ -281,12 +286,17 @@ class Radar:
         if fixed:
             raise ConfigError(f"{fixed[0]} is fixed by the trained network; train a new model to change it",
                               setting=fixed[0])
-        backend = self.backend_
+        network, backend = self.network_, self.backend_
         if any(key in NOISE_SETTINGS for key in changed):
-            backend = backend.with_noise_settings(config)
-        network = self.network_
-        if network is not None and any(key in NOISE_SETTINGS for key in changed):
-            network = backend if isinstance(backend, TorchBackend) else network.with_noise_settings(config)
+            # the per-patch function changes: rebuild it from the network, or
+            # (an exported graph without one) let the backend say it cannot
+            if network is None:
+                backend = backend.with_noise_settings(config)
+            else:
+                rebuilt = network.with_noise_settings(config)
+                backend = rebuilt if backend is network else BACKENDS.get(backend.name).from_network(
+                    rebuilt, backend.layers)
+                network = rebuilt
         calibration, stale = self.calibration_, self.stale_setting_
         needs = [key for key in changed if key not in FREE_SETTINGS]
         if needs and calibration is not None and all(key in DECISION_SETTINGS for key in needs):
@@ -360,7 +370,7 @@ class Radar:
                     for result in self._respond_in_order(calibration.response, groups)]
         if not analysed:
             return []
-        # one call for all images: a forest's per-call overhead is ~30 ms
+        # one call for all images: a forest has a large per-call overhead
         decision = calibration.decision
         scores = decision.score(np.stack([feats for _, _, feats in analysed]))
         return [Prediction(score=score, is_anomalous=bool(is_anomalous(score, decision.threshold_)),

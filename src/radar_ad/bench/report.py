@@ -308,7 +308,7 @@ img.figure { max-width: 100%; image-rendering: auto; }
 """
 
 
-def html_report(summary: dict[str, Any], examples: dict[str, list[Example]]) -> str:
+def benchmark_page(summary: dict[str, Any], examples: dict[str, list[Example]]) -> str:
     """``report.html``: one self-contained page (no external resources)."""
     parts = []
     for dataset in summary["datasets"]:
@@ -341,7 +341,7 @@ def write_reports(result: BenchmarkResult, out: str | Path) -> dict[str, Path]:
     ``out``, each atomically; the HTML is drawn first, so a plotting error
     leaves no new results half-written beside old ones."""
     out = Path(out)
-    page = html_report(result.summary, result.examples)
+    page = benchmark_page(result.summary, result.examples)
     result.markdown = markdown_report(result.summary)
     files = {"json": out / "results.json", "markdown": out / "results.md", "html": out / "report.html"}
     write_json(files["json"], result.summary)
