@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from radar_ad.config import RadarConfig
+from radar_ad.config import DataConfig, RadarConfig
 from radar_ad.errors import ConfigError
 
 
@@ -47,3 +47,16 @@ def test_config_file_errors(tmp_path):
     bad.write_text("{nope")
     with pytest.raises(ConfigError, match="cannot read"):
         RadarConfig.from_file(bad)
+
+
+def test_settings_are_immutable_and_say_what_to_call_instead():
+    config = RadarConfig()
+    for assign in (lambda: setattr(config.inference, "stride", 14), lambda: setattr(config, "seed", 3)):
+        with pytest.raises(ConfigError, match=r"updated\(.*with_settings\(") as error:
+            assign()
+        assert "inference.stride" in str(error.value) or "seed" in str(error.value)
+    changed = config.updated({"inference.stride": 14})
+    assert config.inference.stride is None and changed.inference.stride == 14
+    assert config.changes(changed) == ["inference.stride"]
+    with pytest.raises(ConfigError, match="data.resize"):  # every section validates when built
+        DataConfig(resize=3)

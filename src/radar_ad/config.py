@@ -45,9 +45,14 @@ def _frozen_delattr(self: Any, name: str) -> None:
     _frozen_setattr(self, name, None)
 
 
+def _validate(self: Any) -> None:
+    self.validate()
+
+
 def settings(cls: type[C]) -> type[C]:
     """A frozen dataclass whose assignments raise a :class:`ConfigError` that
     names the call to use instead, and which validates itself when built."""
+    cls.__post_init__ = _validate  # type: ignore[attr-defined]
     frozen = dataclass(frozen=True)(cls)
     frozen.__setattr__ = _frozen_setattr  # type: ignore[method-assign]
     frozen.__delattr__ = _frozen_delattr  # type: ignore[method-assign]
@@ -62,9 +67,6 @@ class DataConfig:
     section: ClassVar[str] = "data"
     grayscale: bool = True
     resize: int | None = None
-
-    def __post_init__(self) -> None:
-        self.validate()
 
     def validate(self) -> None:
         _require(self.resize is None or (isinstance(self.resize, int) and self.resize >= 8),
@@ -92,9 +94,6 @@ class NetworkConfig:
     beta_schedule: str = "linear"
     beta_start: float = 1e-4
     beta_end: float = 0.02
-
-    def __post_init__(self) -> None:
-        self.validate()
 
     def validate(self) -> None:
         _require(len(self.block_out_channels) >= 1 and all(
@@ -133,9 +132,6 @@ class TrainConfig:
     checkpoint_every: int = 500
     calibration_fraction: float = 0.15
     calibrate_on_training: bool = False
-
-    def __post_init__(self) -> None:
-        self.validate()
 
     def validate(self) -> None:
         _require(self.steps >= 1, "train.steps", ">= 1", self.steps)
@@ -189,9 +185,6 @@ class InferenceConfig:
     energy_window: int = 9
     map_sigma: float = 8.0
 
-    def __post_init__(self) -> None:
-        self.validate()
-
     def validate(self) -> None:
         _require(self.timestep >= 0, "inference.timestep", ">= 0", self.timestep)
         _require(self.stride is None or (isinstance(self.stride, int) and self.stride >= 1),
@@ -230,9 +223,6 @@ class DecisionConfig:
     n_neighbors: int = 20
     pixel_quantile: float = 0.999
 
-    def __post_init__(self) -> None:
-        self.validate()
-
     def validate(self) -> None:
         ONE_CLASS_MODELS.check(self.one_class_model)
         _require(0 < self.contamination <= 0.5, "decision.contamination", "in (0, 0.5]",
@@ -255,9 +245,6 @@ class RadarConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     decision: DecisionConfig = field(default_factory=DecisionConfig)
-
-    def __post_init__(self) -> None:
-        self.validate()
 
     def validate(self) -> RadarConfig:
         levels = len(self.network.block_out_channels)

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -174,6 +174,25 @@ class Response:
     def describe(self) -> str:
         """How the map is computed, for an exported model's metadata."""
         return (self.__doc__ or self.name).strip().split("\n\n")[0]
+
+
+S = TypeVar("S", bound="Statistics")
+
+
+class Statistics:
+    """Base of a response's learned numbers (a dataclass of floats), stored
+    in the model file as ``response_statistics``."""
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: float(v) for k, v in asdict(self).items()}  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[S], data: Any) -> S:
+        """From :meth:`to_dict`'s output; ``ValueError`` for anything else."""
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        if not isinstance(data, dict) or set(data) != names:
+            raise ValueError(f"response_statistics must be an object with {', '.join(sorted(names))}")
+        return cls(**{k: float(v) for k, v in data.items()})
 
 
 class RunningMoments:

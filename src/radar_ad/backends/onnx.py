@@ -121,8 +121,22 @@ def read_metadata(props: dict[str, str], path: Path) -> tuple[dict[str, Any], np
     return meta, calibration, layers
 
 
+class GraphBackend(NoiseBackend):
+    """Base of the backends that run the exported ONNX graph: built from a
+    fitted PyTorch network by exporting it in memory, then checked against it."""
+
+    def __init__(self, model: bytes | Path, layers: tuple[str, ...] = (), threads: int | None = None) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def from_network(cls, network: TorchBackend, layers: tuple[str, ...] = ()) -> GraphBackend:
+        backend = cls(onnx_bytes(network, layers), layers)
+        check_parity(network, backend)
+        return backend
+
+
 @BACKENDS.register("onnx")
-class OnnxBackend(NoiseBackend):
+class OnnxBackend(GraphBackend):
     """The exported graph run by ONNX Runtime on the CPU
     (``pip install 'radar-ad[onnx]'``)."""
 
@@ -155,12 +169,6 @@ class OnnxBackend(NoiseBackend):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "onnxruntime": require("onnxruntime", "onnx", "the ONNX backend").__version__}
-
-    @classmethod
-    def from_network(cls, network: TorchBackend, layers: tuple[str, ...] = ()) -> OnnxBackend:
-        backend = cls(onnx_bytes(network, layers), layers)
-        check_parity(network, backend)
-        return backend
 
     @classmethod
     def open_file(cls, path: Path) -> ModelFile:

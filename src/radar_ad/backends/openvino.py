@@ -8,14 +8,14 @@ from typing import Any
 
 import torch
 
-from ..backend import BackendOutput, ModelFile, NoiseBackend, TorchBackend
+from ..backend import BackendOutput, ModelFile
 from ..errors import ModelError, first_line, require
 from ..registry import BACKENDS
-from .onnx import NOISE_OUTPUT, activation_output, check_parity, onnx_bytes, read_metadata
+from .onnx import NOISE_OUTPUT, GraphBackend, activation_output, read_metadata
 
 
 @BACKENDS.register("openvino")
-class OpenVinoBackend(NoiseBackend):
+class OpenVinoBackend(GraphBackend):
     """The graph of ``radar export`` (in memory, or an ``.onnx`` file)
     compiled by OpenVINO for the CPU, in float32 (OpenVINO would otherwise
     pick bfloat16 on CPUs that have it, and break parity with PyTorch)."""
@@ -47,12 +47,6 @@ class OpenVinoBackend(NoiseBackend):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "openvino": self.version}
-
-    @classmethod
-    def from_network(cls, network: TorchBackend, layers: tuple[str, ...] = ()) -> OpenVinoBackend:
-        backend = cls(onnx_bytes(network, layers), layers)
-        check_parity(network, backend)
-        return backend
 
     @classmethod
     def open_file(cls, path: Path) -> ModelFile:

@@ -4,7 +4,7 @@ alone, for surfaces whose defects remove texture rather than add edges."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -12,11 +12,19 @@ import torch
 from ..config import RadarConfig
 from ..features import window_max_rms
 from ..registry import RESPONSES
-from ..response import Response, ResponseOutput, RunningMoments, gaussian_smooth, local_energy, strided_quantiles
+from ..response import (
+    Response,
+    ResponseOutput,
+    RunningMoments,
+    Statistics,
+    gaussian_smooth,
+    local_energy,
+    strided_quantiles,
+)
 
 
 @dataclass
-class EnergyStatistics:
+class EnergyStatistics(Statistics):
     """The normal level of the local noise energy (mean, standard deviation)
     and the deficit's normal high quantile (``deficit_scale``)."""
 
@@ -24,15 +32,6 @@ class EnergyStatistics:
     energy_std: float
     deficit_scale: float = 1.0
 
-    def to_dict(self) -> dict[str, float]:
-        return {k: float(v) for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: Any) -> EnergyStatistics:
-        names = {f.name for f in fields(cls)}
-        if not isinstance(data, dict) or set(data) != names:
-            raise ValueError(f"response_statistics must be an object with {', '.join(sorted(names))}")
-        return cls(**{k: float(v) for k, v in data.items()})
 
 
 @RESPONSES.register("energy")

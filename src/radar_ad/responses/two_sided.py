@@ -11,7 +11,7 @@ calibration images, so either kind of departure lights up the map.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,6 +23,7 @@ from ..response import (
     Response,
     ResponseOutput,
     RunningMoments,
+    Statistics,
     gaussian_smooth,
     local_energy,
     response_map,
@@ -31,7 +32,7 @@ from ..response import (
 
 
 @dataclass
-class ResponseStatistics:
+class ResponseStatistics(Statistics):
     """Normal levels the two-sided response is measured against, learned from
     the noise maps of normal calibration images. ``*_scale`` are the parts'
     high quantiles, which put both parts on one scale in the combined map."""
@@ -43,16 +44,6 @@ class ResponseStatistics:
     structure_scale: float = 1.0
     deficit_scale: float = 1.0
 
-    def to_dict(self) -> dict[str, float]:
-        return {k: float(v) for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: Any) -> ResponseStatistics:
-        """From :meth:`to_dict`'s output; ``ValueError`` for anything else."""
-        names = {f.name for f in fields(cls)}
-        if not isinstance(data, dict) or set(data) != names:
-            raise ValueError(f"response_statistics must be an object with {', '.join(sorted(names))}")
-        return cls(**{k: float(v) for k, v in data.items()})
 
 
 def response_parts(noise_map: torch.Tensor, statistics: ResponseStatistics, energy_window: int,
