@@ -132,50 +132,6 @@ class ResponseOutput:
     features: torch.Tensor
 
 
-class Response:
-    """Base of every registered response.
-
-    ``__init__`` stores the settings; :meth:`fit` learns from normal
-    calibration noise maps (when ``needs_fit``) and returns ``self``;
-    ``__call__`` maps noise maps to anomaly maps and features. What it learned
-    round-trips through :meth:`state` and :meth:`from_state` (JSON numbers,
-    stored in the model file as ``response_statistics``).
-    """
-
-    name: ClassVar[str] = ""
-    feature_names: ClassVar[tuple[str, ...]] = ()
-    needs_fit: ClassVar[bool] = False
-
-    def __init__(self, config: RadarConfig) -> None:
-        self.inference = config.inference
-        self.pixel_quantile = config.decision.pixel_quantile
-
-    def fit(self, noise_maps: Sequence[torch.Tensor]) -> Response:
-        """Learn normal levels from ``(b, C, H, W)`` noise maps of normal images."""
-        return self
-
-    def __call__(self, noise_map: torch.Tensor) -> ResponseOutput:
-        raise NotImplementedError
-
-    def state(self) -> dict[str, float] | None:
-        """What :meth:`fit` learned, as JSON numbers (None: nothing)."""
-        return None
-
-    @classmethod
-    def from_state(cls, config: RadarConfig, state: Any) -> Response:
-        """A fitted response from :meth:`state`'s output; ``ValueError`` for
-        anything else."""
-        if cls.needs_fit:
-            raise NotImplementedError(f"{cls.__name__} must restore what it fitted")
-        if state is not None:
-            raise ValueError(f"the {cls.name} response stores no statistics, got {state!r}")
-        return cls(config)
-
-    def describe(self) -> str:
-        """How the map is computed, for an exported model's metadata."""
-        return (self.__doc__ or self.name).strip().split("\n\n")[0]
-
-
 S = TypeVar("S", bound="Statistics")
 
 
@@ -193,6 +149,58 @@ class Statistics:
         if not isinstance(data, dict) or set(data) != names:
             raise ValueError(f"response_statistics must be an object with {', '.join(sorted(names))}")
         return cls(**{k: float(v) for k, v in data.items()})
+
+
+class Response:
+    """Base of every registered response.
+
+    ``__init__`` stores the settings; :meth:`fit` learns from normal
+    calibration noise maps and returns ``self``; ``__call__`` maps noise maps
+    to anomaly maps and features. A response that learns normal levels names
+    their dataclass in ``statistics_class`` and sets ``statistics_`` in
+    :meth:`fit`; they round-trip through :meth:`state` and :meth:`from_state`
+    (JSON numbers, stored in the model file as ``response_statistics``).
+    """
+
+    name: ClassVar[str] = ""
+    feature_names: ClassVar[tuple[str, ...]] = ()
+    statistics_class: ClassVar[type[Statistics] | None] = None
+    statistics_: Any
+
+    def __init__(self, config: RadarConfig) -> None:
+        self.inference = config.inference
+        self.pixel_quantile = config.decision.pixel_quantile
+
+    @property
+    def needs_fit(self) -> bool:
+        """Whether :meth:`fit` must see the calibration noise maps first."""
+        return self.statistics_class is not None
+
+    def fit(self, noise_maps: Sequence[torch.Tensor]) -> Response:
+        """Learn normal levels from ``(b, C, H, W)`` noise maps of normal images."""
+        return self
+
+    def __call__(self, noise_map: torch.Tensor) -> ResponseOutput:
+        raise NotImplementedError
+
+    def state(self) -> dict[str, float] | None:
+        """What :meth:`fit` learned, as JSON numbers (None: nothing)."""
+        return None if self.statistics_class is None else self.statistics_.to_dict()
+
+    @classmethod
+    def from_state(cls, config: RadarConfig, state: Any) -> Response:
+        """A fitted response from :meth:`state`'s output; ``ValueError`` for
+        anything else."""
+        response = cls(config)
+        if cls.statistics_class is not None:
+            response.statistics_ = cls.statistics_class.from_dict(state)
+        elif state is not None:
+            raise ValueError(f"the {cls.name} response stores no statistics, got {state!r}")
+        return response
+
+    def describe(self) -> str:
+        """How the map is computed, for an exported model's metadata."""
+        return (self.__doc__ or self.name).strip().split("\n\n")[0]
 
 
 class RunningMoments:

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-from ..config import RadarConfig
 from ..features import window_max_rms
 from ..registry import RESPONSES
 from ..response import (
@@ -43,7 +41,7 @@ class EnergyResponse(Response):
     """
 
     feature_names = ("window_max_deficit",)
-    needs_fit = True
+    statistics_class = EnergyStatistics
 
     def _deficit(self, noise_map: torch.Tensor, statistics: EnergyStatistics) -> torch.Tensor:
         """``(B, C, H, W)`` -> ``(B, 1, H, W)`` energy deficit in standard deviations."""
@@ -65,12 +63,3 @@ class EnergyResponse(Response):
         deficit = self._deficit(noise_map, self.statistics_)
         anomaly = gaussian_smooth(deficit / self.statistics_.deficit_scale, inference.map_sigma)[:, 0].float()
         return ResponseOutput(anomaly, window_max_rms(deficit, inference.window, inference.window_stride))
-
-    def state(self) -> dict[str, float]:
-        return self.statistics_.to_dict()
-
-    @classmethod
-    def from_state(cls, config: RadarConfig, state: Any) -> EnergyResponse:
-        response = cls(config)
-        response.statistics_ = EnergyStatistics.from_dict(state)
-        return response

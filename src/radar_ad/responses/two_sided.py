@@ -12,11 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-from ..config import RadarConfig
 from ..features import window_max_rms
 from ..registry import RESPONSES
 from ..response import (
@@ -96,7 +94,7 @@ class TwoSidedResponse(Response):
     """
 
     feature_names = ("window_max_structure", "window_max_deficit")
-    needs_fit = True
+    statistics_class = ResponseStatistics
 
     def fit(self, noise_maps: Sequence[torch.Tensor]) -> TwoSidedResponse:
         inference = self.inference
@@ -110,12 +108,3 @@ class TwoSidedResponse(Response):
                                inference.sobel_ksize)
         return ResponseOutput(two_sided_map(parts, self.statistics_, inference.map_sigma),
                               window_max_rms(parts, inference.window, inference.window_stride))
-
-    def state(self) -> dict[str, float]:
-        return self.statistics_.to_dict()
-
-    @classmethod
-    def from_state(cls, config: RadarConfig, state: Any) -> TwoSidedResponse:
-        response = cls(config)
-        response.statistics_ = ResponseStatistics.from_dict(state)
-        return response
