@@ -233,9 +233,12 @@ def test_with_settings_gives_a_new_model_and_leaves_this_one(fitted, surfaces):
     # assignment is refused with the call to use instead
     with pytest.raises(ConfigError, match=r"with_settings"):
         radar.config.inference.stride = 14
-    # a bigger network batch changes nothing the calibration depends on
-    same = radar.with_settings({"inference.batch_size": 7}).predict(path)
-    assert same.score == before.score and np.array_equal(same.anomaly_map, before.anomaly_map)
+    # another network batch size changes nothing the calibration depends on: it is kept
+    rebatched = radar.with_settings({"inference.batch_size": 7})
+    assert rebatched.decision_ is radar.decision_ and rebatched.pixel_threshold_ == radar.pixel_threshold_
+    same = rebatched.predict(path)  # float kernels batch differently: equal to rounding
+    np.testing.assert_allclose(same.anomaly_map, before.anomaly_map, rtol=1e-4, atol=1e-5)
+    assert same.score == pytest.approx(before.score, abs=1e-4)
     # another one-class model is refitted on the stored calibration features, no images needed
     knn = radar.with_settings({"decision.one_class_model": "knn"})
     assert knn.decision_.threshold_ != radar.decision_.threshold_

@@ -1,4 +1,4 @@
-"""Model files: a model directory (``radar.json`` + safetensors, no pickle)
+"""Model files: a model directory (``radar.json`` + safetensors, nothing that runs code)
 written atomically and read back with every way it can be broken reported
 as one :class:`ModelError` line.
 
