@@ -249,3 +249,20 @@ def test_with_settings_gives_a_new_model_and_leaves_this_one(fitted, surfaces):
     # and the original model is untouched by all of it
     assert radar.config.decision.one_class_model == "isolation_forest"
     assert radar.predict(path).score == before.score
+
+
+def test_training_never_writes_into_or_removes_a_users_folder(surfaces, tmp_path):
+    """A user's own folder where the checkpoint would go is refused before
+    training and left as it was; the checkpoint folder training makes is
+    marked as its own and removed once the model is written."""
+    from radar_ad.pipeline import train_model
+
+    users = tmp_path / "model.checkpoint"
+    users.mkdir()
+    (users / "notes.txt").write_text("mine")
+    config = tiny_config(**{"train.steps": 2, "train.checkpoint_every": 1})
+    with pytest.raises(DataError, match="not made by radar-ad"):
+        train_model(config, surfaces, tmp_path / "model", progress=False)
+    assert (users / "notes.txt").read_text() == "mine" and not (tmp_path / "model").exists()
+    train_model(config, surfaces, tmp_path / "other", progress=False)
+    assert (tmp_path / "other" / CONFIG_FILE).is_file() and not (tmp_path / "other.checkpoint").exists()

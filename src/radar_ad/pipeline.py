@@ -47,7 +47,7 @@ from .persistence import FORMAT, FORMAT_VERSION, check_model_target, checkpoint_
 from .progress import progress_bar
 from .registry import BACKENDS, RESPONSES
 from .response import Response
-from .training import DeviceStrategy, train_unet
+from .training import DeviceStrategy, is_checkpoint_dir, train_unet
 
 ImageLike = Any  # a path, a PIL image or a numpy array
 # Images analysed together: their patches go through the network in shared
@@ -497,7 +497,8 @@ def train_model(config: RadarConfig, data: str | Path, out: str | Path, *, resum
     checkpoint = checkpoint_dir(out)
     radar = Radar(config, device=device).fit(data, progress=progress, checkpoint_dir=checkpoint, resume=resume)
     radar.save(out)
-    shutil.rmtree(checkpoint, ignore_errors=True)
+    if is_checkpoint_dir(checkpoint):  # ours (train_unet refused anything else before training)
+        shutil.rmtree(checkpoint, ignore_errors=True)
     return radar
 
 

@@ -30,12 +30,29 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .config import RadarConfig
-from .errors import ModelError
+from .errors import DataError, ModelError
 from .files import atomic_file
 from .patches import PatchSampler
 from .progress import progress_bar
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
+# Written into every checkpoint folder training creates: only a folder with it
+# (or, from releases before the marker, with a checkpoint file) is ever reused or removed.
+CHECKPOINT_MARKER = ".radar-ad-checkpoint"
+
+
+def is_checkpoint_dir(directory: Path) -> bool:
+    """Whether ``directory`` is a checkpoint folder radar-ad training made."""
+    return (directory / CHECKPOINT_MARKER).is_file() or (directory / CHECKPOINT_FILE).is_file()
+
+
+def check_checkpoint_dir(directory: Path) -> None:
+    """Refuse, before the first step, a checkpoint location that holds
+    something radar-ad did not write (it would be written into, then removed)."""
+    if directory.exists() and not (directory.is_dir() and (is_checkpoint_dir(directory)
+                                                           or not any(directory.iterdir()))):
+        raise DataError(f"{directory} exists and was not made by radar-ad training; refusing to write "
+                        "checkpoints into it (move it, or choose another output)")
 
 
 @dataclass
@@ -138,6 +155,8 @@ def train_unet(
                 scheduler.config.num_train_timesteps)
     fingerprint = _training_fingerprint(config, channels)
 
+    if checkpoint_dir is not None:
+        check_checkpoint_dir(checkpoint_dir)
     start, history = 0, list[float]()
     if resume and checkpoint_dir is not None and (checkpoint_dir / CHECKPOINT_FILE).is_file():
         start, history = _load_checkpoint(checkpoint_dir, unet, optimizer, ema, generator,
@@ -199,6 +218,7 @@ def _save_checkpoint(directory: Path, step: int, unet: UNet2DModel, optimizer: t
     (step and settings in its metadata), replaced atomically so a kill
     mid-write leaves the last good checkpoint."""
     directory.mkdir(parents=True, exist_ok=True)
+    (directory / CHECKPOINT_MARKER).touch()
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in unet.state_dict().items()}
     state = optimizer.state_dict()
     for index, moments in state["state"].items():
