@@ -7,7 +7,8 @@ settings and recalibrates (``Radar.calibrate``). Validation images:
 
 - normal: the model's own held-out calibration images (re-derived from
   DATASET's ``train/good`` with the model's seed), split in two halves: the
-  first half calibrates, the second half is scored;
+  first half calibrates, the second half is scored; the model's conformal
+  images stay its conformal images;
 - defective: the seeded 20 % of each defect type that ``radar benchmark``
   sets aside (``benchmark.validation_split``) and never reports.
 
@@ -72,7 +73,9 @@ def main() -> int:
     radar = Radar.load(args.model)
     base = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
     normal = training_images(args.dataset)
-    train_idx, held_out = calibration_split(len(normal), radar.config)
+    split = calibration_split(len(normal), radar.config)
+    train_idx, held_out = split.train, split.calibration
+    conformal = [normal[i] for i in split.conformal]  # only scored, as in the model
     half = len(held_out) // 2
     calibrate = [normal[i] for i in held_out[:half]]
     on_training = [normal[i] for i in np.random.default_rng(0).choice(train_idx, half, replace=False)]
@@ -89,7 +92,8 @@ def main() -> int:
     for group in groups:
         for overrides in GROUPS[group]:
             model = with_variant(radar, base, overrides)
-            model.calibrate(on_training if overrides.get("calibrate_on") == "training" else calibrate)
+            model.calibrate(on_training if overrides.get("calibrate_on") == "training" else calibrate,
+                            conformal=conformal)
             began = time.perf_counter()
             predictions = model.predict_many(paths)
             seconds = (time.perf_counter() - began) / len(paths)

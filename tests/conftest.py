@@ -18,8 +18,11 @@ TINY = {
     "train.steps": 200,
     "train.batch_size": 32,
     "train.checkpoint_every": 100,
-    # 12 calibration images: an IsolationForest on fewer can rank badly.
+    # 15 calibration images: an IsolationForest on fewer can rank badly.
     "train.calibration_fraction": 0.3,
+    # 10 conformal images: p-values down to 1/11, so a 0.1 false-alarm rate can flag
+    "train.conformal_size": 10,
+    "decision.false_alarm_rate": 0.1,
 }
 
 
@@ -29,7 +32,7 @@ def tiny_config(**overrides) -> RadarConfig:
 
 @pytest.fixture(scope="session")
 def surfaces(tmp_path_factory) -> Path:
-    spec = SyntheticSpec(size=64, n_train=40, n_test_good=8, n_test_per_defect=2,
+    spec = SyntheticSpec(size=64, n_train=50, n_test_good=8, n_test_per_defect=2,
                          severity=(0.8, 1.0), seed=0)
     return make_dataset(tmp_path_factory.mktemp("data") / "surfaces", spec)
 

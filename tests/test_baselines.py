@@ -199,7 +199,7 @@ def with_flat_patch(image: np.ndarray, top: int, left: int, size: int) -> np.nda
 
 
 def test_statistical_map_lights_up_a_flat_patch_and_the_image_scores_higher():
-    config = RadarConfig(patch_size=16)
+    config = RadarConfig(patch_size=16).updated({"decision.false_alarm_rate": None})  # 8 images, no conformal ones
     normal = surfaces(10, seed=4)
     method = OneClassMethod(StatisticalBaseline(config), config).fit(normal[:8])
     defective = with_flat_patch(normal[8], 20, 24, 16)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import TINY, write_gray
@@ -56,6 +58,7 @@ def test_train_detect_evaluate(surfaces, tmp_path):
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert len(rows) == 3 and {r["verdict"] for r in rows} <= {"normal", "anomalous"}
     assert all(float(r["score"]) == float(r["score"]) for r in rows)
+    assert all(0 < float(r["p_value"]) <= 1 for r in rows)  # 10 conformal images of the 50
     for stem in ("000", "000-2", "001"):  # the two 000.png files get distinct names
         for kind in ("anomaly", "mask", "overlay"):
             assert (out / f"{stem}_{kind}.png").is_file()
@@ -184,3 +187,78 @@ def test_detect_reads_16bit_rgba_and_palette_images(fitted, surfaces, tmp_path):
     assert len(scores) == 4
     for name in ("g16", "rgba"):
         assert scores[name] == pytest.approx(scores["plain"], abs=1e-6)
+
+
+def _as_format_2(model: Path) -> None:
+    """Make a model directory look as radar-ad 0.3 wrote it: format 2, no
+    conformal split, no false-alarm settings."""
+    meta = json.loads((model / "radar.json").read_text())
+    meta["format_version"] = 2
+    del meta["config"]["decision"]["false_alarm_rate"]
+    for key in ("conformal_fraction", "conformal_size"):
+        del meta["config"]["train"][key]
+    meta["image_threshold"] = meta.pop("model_threshold")  # version 2 knew only the one-class threshold
+    del meta["false_alarms"]
+    (model / "radar.json").write_text(json.dumps(meta))
+    (model / "conformal.safetensors").unlink()
+
+
+def test_calibrate_replaces_only_the_conformal_images(fitted, surfaces, tmp_path):
+    from radar_ad import Radar
+    from radar_ad.pipeline import calibrate_false_alarms
+
+    radar_model, model_dir = fitted
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    before = {p.name: p.read_bytes() for p in model.iterdir()}
+    normal = surfaces / "test" / "good"  # 8 normal images the model never saw
+    recalibrated, backup = calibrate_false_alarms(model, normal, progress=False)
+    after = {p.name: p.read_bytes() for p in model.iterdir()}
+    assert backup is not None and after[backup.name] == before["conformal.safetensors"]  # kept whole
+    assert set(after) == set(before) | {backup.name} and after["conformal.safetensors"] != before["conformal.safetensors"]
+    assert all(after[name] == data for name, data in before.items() if name != "conformal.safetensors")
+    loaded = Radar.load(model)
+    assert loaded.decision_.n_conformal == 8 and loaded.false_alarms()["conformal_source"]["source"] == str(normal)
+    # 8 images cannot reach a p-value of 0.1: the rule flags nothing, and says so
+    assert loaded.decision_.threshold_ == float("inf") and "needs at least 9" in loaded.false_alarms()["warning"]
+    path = sorted((surfaces / "test" / "blob").glob("*.png"))[0]
+    new, old = loaded.predict(path), radar_model.predict(path)
+    assert new.score == pytest.approx(old.score) and new.anomaly_map.tolist() == old.anomaly_map.tolist()
+    assert new.p_value == pytest.approx((1 + np.sum(loaded.decision_.conformal_scores_ >= new.score)) / 9)
+
+    # a second run keeps both earlier files
+    _, second = calibrate_false_alarms(model, normal, progress=False)
+    assert second is not None and second != backup and backup.is_file()
+
+
+def test_calibrate_a_format_2_model_from_the_command_line(fitted, surfaces, tmp_path):
+    from radar_ad import Radar
+
+    radar_model, model_dir = fitted
+    model = tmp_path / "old"
+    shutil.copytree(model_dir, model)
+    _as_format_2(model)
+    old = Radar.load(model)  # reads with the rule it was trained with
+    assert old.config.decision.false_alarm_rate is None and old.config.train.conformal_fraction == 0
+    path = sorted((surfaces / "test" / "blob").glob("*.png"))[0]
+    prediction = old.predict(path)
+    assert prediction.p_value is None and prediction.threshold == radar_model.decision_.model_threshold_
+    radar_json = (model / "radar.json").read_bytes()
+
+    normal = tmp_path / "normal"
+    shutil.copytree(surfaces / "train" / "good", normal)  # (in real use: images the model never saw)
+    result = radar("calibrate", model, normal, "-q")
+    assert result.returncode == 0, result.stderr
+    assert "50 conformal images" in result.stdout and "had no conformal images before" in result.stdout
+    assert (model / "radar.json").read_bytes() == radar_json and (model / "conformal.safetensors").is_file()
+    out = tmp_path / "out"
+    result = radar("detect", model, path, "--out", out, "--false-alarm-rate", "0.5", "--no-maps", "-q")
+    assert result.returncode == 0, result.stderr
+    row = next(csv.DictReader((out / "results.csv").open()))
+    assert 0 < float(row["p_value"]) <= 1 and row["verdict"] == ("anomalous" if float(row["p_value"]) <= 0.5
+                                                                 else "normal")
+
+    # the folder must hold images; an exported file is refused in one line
+    assert_one_line_error(radar("calibrate", model, tmp_path / "nowhere"), "not found")
+    (tmp_path / "model.onnx").write_bytes(b"x")
+    assert_one_line_error(radar("calibrate", tmp_path / "model.onnx", normal), "exported file")

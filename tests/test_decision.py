@@ -11,7 +11,8 @@ from radar_ad.registry import ONE_CLASS_MODELS
 def test_outliers_score_higher_and_threshold_matches_contamination(model):
     rng = np.random.default_rng(0)
     normal = rng.normal(size=(200, 2))
-    decision = ImageDecision(DecisionConfig(one_class_model=model, contamination=0.05), 0).fit(normal)
+    rule = DecisionConfig(one_class_model=model, contamination=0.05, false_alarm_rate=None)  # the model's own threshold
+    decision = ImageDecision(rule, 0).fit(normal)
     flagged = decision.is_anomalous(decision.score(normal)).mean()
     assert 0.02 <= flagged <= 0.08
     far = np.array([[8.0, 8.0], [-6.0, 7.0]])
@@ -45,7 +46,7 @@ def test_scores_keep_growing_beyond_the_calibration_range():
     # forest would rank a huge response below it and call it normal.
     rng = np.random.default_rng(2)
     calibration = np.vstack([rng.normal(10, 0.5, size=(19, 2)), [[7.0, 8.0]]])
-    decision = ImageDecision(DecisionConfig(), 0).fit(calibration)
+    decision = ImageDecision(DecisionConfig(false_alarm_rate=None), 0).fit(calibration)
     far = np.array([[10.5, 14.0], [11.0, 20.0], [12.0, 40.0]])
     scores = decision.score(far)
     assert np.all(np.diff(scores) > 0)

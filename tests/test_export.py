@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from radar_ad import Radar, RadarConfig
-from radar_ad.backends.onnx import CALIBRATION_KEY, GRAPH_KEY, METADATA_KEY
+from radar_ad.backends.onnx import CALIBRATION_KEY, CONFORMAL_KEY, GRAPH_KEY, METADATA_KEY
 from radar_ad.data import as_image_array, evaluation_images
 from radar_ad.errors import ConfigError, ModelError
 from radar_ad.noise_map import border_weights
@@ -37,6 +37,7 @@ def assert_parity(reference, other, paths):
         assert a.is_anomalous == b.is_anomalous
         assert a.score == pytest.approx(b.score, abs=1e-3)
         assert a.threshold == b.threshold and a.pixel_threshold == b.pixel_threshold
+        assert a.p_value is not None and a.p_value == pytest.approx(b.p_value)
 
 
 def test_onnx_file_predicts_like_pytorch(fitted, surfaces, exported):
@@ -69,6 +70,9 @@ def test_file_is_self_describing(fitted, exported):
     assert RadarConfig.from_dict(meta["config"]) == radar.config
     calibration = np.array(json.loads(props[CALIBRATION_KEY]))
     np.testing.assert_array_equal(calibration, radar.decision_.calibration_features_)
+    conformal = json.loads(props[CONFORMAL_KEY])  # the p-values travel with the file
+    np.testing.assert_array_equal(np.array(conformal["features"]), radar.decision_.conformal_features_)
+    assert conformal["info"]["source"] == "training split" and meta["false_alarms"]["n_conformal"] == 10
     assert "index" in json.loads(props[GRAPH_KEY])["inputs"]
     assert [i.name for i in session.get_inputs()] == ["patches", "index"]
 

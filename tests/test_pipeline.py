@@ -62,7 +62,7 @@ def test_save_load_predicts_identically(fitted, surfaces):
         np.testing.assert_array_equal(a.anomaly_map, b.anomaly_map)
         np.testing.assert_array_equal(a.mask, b.mask)
     assert {p.name for p in model_dir.iterdir()} == {"radar.json", "unet.safetensors",
-                                                     "calibration.safetensors"}
+                                                     "calibration.safetensors", "conformal.safetensors"}
 
 
 def test_same_image_same_result_whatever_the_batch(fitted, surfaces):
@@ -93,11 +93,12 @@ def test_fit_is_deterministic(surfaces):
 
 
 def test_calibration_split_holds_out_images():
-    config = tiny_config(**{"train.calibration_fraction": 0.15})
-    train, calib = calibration_split(40, config)
-    assert len(calib) == 6 and not set(train) & set(calib) and len(train) + len(calib) == 40
+    config = tiny_config(**{"train.calibration_fraction": 0.15, "train.conformal_size": None})
+    train, calib, conformal = calibration_split(40, config)
+    assert (len(calib), len(conformal)) == (6, 8) and not set(train) & set(calib)
+    assert len(train) + len(calib) + len(conformal) == 40
     both = calibration_split(40, tiny_config(**{"train.calibrate_on_training": True}))
-    assert both[0] == both[1] == list(range(40))
+    assert both.train == both.calibration == sorted(set(range(40)) - set(both.conformal))
 
 
 def test_predict_before_fit():
@@ -141,7 +142,8 @@ def _texture(rng, height, width, channels=None):
 def test_mixed_sizes_and_rgb_work():
     rng = np.random.default_rng(0)
     images = [_texture(rng, 40 + 7 * (i % 3), 64 - 5 * (i % 4), channels=3) for i in range(8)]
-    radar = Radar(tiny_config(**{"train.steps": 3, "data.grayscale": False})).fit(images, progress=False)
+    config = tiny_config(**{"train.steps": 3, "data.grayscale": False, "train.conformal_size": None})
+    radar = Radar(config).fit(images, progress=False)
     predictions = radar.predict_many([_texture(rng, 33, 90, 3), _texture(rng, 60, 45, 3)])
     assert predictions[0].noise_map.shape == (3, 33, 90)
     assert predictions[1].anomaly_map.shape == (60, 45)
@@ -150,7 +152,7 @@ def test_mixed_sizes_and_rgb_work():
 def test_paper_protocol_calibrates_on_training_images():
     rng = np.random.default_rng(1)
     images = [_texture(rng, 40, 40) for _ in range(6)]
-    config = tiny_config(**{"train.steps": 2, "train.calibrate_on_training": True})
+    config = tiny_config(**{"train.steps": 2, "train.calibrate_on_training": True, "train.conformal_size": 0})
     radar = Radar(config).fit(images, progress=False)
     assert radar.training_["n_train"] == radar.training_["n_calibration"] == 6
 

@@ -86,6 +86,8 @@ def test_health_model_and_page(client, fitted):
     assert model["engine"]["backend"] == "torch" and model["engine"]["parameters"] > 0  # the backend's own words
     assert model["channels"] == 1 and model["grayscale"] is True
     assert model["image_threshold"] == pytest.approx(radar.decision_.threshold_)
+    assert model["false_alarms"]["rate"] == 0.1 and model["false_alarms"]["n_conformal"] == 10
+    assert model["false_alarms"]["smallest_p_value"] == pytest.approx(1 / 11) and model["false_alarms"]["warning"] is None
     assert model["pixel_threshold"] == pytest.approx(radar.pixel_threshold_)
     assert model["training"]["n_train"] == radar.training_["n_train"]
     assert model["config"] == json.loads(json.dumps(radar.config.to_dict()))
@@ -108,6 +110,7 @@ def test_predict_matches_python_api(client, fitted, surfaces, folder):
     assert body["verdict"] == ("anomalous" if expected.is_anomalous else "normal")
     assert body["is_anomalous"] == expected.is_anomalous
     assert body["threshold"] == pytest.approx(expected.threshold)
+    assert body["p_value"] == pytest.approx(expected.p_value) and (body["p_value"] <= 0.1) == expected.is_anomalous
     assert (body["width"], body["height"]) == (64, 64)
     assert body["mask_fraction"] == pytest.approx(expected.mask.mean())
     assert body["milliseconds"] > 0 and "overlay" not in body

@@ -107,6 +107,7 @@ def assert_row_matches(row: dict[str, str], prediction) -> None:
     assert row["verdict"] == ("anomalous" if prediction.is_anomalous else "normal")
     assert float(row["score"]) == pytest.approx(prediction.score, abs=1e-6)
     assert float(row["threshold"]) == pytest.approx(prediction.threshold, abs=1e-6)
+    assert float(row["p_value"]) == pytest.approx(prediction.p_value, abs=1e-6)
     assert float(row["mask_fraction"]) == pytest.approx(prediction.mask.mean(), abs=1e-6)
     assert datetime.fromisoformat(row["time"]).tzinfo is not None
     assert row["message"] == ""
@@ -249,10 +250,11 @@ def test_mistakes_are_one_error_before_the_loop(fitted, tmp_path):
         watch_folder(model, inbox, tmp_path / "out", backend="tensorrt")
     other = tmp_path / "other"
     other.mkdir()
-    (other / "results.csv").write_text("file,score,threshold,verdict,mask_fraction\r\n")
+    # another program's file, or radar-ad 0.3's (no p_value column): refused, never appended to
+    (other / "results.csv").write_text("file,score,threshold,verdict,mask_fraction,time,message\r\n")
     with pytest.raises(DataError, match="not written by `radar watch`"):
         Watcher(radar, inbox, other)
-    assert ",".join(COLUMNS).startswith("file,score,threshold,verdict,mask_fraction")
+    assert ",".join(COLUMNS).startswith("file,score,threshold,p_value,verdict,mask_fraction")
 
 
 def cli_env() -> dict[str, str]:

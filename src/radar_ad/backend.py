@@ -22,6 +22,7 @@ from .config import RadarConfig
 from .errors import ConfigError, ModelError
 from .network import build_scheduler
 from .noise_map import NoiseAndActivations, OneStepNoise, one_step_noise
+from .persistence import Conformal
 from .registry import BACKENDS
 
 # The settings the per-patch function is built with: a backend that runs a
@@ -42,11 +43,13 @@ class BackendOutput:
 @dataclass
 class ModelFile:
     """What an exported model file holds: its metadata (as ``radar.json``),
-    the calibration features and the backend that runs its graph."""
+    the calibration features, the backend that runs its graph and the
+    conformal features (``None`` in a file of model format 2)."""
 
     metadata: dict[str, Any]
     calibration_features: np.ndarray
     backend: NoiseBackend
+    conformal: Conformal | None = None
 
 
 class NoiseBackend:
@@ -97,7 +100,7 @@ class NoiseBackend:
 
     @classmethod
     def export(cls, network: TorchBackend, metadata: dict[str, Any], calibration_features: np.ndarray,
-               out: Path) -> Path:
+               conformal: Conformal, out: Path) -> Path:
         raise ModelError(f"the {cls.name} backend writes no model files")
 
 

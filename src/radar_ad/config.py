@@ -23,6 +23,7 @@ from .registry import ONE_CLASS_MODELS, RESPONSES, choices
 
 FEATURE_NORMS = ("rms", "sum")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+MAX_CONFORMAL_SIZE = 1_000_000
 
 C = TypeVar("C")
 
@@ -118,8 +119,18 @@ class NetworkConfig:
 
 @settings
 class TrainConfig:
-    """The training loop. ``max_timestep`` limits the timesteps drawn in
-    training (``None``: uniform over all T, the standard DDPM objective)."""
+    """The training loop and the split of the normal images.
+
+    ``max_timestep`` limits the timesteps drawn in training (``None``:
+    uniform over all T, the standard DDPM objective). The normal images are
+    split three ways, seeded: a ``conformal_fraction`` share (or exactly
+    ``conformal_size`` images) is held out from everything and only scored,
+    for the p-values and the false-alarm rule (``decision.false_alarm_rate``);
+    a ``calibration_fraction`` share of the rest fits the response, the
+    one-class model and the pixel threshold; the network trains on what is
+    left (on everything but the conformal images with
+    ``calibrate_on_training``, the paper's protocol).
+    """
 
     section: ClassVar[str] = "train"
     steps: int = 2000
@@ -132,6 +143,8 @@ class TrainConfig:
     checkpoint_every: int = 500
     calibration_fraction: float = 0.15
     calibrate_on_training: bool = False
+    conformal_fraction: float = 0.2
+    conformal_size: int | None = None
 
     def validate(self) -> None:
         _require(self.steps >= 1, "train.steps", ">= 1", self.steps)
@@ -147,6 +160,11 @@ class TrainConfig:
                  self.checkpoint_every)
         _require(0 < self.calibration_fraction < 1, "train.calibration_fraction",
                  "in (0, 1)", self.calibration_fraction)
+        _require(0 <= self.conformal_fraction <= 0.5, "train.conformal_fraction",
+                 "in [0, 0.5] (0: no conformal split)", self.conformal_fraction)
+        _require(self.conformal_size is None or 0 <= self.conformal_size <= MAX_CONFORMAL_SIZE,
+                 "train.conformal_size", f"null (use conformal_fraction) or an integer in [0, {MAX_CONFORMAL_SIZE}]",
+                 self.conformal_size)
 
 
 @settings
@@ -214,10 +232,19 @@ class DecisionConfig:
     (:mod:`radar_ad.one_class`); ``n_estimators`` is the isolation forest's
     tree count, ``n_neighbors`` the neighbourhood of the local outlier factor
     and of the k-nearest-neighbour model.
+
+    The verdict: with ``false_alarm_rate`` alpha, an image is anomalous when
+    its conformal p-value is at most alpha, which keeps the share of normal
+    images flagged at most alpha (the conformal guarantee; README "False
+    alarms"). ``null`` is the earlier rule: the one-class model's own
+    threshold at ``contamination``, with no stated false-alarm rate. Either
+    way the p-value ranks the one-class model's score (README "False alarms"
+    gives the measurement behind that choice).
     """
 
     section: ClassVar[str] = "decision"
     one_class_model: str = "isolation_forest"
+    false_alarm_rate: float | None = 0.05
     contamination: float = 0.05
     n_estimators: int = 200
     n_neighbors: int = 20
@@ -225,6 +252,9 @@ class DecisionConfig:
 
     def validate(self) -> None:
         ONE_CLASS_MODELS.check(self.one_class_model)
+        _require(self.false_alarm_rate is None or 0 < self.false_alarm_rate <= 0.5,
+                 "decision.false_alarm_rate", "null (the contamination rule) or in (0, 0.5]",
+                 self.false_alarm_rate)
         _require(0 < self.contamination <= 0.5, "decision.contamination", "in (0, 0.5]",
                  self.contamination)
         _require(self.n_estimators >= 1, "decision.n_estimators", ">= 1", self.n_estimators)
@@ -338,9 +368,12 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
                 raise ConfigError(f"{prefix + name} must be true or false, got {value!r}")
             kwargs[name] = value
         elif isinstance(current, float):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if value is None and "None" in str(known[name].type):
+                kwargs[name] = None
+            elif isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"{prefix + name} must be a number, got {value!r}")
-            kwargs[name] = float(value)
+            else:
+                kwargs[name] = float(value)
         elif isinstance(current, int) or current is None:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ConfigError(f"{prefix + name} must be an integer, got {value!r}")

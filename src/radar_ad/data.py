@@ -162,17 +162,29 @@ def _to_array(image: Image.Image, config: DataConfig, min_size: int, name: str) 
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1).copy()
 
 
-def load_mask(path: Path | None, shape: tuple[int, int]) -> np.ndarray:
-    """A boolean ``(H, W)`` ground-truth mask resized (nearest) to ``shape``;
-    all False when there is no mask file (a normal image)."""
+def image_size(path: Path) -> tuple[int, int]:
+    """``(width, height)`` of an image file, from its header."""
+    try:
+        with Image.open(path) as opened:
+            return opened.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from None
+
+
+def load_mask(path: Path | None, shape: tuple[int, int] | None) -> np.ndarray:
+    """A boolean ``(H, W)`` ground-truth mask resized (nearest) to ``shape``
+    (``None``: its own size); all False when there is no mask file (a normal
+    image, which then needs a ``shape``)."""
     if path is None:
+        if shape is None:
+            raise DataError("a missing mask needs a shape")
         return np.zeros(shape, dtype=bool)
     try:
         with Image.open(path) as opened:
             mask = _to_uint8(opened, path).convert("L")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"cannot read mask {path}: {exc}") from None
-    if mask.size != (shape[1], shape[0]):
+    if shape is not None and mask.size != (shape[1], shape[0]):
         mask = mask.resize((shape[1], shape[0]), Image.Resampling.NEAREST)
     return np.asarray(mask) > 127
 

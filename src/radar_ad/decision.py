@@ -1,5 +1,5 @@
-"""The image verdict (a one-class model on the features) and the pixel
-threshold for the mask, both learned from normal images only.
+"""The image verdict (a one-class model on the features, read as a conformal
+p-value) and the pixel threshold for the mask, all learned from normal images only.
 
 The one-class model is a plug-in (:data:`~radar_ad.registry.ONE_CLASS_MODELS`,
 one module each in ``radar_ad/one_class/``). It is never pickled: it is
@@ -8,10 +8,18 @@ the very same model (scikit-learn's fit is deterministic given its seed).
 
 :func:`is_anomalous` is THE verdict rule: RADAR, every baseline and every
 front end (detect, watch, serve) decide with it.
+
+The conformal part: the one-class scores of normal images that nothing was
+fitted on (the conformal split) make every new score a p-value
+``(1 + #{conformal scores >= score}) / (n + 1)``. On normal images
+exchangeable with the conformal ones, ``P(p <= alpha) <= alpha``: the rule
+"anomalous when ``p <= alpha``" has a false-alarm rate of at most alpha, and
+it is the same rule as ``score > conformal_threshold(scores, alpha)``.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import numpy as np
@@ -24,10 +32,60 @@ from .registry import ONE_CLASS_MODELS
 MIN_CALIBRATION_IMAGES = 5
 
 
+# slack for alpha * (n + 1) landing a rounding error below an integer
+_EPSILON = 1e-9
+
+
 def is_anomalous(score: Any, threshold: float) -> Any:
     """The verdict rule: anomalous when the score is above the threshold
     (elementwise for arrays)."""
     return score > threshold
+
+
+def conformal_p_values(reference: np.ndarray, scores: Any) -> np.ndarray:
+    """``(1 + #{reference >= score}) / (n + 1)`` for each score (NaN for a
+    non-finite score): the conformal p-value against ``reference``, the
+    scores of ``n`` normal images nothing was fitted on."""
+    ordered = np.sort(np.asarray(reference, dtype=np.float64).ravel())
+    values = np.asarray(scores, dtype=np.float64)
+    at_least = len(ordered) - np.searchsorted(ordered, values, side="left")
+    p = (1.0 + at_least) / (len(ordered) + 1.0)
+    return np.where(np.isfinite(values), p, np.nan)
+
+
+def conformal_threshold(reference: np.ndarray, alpha: float) -> float:
+    """The score threshold of the rule "p-value <= alpha": ``score >
+    threshold`` exactly when :func:`conformal_p_values` gives at most
+    ``alpha``. ``inf`` when ``alpha < 1 / (n + 1)``: no p-value is that small,
+    the rule flags nothing (:func:`smallest_false_alarm_rate`)."""
+    ordered = np.sort(np.asarray(reference, dtype=np.float64).ravel())[::-1]
+    allowed = math.floor(alpha * (len(ordered) + 1) + _EPSILON) - 1  # most reference scores >= a flagged score
+    if allowed >= len(ordered):
+        return -math.inf  # alpha >= 1: every p-value is small enough
+    return float(ordered[allowed]) if allowed >= 0 else math.inf
+
+
+def smallest_false_alarm_rate(n_conformal: int) -> float:
+    """The smallest p-value, and so the smallest alpha that can flag
+    anything, with ``n_conformal`` conformal images: ``1 / (n + 1)``."""
+    return 1.0 / (n_conformal + 1)
+
+
+def conformal_images_needed(alpha: float) -> int:
+    """The fewest conformal images with which the rule ``p <= alpha`` can
+    flag anything: the smallest n with ``1 / (n + 1) <= alpha``."""
+    return max(0, math.ceil(1.0 / alpha - 1 - _EPSILON))
+
+
+def false_alarm_warning(alpha: float | None, n_conformal: int) -> str | None:
+    """The one-line warning when ``alpha`` is below what ``n_conformal``
+    images can attain (the rule would flag nothing), else ``None``."""
+    if alpha is None or alpha + _EPSILON >= smallest_false_alarm_rate(n_conformal):
+        return None
+    return (f"decision.false_alarm_rate {alpha:g} is below 1/(n+1) = {smallest_false_alarm_rate(n_conformal):.3g} "
+            f"for the {n_conformal} conformal images: no image can be flagged; it needs at least "
+            f"{conformal_images_needed(alpha)} (train with more normal images or a larger "
+            "train.conformal_size, or `radar calibrate` with a larger folder)")
 
 
 class OneClassModel:
@@ -62,9 +120,12 @@ class ImageDecision:
 
     ``score`` is the one-class model's score (higher means more anomalous)
     plus how far, in standard deviations of the calibration features, the
-    features lie outside the calibration range. ``threshold_`` is the model's
-    own threshold; for features inside the calibration range ``score >
-    threshold_`` is exactly the one-class model's verdict.
+    features lie outside the calibration range. ``threshold_`` is the
+    conformal threshold for ``config.false_alarm_rate`` (``score >
+    threshold_`` exactly when the p-value is at most the rate), or, with the
+    rate null, the one-class model's own threshold (``model_threshold_``;
+    for features inside the calibration range ``score > threshold_`` is then
+    exactly the one-class model's verdict).
 
     The range term is there because an IsolationForest cannot extrapolate:
     every point beyond its data lands in the same leaves as the most extreme
@@ -78,8 +139,10 @@ class ImageDecision:
         self.config = config
         self.seed = seed
 
-    def fit(self, features: np.ndarray) -> ImageDecision:
-        """Fit on ``(N, F)`` features of normal calibration images."""
+    def fit(self, features: np.ndarray, conformal_features: np.ndarray | None = None) -> ImageDecision:
+        """Fit on ``(N, F)`` features of normal calibration images; score the
+        ``(M, F)`` features of the conformal images (held out from everything)
+        for p-values and the false-alarm rule."""
         features = np.asarray(features, dtype=np.float64)
         if features.ndim != 2 or features.shape[0] < MIN_CALIBRATION_IMAGES:
             raise DataError(f"the one-class model needs at least {MIN_CALIBRATION_IMAGES} "
@@ -90,9 +153,39 @@ class ImageDecision:
         self.range_ = (scaled.min(axis=0), scaled.max(axis=0))
         model_class = ONE_CLASS_MODELS.get(self.config.one_class_model)
         self.model_: OneClassModel = model_class(self.config, self.seed).fit(scaled)
-        self.threshold_ = float(self.model_.threshold_)
+        self.model_threshold_ = float(self.model_.threshold_)
         self.calibration_features_ = features
+        return self.with_conformal(conformal_features)
+
+    def with_conformal(self, conformal_features: np.ndarray | None) -> ImageDecision:
+        """Set (or, with new images of the line, replace) the conformal
+        features and the threshold that follows from them; the one-class
+        model is kept. Returns ``self``."""
+        width = self.calibration_features_.shape[1]
+        conformal = np.zeros((0, width)) if conformal_features is None else np.asarray(conformal_features,
+                                                                                       dtype=np.float64)
+        if conformal.ndim != 2 or conformal.shape[1] != width:
+            raise DataError(f"conformal features must have {width} columns (one per image feature), "
+                            f"got shape {conformal.shape}")
+        self.conformal_features_ = conformal
+        self.conformal_scores_ = np.sort(self.score(conformal)) if len(conformal) else np.zeros(0)
+        alpha = self.config.false_alarm_rate
+        self.threshold_ = (self.model_threshold_ if alpha is None
+                           else conformal_threshold(self.conformal_scores_, alpha))
         return self
+
+    @property
+    def n_conformal(self) -> int:
+        return len(self.conformal_scores_)
+
+    def p_values(self, scores: np.ndarray) -> np.ndarray | None:
+        """Conformal p-values of image scores, or ``None`` for a model
+        without conformal images (trained by radar-ad before 0.4)."""
+        return conformal_p_values(self.conformal_scores_, scores) if self.n_conformal else None
+
+    def warning(self) -> str | None:
+        """A line to show when the false-alarm rule cannot flag anything."""
+        return false_alarm_warning(self.config.false_alarm_rate, self.n_conformal)
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """``(N,)`` anomaly scores for ``(N, F)`` features."""

@@ -8,38 +8,65 @@ This module moves bytes and checks formats; ``Radar.save`` and
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from . import __version__
 from .errors import DataError, ModelError, first_line
-from .files import temporary_dir
+from .files import atomic_file, temporary_dir, unique_stem
 
 FORMAT = "radar-ad"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+# version 2 (radar-ad 0.2, 0.3): no conformal split; read with the contamination rule
+READABLE_VERSIONS = (2, 3)
 CONFIG_FILE = "radar.json"
 WEIGHTS_FILE = "unet.safetensors"
 CALIBRATION_FILE = "calibration.safetensors"
 CALIBRATION_KEY = "calibration_features"
+CONFORMAL_FILE = "conformal.safetensors"
+CONFORMAL_KEY = "conformal_features"
 CHECKPOINT_SUFFIX = ".checkpoint"
 
 
-def check_metadata(meta: Any, where: str) -> None:
-    """Refuse metadata of another format or format version."""
+@dataclass
+class Conformal:
+    """The conformal images' features and where they came from (``source``:
+    "training split" or the folder ``radar calibrate`` read; ``created``: UTC)."""
+
+    features: np.ndarray
+    info: dict[str, str] = field(default_factory=dict)
+
+
+def check_metadata(meta: Any, where: str) -> dict[str, Any]:
+    """Refuse metadata of another format or an unknown format version;
+    return it as the current version reads it (a version 2 model decides by
+    the contamination rule it was trained with, and had no conformal split)."""
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ModelError(f"{where} is not a radar-ad model file")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ModelError(f"{where} has model format version {meta.get('format_version')!r}; "
-                         f"this radar-ad ({__version__}) reads version {FORMAT_VERSION}; "
-                         "train the model again with it")
+    version = meta.get("format_version")
+    if version not in READABLE_VERSIONS:
+        raise ModelError(f"{where} has model format version {version!r}; "
+                         f"this radar-ad ({__version__}) reads versions "
+                         f"{', '.join(map(str, READABLE_VERSIONS))}; train the model again with it")
+    if version == 2 and isinstance(meta.get("config"), dict):
+        meta = copy.deepcopy(meta)
+        config = meta["config"]
+        if isinstance(config.get("decision"), dict):
+            config["decision"].setdefault("false_alarm_rate", None)
+        if isinstance(config.get("train"), dict):
+            config["train"].setdefault("conformal_fraction", 0.0)
+    return meta
 
 
 def check_model_target(path: Path) -> None:
@@ -56,8 +83,13 @@ def checkpoint_dir(model_dir: Path) -> Path:
     return model_dir.with_name(model_dir.name + CHECKPOINT_SUFFIX)
 
 
+def _save_conformal(conformal: Conformal, path: Path) -> None:
+    save_file({CONFORMAL_KEY: torch.from_numpy(np.ascontiguousarray(conformal.features, dtype=np.float64))},
+              str(path), metadata={"format": FORMAT, **conformal.info})
+
+
 def write_model_dir(path: Path, metadata: dict[str, Any], weights: dict[str, torch.Tensor],
-                    calibration_features: np.ndarray) -> Path:
+                    calibration_features: np.ndarray, conformal: Conformal) -> Path:
     """Write a model directory atomically: built beside ``path`` under a
     temporary name, then renamed (an existing model directory is replaced)."""
     check_model_target(path)
@@ -66,6 +98,7 @@ def write_model_dir(path: Path, metadata: dict[str, Any], weights: dict[str, tor
         save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
         save_file({CALIBRATION_KEY: torch.from_numpy(np.ascontiguousarray(calibration_features))},
                   str(tmp / CALIBRATION_FILE))
+        _save_conformal(conformal, tmp / CONFORMAL_FILE)
         (tmp / CONFIG_FILE).write_text(json.dumps(metadata, indent=2))
         if path.exists():
             old = temporary_dir(path)
@@ -80,8 +113,46 @@ def write_model_dir(path: Path, metadata: dict[str, Any], weights: dict[str, tor
     return path
 
 
+def replace_conformal(model_dir: Path, conformal: Conformal) -> Path | None:
+    """Replace a model directory's conformal features, and nothing else,
+    atomically; the previous file stays beside it as
+    ``conformal.<UTC time>.safetensors``, whose path is returned (``None``
+    when there was none: a model of format 2)."""
+    read_model_dir(model_dir)  # a whole, readable model, or a ModelError
+    final = model_dir / CONFORMAL_FILE
+    with atomic_file(final) as tmp:
+        _save_conformal(conformal, tmp)
+        backup = None
+        if final.exists():
+            stamp = unique_stem(time.strftime("conformal.%Y%m%dT%H%M%SZ", time.gmtime()),
+                                lambda stem: (model_dir / f"{stem}.safetensors").exists())
+            backup = model_dir / f"{stamp}.safetensors"
+            # the old file under a second name before the rename replaces it
+            try:
+                os.link(final, backup)
+            except OSError:
+                shutil.copy2(final, backup)
+    return backup
+
+
+def read_conformal(path: Path) -> Conformal | None:
+    """A model directory's conformal features, or ``None`` (format 2)."""
+    file = path / CONFORMAL_FILE
+    if not file.is_file():
+        return None
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            info = dict(handle.metadata() or {})
+            features = handle.get_tensor(CONFORMAL_KEY).numpy()
+    except (KeyError, OSError, SafetensorError) as exc:
+        raise ModelError(f"cannot read {file}: {first_line(exc)}") from None
+    info.pop("format", None)
+    return Conformal(features, info)
+
+
 def read_model_dir(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], np.ndarray]:
-    """``(metadata, weights, calibration features)`` of a model directory."""
+    """``(metadata, weights, calibration features)`` of a model directory
+    (:func:`read_conformal` reads its conformal features)."""
     if not path.is_dir():
         raise ModelError(f"model not found: {path} (expected a model directory "
                          "from `radar train` or a model file from `radar export`)")
@@ -92,8 +163,9 @@ def read_model_dir(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor],
         meta = json.loads(meta_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelError(f"cannot read {meta_path}: {exc}") from None
-    check_metadata(meta, str(meta_path))
-    for name in (WEIGHTS_FILE, CALIBRATION_FILE):
+    meta = check_metadata(meta, str(meta_path))
+    required = (WEIGHTS_FILE, CALIBRATION_FILE) + ((CONFORMAL_FILE,) if meta["format_version"] >= 3 else ())
+    for name in required:
         if not (path / name).is_file():
             raise ModelError(f"model directory {path} is incomplete: {name} is missing")
     try:

@@ -1,10 +1,11 @@
 """``Radar``: the method's orchestration, built from parts a reader can name.
 
 Fitting reads like the method: load normal images -> hold out calibration
-images -> train the patch diffusion network -> one-step noise maps of the
-calibration images (the backend) -> the response fitted on them -> image
-features -> one-class decision and pixel threshold. Prediction runs the same
-stages on a new image.
+and conformal images -> train the patch diffusion network -> one-step noise
+maps of the held-out images (the backend) -> the response fitted on the
+calibration maps -> image features -> one-class decision and pixel threshold
+fitted on the calibration images, scored on the conformal ones for p-values.
+Prediction runs the same stages on a new image.
 
 A fitted ``Radar`` is made of:
 
@@ -12,9 +13,10 @@ A fitted ``Radar`` is made of:
   ``None`` for a model opened from an exported file);
 - ``backend_``: the engine that predicts the noise (the network itself, or
   ONNX Runtime, OpenVINO ... built from it; :mod:`radar_ad.backend`);
-- ``calibration_``: what was learned from normal calibration images
-  (:class:`Calibration`: the fitted response, the one-class decision and the
-  pixel threshold), or ``None`` after a settings change that needs a new one.
+- ``calibration_``: what was learned from normal held-out images
+  (:class:`Calibration`: the fitted response, the one-class decision with
+  its conformal scores, and the pixel threshold), or ``None`` after a
+  settings change that needs a new one.
 
 Settings are immutable: :meth:`Radar.with_settings` returns a new model;
 when the change affects the maps, that model asks for :meth:`Radar.calibrate`
@@ -27,9 +29,9 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -37,13 +39,23 @@ import torch
 from . import __version__
 from .backend import NOISE_SETTINGS, NoiseBackend, TorchBackend
 from .config import RadarConfig
-from .data import as_image_array, training_images
+from .data import as_image_array, list_images, training_images
 from .decision import MIN_CALIBRATION_IMAGES, ImageDecision, is_anomalous, pixel_threshold
 from .errors import ConfigError, DataError, ModelError, NotCalibratedError, NotFittedError, first_line
 from .network import build_scheduler, build_unet, pick_device
 from .noise_map import noise_map
 from .patches import PatchSampler
-from .persistence import FORMAT, FORMAT_VERSION, check_model_target, checkpoint_dir, read_model_dir, write_model_dir
+from .persistence import (
+    FORMAT,
+    FORMAT_VERSION,
+    Conformal,
+    check_model_target,
+    checkpoint_dir,
+    read_conformal,
+    read_model_dir,
+    replace_conformal,
+    write_model_dir,
+)
 from .progress import progress_bar
 from .registry import BACKENDS, RESPONSES
 from .response import Response
@@ -57,7 +69,7 @@ IMAGES_PER_PASS = 8
 # whose change only needs the one-class model refitted on the stored features.
 FREE_SETTINGS = frozenset({"inference.batch_size"})
 DECISION_SETTINGS = frozenset({"decision.one_class_model", "decision.contamination", "decision.n_estimators",
-                               "decision.n_neighbors"})
+                               "decision.n_neighbors", "decision.false_alarm_rate"})
 # Settings the trained network fixes: changing them means training again.
 TRAINED_SETTINGS = ("network.", "train.", "patch_size", "data.grayscale")
 
@@ -70,7 +82,10 @@ class Prediction:
     the response map (the pixel-level score); ``mask``: ``(H, W)`` bool,
     ``anomaly_map > pixel_threshold``; ``features``: the image features;
     ``image``: ``(C, H, W)`` in [0, 1], the input as the model saw it (after
-    any resize), so maps and image line up pixel for pixel.
+    any resize), so maps and image line up pixel for pixel. ``p_value``: the
+    conformal p-value of ``score`` (small = unlike the normal images; with
+    ``decision.false_alarm_rate`` alpha the verdict is ``p_value <= alpha``),
+    ``None`` for a model without conformal images (format 2).
     """
 
     score: float
@@ -82,6 +97,7 @@ class Prediction:
     anomaly_map: np.ndarray
     mask: np.ndarray
     image: np.ndarray
+    p_value: float | None = None
 
     @property
     def verdict(self) -> str:
@@ -91,11 +107,13 @@ class Prediction:
 
 @dataclass(frozen=True)
 class Calibration:
-    """What a model learned from normal calibration images."""
+    """What a model learned from normal held-out images; ``conformal_info``
+    says where its conformal images came from."""
 
     response: Response
     decision: ImageDecision
     pixel_threshold: float
+    conformal_info: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -201,20 +219,21 @@ class Radar:
         config = self.config
         images = self._load_training_images(source, progress)
         channels = images[0].shape[0]
-        train_idx, calib_idx = calibration_split(len(images), config)
+        split = calibration_split(len(images), config)
         device = strategy.device if strategy is not None else pick_device(self.device)
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             unet = build_unet(config.network, channels, config.patch_size)
         scheduler = build_scheduler(config.network)
-        sampler = PatchSampler([torch.from_numpy(images[i]) for i in train_idx], config.patch_size)
+        sampler = PatchSampler([torch.from_numpy(images[i]) for i in split.train], config.patch_size)
         result = train_unet(unet, scheduler, sampler, config, strategy or device,
                             checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None,
                             resume=resume, progress=progress)
         network = TorchBackend(unet, config, channels)
         training = {
-            "n_images": len(images), "n_train": len(train_idx), "n_calibration": len(calib_idx),
+            "n_images": len(images), "n_train": len(split.train), "n_calibration": len(split.calibration),
+            "n_conformal": len(split.conformal),
             "stride1_patches": sampler.n_patches, "steps": result.steps,
             "seconds": round(result.seconds, 2), "final_loss": result.final_loss,
             "patches_per_second": round(result.patches_per_second, 1),
@@ -222,24 +241,69 @@ class Radar:
             "radar_ad_version": __version__,
         }
         self._learned(network, network, channels, training, None, "the network")
-        self.calibration_ = self._calibrate([images[i] for i in calib_idx], progress)
+        self.calibration_ = self._calibrate([images[i] for i in split.calibration],
+                                            [images[i] for i in split.conformal], progress,
+                                            {"source": "training split"})
         return self
 
-    def calibrate(self, images: Sequence[ImageLike], progress: bool = False) -> Radar:
+    def calibrate(self, images: Sequence[ImageLike], progress: bool = False,
+                  conformal: Sequence[ImageLike] | None = None) -> Radar:
         """Refit the response, the one-class model and the pixel threshold on
         these normal images, keeping the network: after :meth:`with_settings`
         changed a setting that shapes the maps, or when the line's normal look
-        drifts. Returns ``self``."""
+        drifts. The conformal images are ``conformal`` when given, else a
+        seeded share of ``images`` (``train.conformal_fraction`` or
+        ``conformal_size``) that the rest is fitted without. Returns ``self``."""
         self.check_fitted(calibrated=False)
         arrays = [as_image_array(im, self.config.data, self.config.patch_size) for im in images]
+        if conformal is None:
+            split = calibration_split(len(arrays), self.config, network_trained=True)
+            arrays, scored = [arrays[i] for i in split.calibration], [arrays[i] for i in split.conformal]
+        else:
+            scored = [as_image_array(im, self.config.data, self.config.patch_size) for im in conformal]
         if len(arrays) < MIN_CALIBRATION_IMAGES:
             raise DataError(f"need at least {MIN_CALIBRATION_IMAGES} normal images to calibrate, "
                             f"got {len(arrays)}")
-        self.calibration_ = self._calibrate(arrays, progress)
+        self.calibration_ = self._calibrate(arrays, scored, progress, {"source": "Radar.calibrate"})
         self.stale_setting_ = None
         return self
 
-    def _calibrate(self, arrays: list[np.ndarray], progress: bool) -> Calibration:
+    def calibrate_conformal(self, images: Sequence[ImageLike], progress: bool = False,
+                            source: str = "Radar.calibrate_conformal") -> Radar:
+        """Replace the conformal images, and nothing else, by these normal
+        images (which nothing of the model may have been fitted on): the
+        p-values and the false-alarm threshold follow the line's current
+        normal look without retraining. Returns ``self``."""
+        self.check_fitted()
+        calibration: Calibration = self.calibration_  # type: ignore[assignment]
+        arrays = [as_image_array(im, self.config.data, self.config.patch_size) for im in images]
+        if not arrays:
+            raise DataError("no normal images to calibrate the false-alarm rate on")
+        features = self._features(calibration.response, arrays, progress, "scoring normal images")
+        decision = ImageDecision(self.config.decision, self.config.seed).fit(
+            calibration.decision.calibration_features_, features)
+        self.calibration_ = replace(calibration, decision=decision, conformal_info=self._stamp(source))
+        self.warn_false_alarms()
+        return self
+
+    @staticmethod
+    def _stamp(source: str) -> dict[str, str]:
+        return {"source": source, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+    def warn_false_alarms(self) -> None:
+        """Warn (one line, :mod:`warnings`) when the false-alarm rule cannot
+        flag any image with this model's conformal images."""
+        line = self.decision_.warning()
+        if line:
+            warnings.warn(line, stacklevel=3)
+
+    def _features(self, response: Response, arrays: list[np.ndarray], progress: bool, desc: str) -> np.ndarray:
+        features = [feats for groups in self._noise_maps(arrays, progress, desc)
+                    for _, _, feats in self._respond_in_order(response, groups)]
+        return np.stack(features) if features else np.zeros((0, len(response.feature_names)))
+
+    def _calibrate(self, arrays: list[np.ndarray], conformal: list[np.ndarray], progress: bool,
+                   info: dict[str, str]) -> Calibration:
         config = self.config
         response: Response = RESPONSES.get(config.inference.response)(config)
         chunks: Iterable[list[tuple[list[int], torch.Tensor]]] = self._noise_maps(arrays, progress, "calibrating")
@@ -253,8 +317,15 @@ class Radar:
             for _, anomaly, feats in self._respond_in_order(response, groups):
                 maps.append(anomaly)
                 features.append(feats)
-        decision = ImageDecision(config.decision, config.seed).fit(np.stack(features))
-        return Calibration(response, decision, pixel_threshold(maps, config.decision.pixel_quantile))
+        # the conformal images only get scored: nothing above saw them
+        conformal_features = self._features(response, conformal, progress, "scoring conformal images")
+        decision = ImageDecision(config.decision, config.seed).fit(np.stack(features), conformal_features)
+        calibration = Calibration(response, decision, pixel_threshold(maps, config.decision.pixel_quantile),
+                                  {**self._stamp(info["source"]), **info})
+        line = decision.warning()
+        if line:
+            warnings.warn(line, stacklevel=3)
+        return calibration
 
     def _load_training_images(self, source: Any, progress: bool) -> list[np.ndarray]:
         items = training_images(source) if isinstance(source, (str, Path)) else list(source)
@@ -262,9 +333,7 @@ class Radar:
             raise DataError("no training images given")
         loaded = [as_image_array(item, self.config.data, self.config.patch_size)
                   for item in progress_bar(items, enabled=progress and len(items) >= 50, desc="loading")]
-        needed = MIN_CALIBRATION_IMAGES + (0 if self.config.train.calibrate_on_training else 1)
-        if len(loaded) < needed:
-            raise DataError(f"need at least {needed} normal training images, got {len(loaded)}")
+        calibration_split(len(loaded), self.config)  # enough images for the split, or a DataError now
         return loaded
 
     # ------------------------------------------------------------ settings
@@ -300,8 +369,9 @@ class Radar:
         calibration, stale = self.calibration_, self.stale_setting_
         needs = [key for key in changed if key not in FREE_SETTINGS]
         if needs and calibration is not None and all(key in DECISION_SETTINGS for key in needs):
-            features = calibration.decision.calibration_features_
-            calibration = replace(calibration, decision=ImageDecision(config.decision, config.seed).fit(features))
+            decision = calibration.decision
+            calibration = replace(calibration, decision=ImageDecision(config.decision, config.seed).fit(
+                decision.calibration_features_, decision.conformal_features_))
         elif needs:
             calibration, stale = None, needs[0]
         twin = Radar(config, self.device)
@@ -373,11 +443,13 @@ class Radar:
         # one call for all images: a forest has a large per-call overhead
         decision = calibration.decision
         scores = decision.score(np.stack([feats for _, _, feats in analysed]))
+        p_values = decision.p_values(scores)
         return [Prediction(score=score, is_anomalous=bool(is_anomalous(score, decision.threshold_)),
                            threshold=decision.threshold_, pixel_threshold=calibration.pixel_threshold,
                            features=feats, noise_map=noise, anomaly_map=anomaly,
-                           mask=anomaly > calibration.pixel_threshold, image=image)
-                for image, (noise, anomaly, feats), score in zip(arrays, analysed, scores.tolist())]
+                           mask=anomaly > calibration.pixel_threshold, image=image,
+                           p_value=None if p_values is None else float(p_values[i]))
+                for i, (image, (noise, anomaly, feats), score) in enumerate(zip(arrays, analysed, scores.tolist()))]
 
     def predict_stream(self, images: Sequence[ImageLike], chunk_size: int = IMAGES_PER_PASS,
                        ) -> Iterator[StreamedPrediction]:
@@ -391,14 +463,37 @@ class Radar:
         metadata of an exported file): config, thresholds, training record."""
         self.check_fitted()
         calibration: Calibration = self.calibration_  # type: ignore[assignment]
+        decision = calibration.decision
         return {
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "config": self.config.to_dict(), "channels": self.channels_,
-            "image_threshold": calibration.decision.threshold_,
+            # null when the false-alarm rule can flag nothing (too few conformal images)
+            "image_threshold": decision.threshold_ if np.isfinite(decision.threshold_) else None,
+            "model_threshold": decision.model_threshold_,
+            "false_alarms": self.false_alarms(),
             "pixel_threshold": calibration.pixel_threshold,
             "feature_names": list(calibration.response.feature_names),
             "response_statistics": calibration.response.state(),
             "training": self.training_,
+        }
+
+    def false_alarms(self) -> dict[str, Any]:
+        """The decision rule in a reader's terms: the false-alarm rate (null:
+        the contamination rule), the conformal images behind the p-values and
+        where they came from, the smallest attainable p-value and, when the
+        rule cannot flag anything, the warning."""
+        self.check_fitted()
+        calibration: Calibration = self.calibration_  # type: ignore[assignment]
+        n = calibration.decision.n_conformal
+        rate, contamination = self.config.decision.false_alarm_rate, self.config.decision.contamination
+        return {
+            "rate": rate,
+            "rule": (f"anomalous when the p-value is at most {rate:g} ({n} conformal images)" if rate is not None
+                     else f"anomalous above the one-class model's threshold at contamination {contamination:g}"),
+            "n_conformal": n,
+            "smallest_p_value": 1.0 / (n + 1) if n else None,
+            "conformal_source": dict(calibration.conformal_info),
+            "warning": calibration.decision.warning(),
         }
 
     def _network_or_refuse(self) -> TorchBackend:
@@ -413,7 +508,11 @@ class Radar:
         built beside ``path`` under a temporary name, then renamed."""
         network = self._network_or_refuse()
         return write_model_dir(Path(path), self.metadata(), network.state_dict(),
-                               self.decision_.calibration_features_)
+                               self.decision_.calibration_features_, self._conformal())
+
+    def _conformal(self) -> Conformal:
+        calibration: Calibration = self.calibration_  # type: ignore[assignment]
+        return Conformal(calibration.decision.conformal_features_, dict(calibration.conformal_info))
 
     def export(self, path: str | Path, format: str = "onnx") -> Path:
         """Write the model as one file that the named backend runs (e.g.
@@ -424,10 +523,11 @@ class Radar:
                               setting="format")
         network = self._network_or_refuse()
         return BACKENDS.get(format).export(network, self.metadata(), self.decision_.calibration_features_,
-                                           Path(path))
+                                           self._conformal(), Path(path))
 
     @classmethod
-    def load(cls, path: str | Path, device: str | None = None, backend: str | None = None) -> Radar:
+    def load(cls, path: str | Path, device: str | None = None, backend: str | None = None,
+             settings: dict[str, Any] | None = None) -> Radar:
         """Read a model directory written by :meth:`save`, or a model file
         written by :meth:`export`; the one-class model is refitted from the
         stored calibration features (deterministic).
@@ -436,13 +536,20 @@ class Radar:
         directory and the exporting backend for a file (``onnx`` for
         ``.onnx``); ``Radar.load(model_dir, backend="onnx")`` runs the same
         network through ONNX Runtime, checked against PyTorch first.
+        ``settings``: changes applied on loading (:meth:`with_settings`), e.g.
+        ``{"decision.false_alarm_rate": 0.01}``.
         """
-        path = Path(path)
+        radar = cls._load(Path(path), device, backend)
+        return radar.with_settings(settings) if settings else radar
+
+    @classmethod
+    def _load(cls, path: Path, device: str | None, backend: str | None) -> Radar:
         if backend is not None:
             BACKENDS.check(backend)
         if path.is_file():
             return cls._load_file(path, device, backend)
         meta, weights, calibration = read_model_dir(path)
+        conformal = read_conformal(path)
         try:
             config = RadarConfig.from_dict(meta["config"])
             channels = int(meta["channels"])
@@ -451,7 +558,7 @@ class Radar:
         except (ConfigError, KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise ModelError(f"cannot load model from {path}: {first_line(exc)}") from None
         network = TorchBackend(unet.to(pick_device(device)), config, channels)
-        radar = cls._assemble(meta, calibration, network, network, str(path), device)
+        radar = cls._assemble(meta, calibration, conformal, network, network, str(path), device)
         return radar if backend in (None, "torch") else radar.with_backend(backend)
 
     @classmethod
@@ -464,11 +571,12 @@ class Radar:
         if name not in readers:
             raise ModelError(f"a {suffix} file runs on {', '.join(readers)}, not {name}")
         opened = BACKENDS.get(name).open_file(path)
-        return cls._assemble(opened.metadata, opened.calibration_features, None, opened.backend, str(path), device)
+        return cls._assemble(opened.metadata, opened.calibration_features, opened.conformal, None,
+                             opened.backend, str(path), device)
 
     @classmethod
-    def _assemble(cls, meta: dict[str, Any], calibration_features: np.ndarray, network: TorchBackend | None,
-                  backend: NoiseBackend, where: str, device: str | None) -> Radar:
+    def _assemble(cls, meta: dict[str, Any], calibration_features: np.ndarray, conformal: Conformal | None,
+                  network: TorchBackend | None, backend: NoiseBackend, where: str, device: str | None) -> Radar:
         """A fitted model from stored metadata, calibration features and a
         backend; the one-class model is refitted and checked against the
         saved threshold."""
@@ -476,12 +584,14 @@ class Radar:
             config = RadarConfig.from_dict(meta["config"])
             response = RESPONSES.get(config.inference.response).from_state(config, meta.get("response_statistics"))
             decision = ImageDecision(config.decision, config.seed).fit(
-                np.asarray(calibration_features, dtype=np.float64))
-            calibration = Calibration(response, decision, float(meta["pixel_threshold"]))
+                np.asarray(calibration_features, dtype=np.float64), None if conformal is None else conformal.features)
+            calibration = Calibration(response, decision, float(meta["pixel_threshold"]),
+                                      {} if conformal is None else dict(conformal.info))
             channels = int(meta["channels"])
         except (ConfigError, DataError, KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"cannot load model from {where}: {first_line(exc)}") from None
-        if not np.isclose(decision.threshold_, meta.get("image_threshold", np.nan)):
+        saved = meta.get("model_threshold", meta.get("image_threshold"))
+        if not np.isclose(decision.model_threshold_, np.nan if saved is None else saved):
             warnings.warn("the refitted one-class model's threshold differs from the saved one "
                           "(another scikit-learn version?)", stacklevel=3)
         return cls(config, device)._learned(network, backend, channels, meta.get("training", {}), calibration)
@@ -502,17 +612,68 @@ def train_model(config: RadarConfig, data: str | Path, out: str | Path, *, resum
     return radar
 
 
-def calibration_split(n_images: int, config: RadarConfig) -> tuple[list[int], list[int]]:
-    """Indices of (training, calibration) images: a seeded share of the normal
-    images is held out from diffusion training so the one-class model and the
-    pixel threshold see maps of images the network never fitted. With
-    ``calibrate_on_training`` both are all images (the paper's protocol)."""
-    everything = list(range(n_images))
-    if config.train.calibrate_on_training:
-        return everything, everything
-    n_calib = max(MIN_CALIBRATION_IMAGES, round(config.train.calibration_fraction * n_images))
-    if n_calib >= n_images:
+def calibrate_false_alarms(model_dir: str | Path, normal: str | Path, *, device: str | None = None,
+                           progress: bool = True) -> tuple[Radar, Path | None]:
+    """``radar calibrate``: replace a model directory's conformal images by
+    the normal images in ``normal`` (a folder, or an MVTec category's
+    ``train/good``), keeping the network, the response, the one-class model
+    and the pixel threshold. The previous conformal file stays beside the new
+    one as a backup, whose path is returned (``None`` for a format 2 model,
+    which had none). Returns the recalibrated model too."""
+    model_dir = Path(model_dir)
+    if model_dir.is_file():
+        raise ModelError(f"{model_dir} is an exported file; calibrate the model directory it was "
+                         "exported from, then export it again")
+    radar = Radar.load(model_dir, device=device)
+    radar.calibrate_conformal(list_images(normal), progress=progress, source=str(normal))
+    return radar, replace_conformal(model_dir, radar._conformal())
+
+
+class ImageSplit(NamedTuple):
+    """Indices of the normal images each part of a model is fitted on."""
+
+    train: list[int]  # the diffusion network
+    calibration: list[int]  # the response statistics, the one-class model, the pixel threshold
+    conformal: list[int]  # nothing: only scored, for the p-values
+
+
+def calibration_split(n_images: int, config: RadarConfig, network_trained: bool = False) -> ImageSplit:
+    """The seeded three-way split of the normal images (``TrainConfig``):
+    the conformal share is held out from everything, a calibration share of
+    the rest from diffusion training, so the one-class model and the pixel
+    threshold see maps of images the network never fitted, and the p-values
+    scores of images nothing fitted. With ``calibrate_on_training``
+    calibration and training share the non-conformal images (the paper's
+    protocol). ``network_trained``: the images only calibrate (no training
+    share; the conformal share is ``conformal_fraction``'s, as
+    ``conformal_size`` counts training images).
+
+    A ``conformal_fraction`` share shrinks to what small folders allow (the
+    false-alarm warning then says what is missing); an explicit
+    ``conformal_size`` that does not fit is an error."""
+    train_config = config.train
+    shares_training = train_config.calibrate_on_training or network_trained
+    needed = MIN_CALIBRATION_IMAGES + (0 if shares_training else 1)
+    if n_images < needed:
+        raise DataError(f"need at least {needed} normal images, got {n_images}")
+    n_calib = max(MIN_CALIBRATION_IMAGES, round(train_config.calibration_fraction * n_images))
+    if network_trained:
+        n_calib = n_images  # all but the conformal images below
+    room = n_images - (MIN_CALIBRATION_IMAGES if shares_training else n_calib + 1)
+    if train_config.conformal_size is not None and not network_trained:
+        n_conformal = train_config.conformal_size
+        if n_conformal > room:
+            raise DataError(f"{n_images} normal images are too few to hold out train.conformal_size = "
+                            f"{n_conformal} conformal images (at most {max(0, room)} here); add images or "
+                            "lower it", setting="train.conformal_size")
+    else:
+        n_conformal = max(0, min(round(train_config.conformal_fraction * n_images), room))
+    if not shares_training and n_calib + n_conformal >= n_images:
         raise DataError(f"{n_images} normal images are too few to hold out {n_calib} for "
                         "calibration; add images or set train.calibrate_on_training")
     order = np.random.default_rng(config.seed).permutation(n_images)
-    return sorted(order[n_calib:].tolist()), sorted(order[:n_calib].tolist())
+    conformal, rest = sorted(order[:n_conformal].tolist()), order[n_conformal:]
+    if shares_training:
+        everything = sorted(rest.tolist())
+        return ImageSplit([] if network_trained else everything, everything, conformal)
+    return ImageSplit(sorted(rest[n_calib:].tolist()), sorted(rest[:n_calib].tolist()), conformal)

@@ -72,14 +72,20 @@ def png_data_uri(array: np.ndarray) -> str:
 
 
 # What `radar detect` and `radar watch` write per image, and the pictures of a prediction.
-RESULT_COLUMNS = ("file", "score", "threshold", "verdict", "mask_fraction")
+RESULT_COLUMNS = ("file", "score", "threshold", "p_value", "verdict", "mask_fraction")
 MAP_KINDS = ("anomaly", "mask", "overlay")
 
 
 def result_fields(prediction: Any) -> list[str]:
     """A prediction's values for :data:`RESULT_COLUMNS` after ``file``."""
-    return [f"{prediction.score:.6f}", f"{prediction.threshold:.6f}", prediction.verdict,
-            f"{prediction.mask.mean():.6f}"]
+    return [f"{prediction.score:.6f}", f"{prediction.threshold:.6f}", format_p_value(prediction.p_value),
+            prediction.verdict, f"{prediction.mask.mean():.6f}"]
+
+
+def format_p_value(p_value: float | None) -> str:
+    """A p-value as the CSV files and pages show it (empty: a model without
+    conformal images)."""
+    return "" if p_value is None else f"{p_value:.6f}"
 
 
 def prediction_maps(prediction: Any) -> dict[str, np.ndarray]:
@@ -152,7 +158,8 @@ def html_report(title: str, metrics: dict[str, Any], examples: list[dict[str, An
         cards.append(
             f'<div class="card"><h3>{html.escape(ex["name"])} — truth: {html.escape(ex["label"])}'
             f' — verdict: <span class="{verdict.lower()}">{verdict}</span>'
-            f' (score {ex["score"]:.4f}, threshold {ex["threshold"]:.4f})</h3>{cells}</div>')
+            f' (score {ex["score"]:.4f}, threshold {ex["threshold"]:.4f}'
+            + (f', p-value {ex["p_value"]:.4f}' if ex.get("p_value") is not None else "") + f')</h3>{cells}</div>')
     note_html = "".join(f"<p>{html.escape(n)}</p>" for n in notes or [])
     body = (f"{note_html}<h2>Metrics</h2><table>{rows}</table><h2>Examples</h2>"
             "<p>Overlay: heat map blended on the image, predicted mask outlined in cyan, true defect in green.</p>"

@@ -12,6 +12,7 @@ import csv
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -63,6 +64,11 @@ def train(
     resize: Optional[int] = typer.Option(None, help="Scale the longer image side to this many px."),
     rgb: bool = typer.Option(False, "--rgb", help="Use colour (default: grayscale)."),
     seed: Optional[int] = typer.Option(None, help="Seed of every random draw."),
+    false_alarm_rate: Optional[float] = typer.Option(
+        None, help="Flag an image when its p-value is at most this: at most this share of normal images "
+        "flagged (default 0.05; --set decision.false_alarm_rate=null: the contamination rule)."),
+    conformal_size: Optional[int] = typer.Option(None, help="Normal images held out from everything for the "
+                                                 "p-values (default: train.conformal_fraction, 20 %)."),
     set_: list[str] = typer.Option([], "--set", help="Any setting, e.g. --set inference.stride=7."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: CUDA if present)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its checkpoint."),
@@ -75,8 +81,9 @@ def train(
 
     config = RadarConfig.from_file(config_file) if config_file else RadarConfig()
     overrides = {k: v for k, v in {"train.steps": steps, "train.batch_size": batch_size,
-                                   "patch_size": patch_size, "data.resize": resize,
-                                   "seed": seed}.items() if v is not None}
+                                   "patch_size": patch_size, "data.resize": resize, "seed": seed,
+                                   "decision.false_alarm_rate": false_alarm_rate,
+                                   "train.conformal_size": conformal_size}.items() if v is not None}
     if rgb:
         overrides["data.grayscale"] = False
     overrides.update(_parse_set(set_))
@@ -90,10 +97,36 @@ def train(
     radar = train_model(config, data, out, resume=resume, device=device, progress=not quiet)
     info = radar.training_
     typer.echo(f"model written to {out} ({info['n_train']} training + {info['n_calibration']} "
-               f"calibration images, {info['steps']} steps in {info['seconds']:.0f} s, "
-               f"final loss {info['final_loss']:.4f})")
+               f"calibration + {info['n_conformal']} conformal images, {info['steps']} steps in "
+               f"{info['seconds']:.0f} s, final loss {info['final_loss']:.4f}); {radar.false_alarms()['rule']}")
 
 
+@app.command()
+def calibrate(
+    model_dir: Path = typer.Argument(..., help="Model directory from `radar train`."),
+    normal_dir: Path = typer.Argument(..., help="Folder of new normal images that the model never saw."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda ... (default: CUDA if present)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Replace the conformal images (p-values, false-alarm threshold) by new normal images.
+
+    Keeps the network, the response, the one-class model and the pixel
+    threshold; the previous conformal file stays beside the new one as a backup."""
+    from ..pipeline import calibrate_false_alarms
+
+    radar, backup = calibrate_false_alarms(model_dir, normal_dir, device=device, progress=not quiet)
+    facts = radar.false_alarms()
+    threshold = radar.decision_.threshold_
+    typer.echo(f"{model_dir}: {facts['n_conformal']} conformal images from {normal_dir}; smallest p-value "
+               f"{facts['smallest_p_value']:.4f}; image threshold "
+               + (f"{threshold:.6f}" if threshold != float("inf") else "none (nothing can be flagged)")
+               + f"; {facts['rule']}")
+    typer.echo(f"previous conformal images kept as {backup}" if backup else
+               "the model had no conformal images before (format 2); radar.json is unchanged")
+
+
+FALSE_ALARM_HELP = ("Flag an image when its p-value is at most this: at most this share of normal images "
+                    "flagged (default: the model's decision.false_alarm_rate).")
 BACKEND_HELP = (f"{BACKENDS.choices().capitalize()} (default: torch for a model directory, the file's own "
                 "for an exported file; onnx and openvino run on the CPU, faster there).")
 
@@ -105,11 +138,12 @@ def detect(
     out: Path = typer.Option(..., "--out", "-o", help="Folder for results.csv and maps."),
     batch_size: int = typer.Option(16, help="Images read and analysed at a time (bounds memory)."),
     maps: bool = typer.Option(True, "--maps/--no-maps", help="Write anomaly map, mask and overlay PNGs."),
+    false_alarm_rate: Optional[float] = typer.Option(None, help=FALSE_ALARM_HELP),
     backend: Optional[str] = typer.Option(None, help=BACKEND_HELP),
     device: Optional[str] = typer.Option(None, help="cpu, cuda ... (default: CUDA if present)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Score images: results.csv (file, score, verdict) plus map PNGs.
+    """Score images: results.csv (file, score, threshold, p-value, verdict) plus map PNGs.
 
     Streams: at most --batch-size images and their maps are in memory at once,
     and each row is written as soon as its image is scored.
@@ -122,7 +156,8 @@ def detect(
 
     if batch_size < 1:
         raise ConfigError("batch_size must be >= 1", setting="batch_size")
-    radar = Radar.load(model, device=device, backend=backend)
+    radar = Radar.load(model, device=device, backend=backend, settings=_decision(false_alarm_rate))
+    radar.warn_false_alarms()
     images = [image for path in paths for image in list_images(path)]
     out.mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
@@ -148,6 +183,10 @@ def evaluate(
     model: Path = typer.Argument(..., help="Model directory from `radar train`, or an .onnx file."),
     dataset: Path = typer.Argument(..., help="MVTec-layout folder with test/ (and ground_truth/)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout."),
+    pixel_resolution: str = typer.Option("model", help="Pixel metrics at the model's input size (model) or "
+                                         "at each ground-truth mask's own size, maps upsampled bilinearly "
+                                         "(native: the MVTec protocol)."),
+    false_alarm_rate: Optional[float] = typer.Option(None, help=FALSE_ALARM_HELP),
     backend: Optional[str] = typer.Option(None, help=BACKEND_HELP),
     device: Optional[str] = typer.Option(None, help="cpu, cuda ... (default: CUDA if present)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -156,8 +195,8 @@ def evaluate(
     from ..evaluation import evaluate as run_evaluation
     from ..pipeline import Radar
 
-    radar = Radar.load(model, device=device, backend=backend)
-    result = run_evaluation(radar, dataset, progress=not quiet and not as_json)
+    radar = Radar.load(model, device=device, backend=backend, settings=_decision(false_alarm_rate))
+    result = run_evaluation(radar, dataset, progress=not quiet and not as_json, pixel_resolution=pixel_resolution)
     if as_json:
         typer.echo(json.dumps(result.metrics))
         return
@@ -232,6 +271,7 @@ def serve(
     device: Optional[str] = typer.Option(None, help="cpu, cuda ... (default: CUDA if present)."),
     max_upload_mb: float = typer.Option(20.0, help="Largest accepted upload, in MiB."),
     max_in_flight: int = typer.Option(8, help="Requests admitted at once (running + waiting); more get 503."),
+    false_alarm_rate: Optional[float] = typer.Option(None, help=FALSE_ALARM_HELP),
 ) -> None:
     """Serve a model over HTTP: POST /predict, GET /model, GET /health and a web page at /."""
     for module in ("fastapi", "uvicorn", "multipart"):
@@ -243,7 +283,7 @@ def serve(
 
     try:
         run_server(model_dir, host=host, port=port, backend=backend, device=device, max_upload_mb=max_upload_mb,
-                   max_in_flight=max_in_flight, on_start=announce)
+                   max_in_flight=max_in_flight, on_start=announce, settings=_decision(false_alarm_rate))
     except KeyboardInterrupt:
         typer.echo("stopped")
 
@@ -259,6 +299,7 @@ def watch(
     existing: bool = typer.Option(True, "--existing/--no-existing",
                                   help="Also inspect images already in the folder at start."),
     maps_for: str = typer.Option("anomalous", help="Write map PNGs for: all, anomalous or none."),
+    false_alarm_rate: Optional[float] = typer.Option(None, help=FALSE_ALARM_HELP),
     backend: Optional[str] = typer.Option(None, help=BACKEND_HELP),
     device: Optional[str] = typer.Option(None, help="cpu, cuda ... (default: CUDA if present)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No line per image."),
@@ -267,7 +308,8 @@ def watch(
     from .watch import watch_folder
 
     summary = watch_folder(model_dir, input_dir, out, interval=interval, settle=settle, retries=retries,
-                           existing=existing, maps_for=maps_for, quiet=quiet, backend=backend, device=device)
+                           existing=existing, maps_for=maps_for, quiet=quiet, backend=backend, device=device,
+                           settings=_decision(false_alarm_rate))
     typer.echo(str(summary))
 
 
@@ -316,6 +358,16 @@ def benchmark(
     typer.echo(f"written: {', '.join(str(path) for path in result.files.values())}")
 
 
+def _decision(false_alarm_rate: float | None) -> dict[str, Any] | None:
+    """The settings a command's --false-alarm-rate changes on the loaded model."""
+    return None if false_alarm_rate is None else {"decision.false_alarm_rate": false_alarm_rate}
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    click.echo(f"radar: warning: {str(message).strip().splitlines()[0]}", err=True)
+
+
 def _in_flags(exc: RadarError, argv: list[str]) -> str:
     """The error's message with the argument it names said as the invoked
     command's flag, when it has one (``maps_for`` -> ``--maps-for``)."""
@@ -334,6 +386,7 @@ def _in_flags(exc: RadarError, argv: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning errors into one line and an exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
+    warnings.showwarning = _show_warning
     try:
         result = app(args=args, prog_name="radar", standalone_mode=False)
         return result if isinstance(result, int) else 0

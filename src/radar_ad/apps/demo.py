@@ -67,15 +67,16 @@ def run_demo(out: str | Path, *, steps: int | None = None, progress: bool = True
         truth = load_mask(item.mask_path, prediction.anomaly_map.shape)
         examples.append({
             "name": f"{item.label}/{item.path.name}", "label": item.label,
-            "score": prediction.score, "threshold": prediction.threshold,
+            "score": prediction.score, "threshold": prediction.threshold, "p_value": prediction.p_value,
             "is_anomalous": prediction.is_anomalous, "image": to_rgb(image),
             "anomaly": colorize(prediction.anomaly_map, vmax),
             "mask": np.repeat(prediction.mask[..., None].astype(np.uint8) * 255, 3, axis=2),
             "overlay": overlay(image, prediction.anomaly_map, prediction.mask, vmax, truth),
         })
     notes = [f"Built-in synthetic 3D-printed raster surfaces ({DEMO_SPEC.size} px): "
-             f"{radar.training_.get('n_train')} training and {radar.training_.get('n_calibration')} "
-             f"held-out calibration images; {radar.training_.get('steps')} training steps in "
+             f"{radar.training_.get('n_train')} training, {radar.training_.get('n_calibration')} "
+             f"held-out calibration and {radar.training_.get('n_conformal')} conformal images "
+             f"(verdict: {radar.false_alarms()['rule']}); {radar.training_.get('steps')} training steps in "
              f"{radar.training_.get('seconds')} s on {radar.training_.get('device')}."]
     report = out / "report.html"
     write_text(report, html_report("radar-ad demo", metrics, examples, notes))

@@ -282,7 +282,9 @@ def _prediction_json(prediction: Any, maps: bool) -> dict[str, Any]:
         "score": float(prediction.score),
         "verdict": prediction.verdict,
         "is_anomalous": bool(prediction.is_anomalous),
-        "threshold": float(prediction.threshold),
+        # null when the false-alarm rule can flag nothing (too few conformal images)
+        "threshold": float(prediction.threshold) if math.isfinite(prediction.threshold) else None,
+        "p_value": prediction.p_value,
         "pixel_threshold": float(prediction.pixel_threshold),
         "width": int(width),
         "height": int(height),
@@ -364,14 +366,16 @@ def background_server(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> I
 def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, backend: str | None = None,
           device: str | None = None, max_upload_mb: float = DEFAULT_MAX_UPLOAD_BYTES / 2**20,
           max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, max_pixels: int = DEFAULT_MAX_PIXELS,
-          on_start: Callable[[str], None] | None = None) -> None:
+          on_start: Callable[[str], None] | None = None, settings: dict[str, Any] | None = None) -> None:
     """Load the model (a bad model directory fails here, before anything
-    listens), bind, call ``on_start(url)`` and serve until interrupted."""
+    listens; ``settings`` as :meth:`Radar.load`'s), bind, call
+    ``on_start(url)`` and serve until interrupted."""
     if not max_upload_mb > 0:
         raise ConfigError(f"max_upload_mb must be > 0, got {max_upload_mb}", setting="max_upload_mb")
     from ..pipeline import Radar
 
-    radar = Radar.load(model_dir, device=device, backend=backend)
+    radar = Radar.load(model_dir, device=device, backend=backend, settings=settings)
+    radar.warn_false_alarms()  # also in /model and on the page
     app = create_app(radar, max_upload_bytes=max(1, int(max_upload_mb * 2**20)), max_pixels=max_pixels,
                      max_in_flight=max_in_flight, model_info={"model_dir": str(model_dir)})
     sock = bind_socket(host, port)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import FrameType, TracebackType
+from typing import Any
 
 from ..data import IMAGE_SUFFIXES
 from ..errors import ConfigError, DataError, RadarError, first_line
@@ -161,7 +162,7 @@ class Watcher:
         handle.flush()
         return handle
 
-    def _write_row(self, path: Path, values: tuple[str, str, str, str], message: str = "") -> None:
+    def _write_row(self, path: Path, values: tuple[str, ...], message: str = "") -> None:
         """One whole line in one write, flushed, so a reader tailing the file
         never sees half a row."""
         stamp = datetime.now().astimezone()
@@ -277,7 +278,7 @@ class Watcher:
             if state.failures <= self.retries:
                 return 0  # perhaps still being written: try again on a later poll
             message = first_line(exc)
-            self._write_row(path, ("", _image_threshold(self.radar), "error", ""), message)
+            self._write_row(path, ("", _image_threshold(self.radar), "", "error", ""), message)
             self._counts["errors"] += 1
             state.done = state.signature
             print(f"radar: {path}: gave up after {state.failures} attempts: {message}",
@@ -286,13 +287,14 @@ class Watcher:
         milliseconds = (time.perf_counter() - started) * 1000
         if self.maps_for == "all" or (self.maps_for == "anomalous" and prediction.is_anomalous):
             save_prediction_maps(prediction, self.out, self._stem_for(path))
-        score, threshold, verdict, mask_fraction = result_fields(prediction)
-        self._write_row(path, (score, threshold, verdict, mask_fraction))
+        self._write_row(path, tuple(result_fields(prediction)))
         self._counts["inspected"] += 1
         self._counts["anomalous"] += prediction.is_anomalous
         state.done = state.signature
         if not self.quiet:
-            print(f"{path}  {prediction.verdict}  score {prediction.score:.4f}  {milliseconds:.0f} ms", flush=True)
+            p_value = "" if prediction.p_value is None else f"  p {prediction.p_value:.4f}"
+            print(f"{path}  {prediction.verdict}  score {prediction.score:.4f}{p_value}  {milliseconds:.0f} ms",
+                  flush=True)
         return 1
 
     def _stem_for(self, path: Path) -> str:
@@ -372,12 +374,14 @@ def watch(radar: Radar, input_dir: str | Path, out: str | Path, *, interval: flo
 
 def watch_folder(model_dir: str | Path, input_dir: str | Path, out: str | Path, *, interval: float = 0.5,
                  settle: float = 0.5, retries: int = 5, existing: bool = True, maps_for: str = "anomalous",
-                 quiet: bool = False, backend: str | None = None, device: str | None = None) -> WatchSummary:
+                 quiet: bool = False, backend: str | None = None, device: str | None = None,
+                 settings: dict[str, Any] | None = None) -> WatchSummary:
     """``radar watch``: check the arguments and load the model first, so each
     mistake is one error before the loop starts, then :func:`watch`."""
     check_options(interval, settle, retries, maps_for)
     check_input_dir(Path(input_dir))
-    radar = Radar.load(model_dir, device=device, backend=backend)
+    radar = Radar.load(model_dir, device=device, backend=backend, settings=settings)
+    radar.warn_false_alarms()
     return watch(radar, input_dir, out, interval=interval, settle=settle, retries=retries, existing=existing,
                  maps_for=maps_for, quiet=quiet)
 

@@ -27,12 +27,13 @@ from ..backend import BackendOutput, ModelFile, NoiseBackend, TorchBackend
 from ..config import RadarConfig
 from ..errors import ModelError, first_line, require
 from ..files import atomic_file
-from ..persistence import check_metadata
+from ..persistence import Conformal, check_metadata
 from ..registry import BACKENDS, RESPONSES
 
 OPSET = 17
 METADATA_KEY = "radar_ad"
 CALIBRATION_KEY = "calibration_features"
+CONFORMAL_KEY = "conformal"
 GRAPH_KEY = "graph"
 LAYERS_KEY = "activation_layers"
 NOISE_OUTPUT = "noise"
@@ -106,19 +107,32 @@ def check_parity(network: TorchBackend, other: NoiseBackend) -> float:
     return worst
 
 
-def read_metadata(props: dict[str, str], path: Path) -> tuple[dict[str, Any], np.ndarray, tuple[str, ...]]:
-    """``(radar.json content, calibration features, activation layers)`` from
-    an exported file's metadata properties."""
+def read_metadata(props: dict[str, str], path: Path, backend: NoiseBackend) -> ModelFile:
+    """The model an exported file's metadata properties describe (radar.json
+    content, calibration and conformal features), run by ``backend``."""
     if METADATA_KEY not in props or CALIBRATION_KEY not in props:
         raise ModelError(f"{path} is an ONNX file but not one written by `radar export`")
     try:
-        meta = json.loads(props[METADATA_KEY])
-        check_metadata(meta, str(path))
+        meta = check_metadata(json.loads(props[METADATA_KEY]), str(path))
         calibration = np.asarray(json.loads(props[CALIBRATION_KEY]), dtype=np.float64)
-        layers = tuple(json.loads(props.get(LAYERS_KEY, "[]")))
+        conformal = None
+        if CONFORMAL_KEY in props:
+            stored = json.loads(props[CONFORMAL_KEY])
+            conformal = Conformal(np.asarray(stored["features"], dtype=np.float64).reshape(-1, calibration.shape[1]),
+                                  {str(k): str(v) for k, v in stored["info"].items()})
+        elif meta["format_version"] >= 3:
+            raise ValueError(f"no {CONFORMAL_KEY} in the metadata of a format {meta['format_version']} file")
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise ModelError(f"cannot load model from {path}: {first_line(exc)}") from None
+    return ModelFile(meta, calibration, backend, conformal)
+
+
+def read_layers(props: dict[str, str], path: Path) -> tuple[str, ...]:
+    """The network modules whose activations an exported file outputs."""
+    try:
+        return tuple(str(name) for name in json.loads(props.get(LAYERS_KEY, "[]")))
     except (TypeError, ValueError) as exc:
         raise ModelError(f"cannot load model from {path}: {first_line(exc)}") from None
-    return meta, calibration, layers
 
 
 class GraphBackend(NoiseBackend):
@@ -173,13 +187,12 @@ class OnnxBackend(GraphBackend):
     @classmethod
     def open_file(cls, path: Path) -> ModelFile:
         probe = cls(path)
-        meta, calibration, layers = read_metadata(probe.metadata_props(), path)
-        backend = cls(path, layers) if layers else probe
-        return ModelFile(meta, calibration, backend)
+        layers = read_layers(probe.metadata_props(), path)
+        return read_metadata(probe.metadata_props(), path, cls(path, layers) if layers else probe)
 
     @classmethod
     def export(cls, network: TorchBackend, metadata: dict[str, Any], calibration_features: np.ndarray,
-               out: Path, layers: tuple[str, ...] = ()) -> Path:
+               conformal: Conformal, out: Path, layers: tuple[str, ...] = ()) -> Path:
         """Write one self-contained ``.onnx`` file (atomically), after running
         it through ONNX Runtime and comparing it with PyTorch."""
         onnx = require("onnx", "onnx", "the ONNX export")
@@ -187,6 +200,7 @@ class OnnxBackend(GraphBackend):
         props = {
             METADATA_KEY: json.dumps(metadata),
             CALIBRATION_KEY: json.dumps(np.asarray(calibration_features).tolist()),
+            CONFORMAL_KEY: json.dumps({"features": np.asarray(conformal.features).tolist(), "info": conformal.info}),
             GRAPH_KEY: json.dumps(graph_description(metadata["config"], network.channels)),
             LAYERS_KEY: json.dumps(list(layers)),
         }

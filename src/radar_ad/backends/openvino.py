@@ -11,7 +11,7 @@ import torch
 from ..backend import BackendOutput, ModelFile
 from ..errors import ModelError, first_line, require
 from ..registry import BACKENDS
-from .onnx import NOISE_OUTPUT, GraphBackend, activation_output, read_metadata
+from .onnx import NOISE_OUTPUT, GraphBackend, activation_output, read_layers, read_metadata
 
 
 @BACKENDS.register("openvino")
@@ -55,5 +55,5 @@ class OpenVinoBackend(GraphBackend):
             proto = onnx.load(str(path), load_external_data=False)
         except Exception as exc:  # onnx raises DecodeError and friends
             raise ModelError(f"cannot read ONNX model: {first_line(exc)}") from None
-        meta, calibration, layers = read_metadata({p.key: p.value for p in proto.metadata_props}, path)
-        return ModelFile(meta, calibration, cls(path, layers))
+        props = {p.key: p.value for p in proto.metadata_props}
+        return read_metadata(props, path, cls(path, read_layers(props, path)))

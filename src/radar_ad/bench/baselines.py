@@ -63,12 +63,14 @@ class MethodOutput:
 @dataclass
 class MethodPrediction:
     """One image's verdict from a :class:`OneClassMethod`; ``mask`` is
-    ``anomaly_map > pixel_threshold_`` ``(H, W)`` bool."""
+    ``anomaly_map > pixel_threshold_`` ``(H, W)`` bool; ``p_value`` as
+    :class:`~radar_ad.pipeline.Prediction`'s."""
 
     score: float
     is_anomalous: bool
     anomaly_map: np.ndarray
     mask: np.ndarray
+    p_value: float | None = None
 
 
 class Baseline:
@@ -496,14 +498,17 @@ class OneClassMethod:
         self.baseline = baseline
         self.config = config
 
-    def fit(self, calibration: list[np.ndarray]) -> OneClassMethod:
-        """Fit on normal images; returns ``self``."""
+    def fit(self, calibration: list[np.ndarray], conformal: list[np.ndarray] | None = None) -> OneClassMethod:
+        """Fit on normal images, and score the normal ``conformal`` ones for
+        p-values and the false-alarm rule; returns ``self``."""
         self.baseline.fit_reference(calibration)
         outputs = self.baseline.analyse(calibration)
         decision = self.config.decision
+        scored = self.baseline.analyse(conformal) if conformal else []
         # an empty list reaches ImageDecision as (0,) features: its DataError
         self.decision_ = ImageDecision(decision, self.config.seed).fit(
-            np.array([output.features for output in outputs]))
+            np.array([output.features for output in outputs]),
+            np.array([output.features for output in scored]) if scored else None)
         self.pixel_threshold_ = pixel_threshold([output.anomaly_map for output in outputs],
                                                 decision.pixel_quantile)
         return self
@@ -517,8 +522,10 @@ class OneClassMethod:
         if not outputs:
             return []
         scores = self.decision_.score(np.stack([output.features for output in outputs]))
+        p_values = self.decision_.p_values(scores)
         return [MethodPrediction(score=float(score),
                                  is_anomalous=bool(is_anomalous(score, self.decision_.threshold_)),
                                  anomaly_map=output.anomaly_map,
-                                 mask=output.anomaly_map > self.pixel_threshold_)
-                for output, score in zip(outputs, scores.tolist())]
+                                 mask=output.anomaly_map > self.pixel_threshold_,
+                                 p_value=None if p_values is None else float(p_values[i]))
+                for i, (output, score) in enumerate(zip(outputs, scores.tolist()))]

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -395,20 +395,31 @@ def _as_radar_images(images: list[np.ndarray]) -> list[np.ndarray]:
     return [image.transpose(1, 2, 0) for image in images]
 
 
-def radar_variant(radar: Radar, settings: dict[str, Any], calibration: list[np.ndarray]) -> tuple[Radar, bool]:
+def radar_variant(radar: Radar, settings: dict[str, Any], held_out: HeldOut) -> tuple[Radar, bool]:
     """``(model, recalibrated)``: ``radar`` with ``settings`` changed,
     sharing its network (:meth:`Radar.with_settings`). A new one-class model
     is refitted on the stored calibration features; a setting that shapes
-    the maps (a response, say) is calibrated on ``calibration`` ((C, H, W)
-    normal images, the same ones the model was calibrated on)."""
+    the maps (a response, say) is calibrated on ``held_out`` ((C, H, W)
+    normal images, the same ones the model was calibrated and conformally
+    scored on)."""
     if not settings:
         return radar, False
     twin = radar.with_settings(settings)
     try:
         twin.check_fitted()
     except NotCalibratedError:
-        return twin.calibrate(_as_radar_images(calibration)), True
+        return twin.calibrate(_as_radar_images(held_out.calibration),
+                              conformal=_as_radar_images(held_out.conformal)), True
     return twin, False
+
+
+class HeldOut(NamedTuple):
+    """A model's held-out normal images, ``(C, H, W)`` arrays: those its
+    decision was fitted on, and the conformal ones only scored."""
+
+    calibration: list[np.ndarray]
+    conformal: list[np.ndarray]
+
 
 
 class Predictor(Protocol):
@@ -441,7 +452,7 @@ class MethodSpec:
     uses_network: bool
     limit_calibration: bool
     backend: str
-    fit: Callable[[list[np.ndarray]], Predictor]
+    fit: Callable[[HeldOut], Predictor]
 
 
 def method_specs(radar: Radar, methods: Sequence[str]) -> list[MethodSpec]:
@@ -450,8 +461,8 @@ def method_specs(radar: Radar, methods: Sequence[str]) -> list[MethodSpec]:
     draws = config.inference.draws
     specs = []
     for row in radar_rows(config):
-        def fit_radar(calibration: list[np.ndarray], settings: dict[str, Any] = row.settings) -> Predictor:
-            return _RadarPredictor(radar_variant(radar, settings, calibration)[0])
+        def fit_radar(held_out: HeldOut, settings: dict[str, Any] = row.settings) -> Predictor:
+            return _RadarPredictor(radar_variant(radar, settings, held_out)[0])
 
         specs.append(MethodSpec(row.key, row.name, False, draws, True, False, radar.backend, fit_radar))
     baselines = ([baseline for baseline in reconstruction_baselines(radar) if baseline.key in methods]
@@ -459,8 +470,8 @@ def method_specs(radar: Radar, methods: Sequence[str]) -> list[MethodSpec]:
     if StatisticalBaseline.key in methods:
         baselines.append(StatisticalBaseline(config))
     for baseline in baselines:
-        def fit_baseline(calibration: list[np.ndarray], baseline: Any = baseline) -> Predictor:
-            return OneClassMethod(baseline, config).fit(calibration)
+        def fit_baseline(held_out: HeldOut, baseline: Any = baseline) -> Predictor:
+            return OneClassMethod(baseline, config).fit(held_out.calibration, held_out.conformal)
 
         # Costlier per patch than RADAR (a reverse chain): the subset only,
         # and a limited calibration set; the whole split would take them
@@ -586,17 +597,18 @@ def _metrics(test: TestSet, indices: list[int], records: dict[int, dict[str, Any
     return json_ready(metrics)
 
 
-def run_method(spec: MethodSpec, calibration: list[np.ndarray], test: TestSet,
+def run_method(spec: MethodSpec, held_out: HeldOut, test: TestSet,
                examples: dict[int, Example], device: torch.device, progress: bool = True,
                desc: str = "") -> MethodRun:
-    """Fit ``spec`` on ``calibration``, score its test images (the subset
+    """Fit ``spec`` on ``held_out``, score its test images (the subset
     when it is slow, else the whole split) and measure it. Maps are kept only
     as long as the pixel metrics need them."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     began = time.perf_counter()
-    predictor = spec.fit(calibration)
+    predictor = spec.fit(held_out)
     fit_seconds = time.perf_counter() - began
+    calibration = held_out.calibration
     if not spec.slow:
         # One untimed image, so the first method does not pay the network's
         # first-call costs for all of them (the slow ones warmed up in fit).
@@ -616,6 +628,7 @@ def run_method(spec: MethodSpec, calibration: list[np.ndarray], test: TestSet,
             maps[i] = anomaly_map
         records[i] = {"file": _relative(test.items[i].path, test.root), "label": test.items[i].label,
                       "score": float(prediction.score), "is_anomalous": bool(prediction.is_anomalous),
+                      "p_value": getattr(prediction, "p_value", None),
                       "in_subset": i in in_subset}
         if i in examples:
             examples[i].maps[spec.key] = anomaly_map
@@ -651,21 +664,30 @@ def benchmark_dataset(source: DatasetSource, config: RadarConfig, options: Bench
 
     # the model's own held-out normal images: never trained on, never tested on
     normal_files = training_images(root)
-    _, calibration_indices = calibration_split(len(normal_files), config)
-    calibration_files = [normal_files[i] for i in calibration_indices]
-    calibration = [as_image_array(p, config.data, config.patch_size)
-                   for p in progress_bar(calibration_files, enabled=options.progress, desc="loading", leave=False)]
+    split = calibration_split(len(normal_files), config)
+    calibration_files = [normal_files[i] for i in split.calibration]
+    conformal_files = [normal_files[i] for i in split.conformal]
+    loaded = [as_image_array(p, config.data, config.patch_size)
+              for p in progress_bar(calibration_files + conformal_files, enabled=options.progress, desc="loading",
+                                    leave=False)]
+    held_out = HeldOut(loaded[:len(calibration_files)], loaded[len(calibration_files):])
+    calibration = held_out.calibration
     if radar.config != config:
         # a cached network trained with the same settings: other inference
         # or decision settings only need a new calibration or one-class model
         changes = {key: _setting(config, key) for key in radar.config.changes(config)}
-        radar, recalibrated = radar_variant(radar, changes, calibration)
+        radar, recalibrated = radar_variant(radar, changes, held_out)
         log(f"{source.name}: " + ("recalibrating the cached model for this run's inference settings" if recalibrated
                                   else "refitting the cached model's one-class model for this run's settings"))
     if options.backend != radar.backend:
         radar = radar.with_backend(options.backend)
     limit = min(options.calibration_limit or DEFAULT_CALIBRATION_LIMIT, len(calibration))
-    limited = sorted(np.random.default_rng(config.seed).choice(len(calibration), limit, replace=False).tolist())
+    rng = np.random.default_rng(config.seed)
+    limited = sorted(rng.choice(len(calibration), limit, replace=False).tolist())
+    conformal_limited = sorted(rng.choice(len(held_out.conformal), min(limit, len(held_out.conformal)),
+                                          replace=False).tolist())
+    # the slow baselines: a seeded share of each (the same images for every one of them)
+    limited_held_out = HeldOut([calibration[i] for i in limited], [held_out.conformal[i] for i in conformal_limited])
 
     log(f"{source.name}: loading the test images")
     test = load_test_set(root, config, options)
@@ -682,8 +704,9 @@ def benchmark_dataset(source: DatasetSource, config: RadarConfig, options: Bench
     records: dict[str, list[dict[str, Any]]] = {}
     tables: dict[str, list[dict[str, Any]]] = {"subset": [], "test": []}
     for spec in method_specs(radar, selected_methods(config, options.methods)):
-        fitted_on = [calibration[i] for i in limited] if spec.limit_calibration else calibration
-        log(f"{source.name}: {spec.key}: fitting on {len(fitted_on)} calibration images, then scoring")
+        fitted_on = limited_held_out if spec.limit_calibration else held_out
+        log(f"{source.name}: {spec.key}: fitting on {len(fitted_on.calibration)} calibration images "
+            f"({len(fitted_on.conformal)} conformal), then scoring")
         run = run_method(spec, fitted_on, test, examples, device, options.progress, f"{source.name}: {spec.key}")
         run.info["training_seconds"] = radar.training_.get("seconds") if spec.uses_network else 0.0
         run.info["backend"] = spec.backend
@@ -705,8 +728,10 @@ def benchmark_dataset(source: DatasetSource, config: RadarConfig, options: Bench
         "backend": radar.backend, "reference_method": reference,
         "splits": {
             "seed": config.seed,
-            "n_train": len(normal_files) - len(calibration_files),
+            "n_train": len(split.train),
             "n_calibration": len(calibration_files),
+            "n_conformal": len(conformal_files),
+            "conformal_files": [_relative(p, root) for p in conformal_files],
             "calibration_files": [_relative(p, root) for p in calibration_files],
             "calibration_limit": limit,
             "calibration_limited_files": [_relative(calibration_files[i], root) for i in limited],
