@@ -215,7 +215,8 @@ def test_calibrate_replaces_only_the_conformal_images(fitted, surfaces, tmp_path
     recalibrated, backup = calibrate_false_alarms(model, normal, progress=False)
     after = {p.name: p.read_bytes() for p in model.iterdir()}
     assert backup is not None and after[backup.name] == before["conformal.safetensors"]  # kept whole
-    assert set(after) == set(before) | {backup.name} and after["conformal.safetensors"] != before["conformal.safetensors"]
+    assert set(after) == set(before) | {backup.name}
+    assert after["conformal.safetensors"] != before["conformal.safetensors"]
     assert all(after[name] == data for name, data in before.items() if name != "conformal.safetensors")
     loaded = Radar.load(model)
     assert loaded.decision_.n_conformal == 8 and loaded.false_alarms()["conformal_source"]["source"] == str(normal)

@@ -252,8 +252,8 @@ class Radar:
         these normal images, keeping the network: after :meth:`with_settings`
         changed a setting that shapes the maps, or when the line's normal look
         drifts. The conformal images are ``conformal`` when given, else a
-        seeded share of ``images`` (``train.conformal_fraction`` or
-        ``conformal_size``) that the rest is fitted without. Returns ``self``."""
+        seeded ``train.conformal_fraction`` share of ``images`` that the rest
+        is fitted without. Returns ``self``."""
         self.check_fitted(calibrated=False)
         arrays = [as_image_array(im, self.config.data, self.config.patch_size) for im in images]
         if conformal is None:
