@@ -86,7 +86,7 @@ def test_listing(tmp_path):
 
 
 def test_mvtec_layout(surfaces):
-    assert len(training_images(surfaces)) == 40
+    assert len(training_images(surfaces)) == 50
     items = evaluation_images(surfaces)
     defective = [i for i in items if i.is_defective]
     assert len(items) - len(defective) == 8
