@@ -244,6 +244,7 @@ class Radar:
         self.calibration_ = self._calibrate([images[i] for i in split.calibration],
                                             [images[i] for i in split.conformal], progress,
                                             {"source": "training split"})
+        self.warn_false_alarms()
         return self
 
     def calibrate(self, images: Sequence[ImageLike], progress: bool = False,
@@ -266,6 +267,7 @@ class Radar:
                             f"got {len(arrays)}")
         self.calibration_ = self._calibrate(arrays, scored, progress, {"source": "Radar.calibrate"})
         self.stale_setting_ = None
+        self.warn_false_alarms()
         return self
 
     def calibrate_conformal(self, images: Sequence[ImageLike], progress: bool = False,
@@ -320,12 +322,8 @@ class Radar:
         # the conformal images only get scored: nothing above saw them
         conformal_features = self._features(response, conformal, progress, "scoring conformal images")
         decision = ImageDecision(config.decision, config.seed).fit(np.stack(features), conformal_features)
-        calibration = Calibration(response, decision, pixel_threshold(maps, config.decision.pixel_quantile),
-                                  {**self._stamp(info["source"]), **info})
-        line = decision.warning()
-        if line:
-            warnings.warn(line, stacklevel=3)
-        return calibration
+        return Calibration(response, decision, pixel_threshold(maps, config.decision.pixel_quantile),
+                           {**self._stamp(info["source"]), **info})
 
     def _load_training_images(self, source: Any, progress: bool) -> list[np.ndarray]:
         items = training_images(source) if isinstance(source, (str, Path)) else list(source)
