@@ -102,20 +102,43 @@ def bad_inputs(tmp_path: Path) -> dict[str, Path]:
     return paths
 
 
-@pytest.mark.parametrize("case,fragment", [
-    ("missing", "not found"),
-    ("empty_dir", "no images"),
-    ("zero_byte", "empty file"),
-    ("truncated", "cannot read image"),
-    ("not_image", "not an image"),
-    ("too_small", "smaller than one 28x28 patch"),
-])
-def test_detect_bad_images(fitted, bad_inputs, tmp_path, case, fragment):
+BAD_FILES = {"zero_byte": "empty file", "truncated": "cannot read image", "not_image": "not an image",
+             "too_small": "smaller than one 28x28 patch"}
+
+
+def test_detect_keeps_going_past_bad_images(fitted, bad_inputs, surfaces, tmp_path):
+    """Each file that cannot be scored is a row with its reason in the error
+    column; the good ones are scored as usual; exit 3 says some failed."""
+    _, model = fitted
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    for case in BAD_FILES:
+        shutil.copy(bad_inputs[case], folder / f"{case}.png")
+    for good in sorted((surfaces / "test" / "good").iterdir())[:2]:
+        shutil.copy(good, folder / f"good_{good.name}")
+    out = tmp_path / "out"
+    result = radar("detect", model, folder, "--out", out, "-q")
+    assert result.returncode == 3, result.stderr
+    lines = [line for line in result.stderr.strip().splitlines() if not line.startswith("radar: warning")]
+    assert len(lines) == 1 and "4 of 6 images could not be scored" in lines[0] and "error" in lines[0], lines
+    rows = {Path(row["file"]).stem: row for row in csv.DictReader((out / "results.csv").open())}
+    assert len(rows) == 6
+    for case, fragment in BAD_FILES.items():
+        assert rows[case]["verdict"] == "error" and fragment in rows[case]["error"], rows[case]
+        assert rows[case]["score"] == "" and not list(out.glob(f"{case}_*.png"))
+    good = [row for name, row in rows.items() if name.startswith("good_")]
+    assert len(good) == 2 and all(row["verdict"] in ("normal", "anomalous") and not row["error"] for row in good)
+    assert len(list(out.glob("good_*_overlay.png"))) == 2
+
+
+@pytest.mark.parametrize("case,fragment", [("missing", "not found"), ("empty_dir", "no images")])
+def test_detect_with_nothing_to_score(fitted, bad_inputs, tmp_path, case, fragment):
     _, model = fitted
     target = bad_inputs.get(case, tmp_path / "missing.png")
     out = tmp_path / "out"
     result = radar("detect", model, target, "--out", out)
     assert_one_line_error(result, fragment)
+    assert result.returncode == 2
     assert not (out / "results.csv").exists()
     assert not [p for p in out.glob(".*")] if out.exists() else True
 

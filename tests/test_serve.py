@@ -283,7 +283,7 @@ def test_cli_serves_a_model(fitted, surfaces):
             path = sorted((surfaces / "test" / "gap").glob("*.png"))[0]
             body = http.post("/predict", files={"file": (path.name, path.read_bytes(), "image/png")}).json()
             assert body["score"] == pytest.approx(radar.predict(path).score, rel=1e-6)
-            assert http.get("/model").json()["model_dir"] == str(model_dir)
+            assert http.get("/model").json()["model_name"] == model_dir.name  # not its path
     finally:
         process.terminate()
         process.wait(30)

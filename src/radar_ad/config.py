@@ -23,7 +23,23 @@ from .registry import ONE_CLASS_MODELS, RESPONSES, choices
 
 FEATURE_NORMS = ("rms", "sum")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+NON_FINITE_POLICIES = ("error", "anomalous")
+# Upper bounds of the numeric settings: far above any real use, low enough that
+# a mistyped or tampered value cannot hang the machine or exhaust its memory.
 MAX_CONFORMAL_SIZE = 1_000_000
+MAX_SEED = 2**32 - 1
+MAX_PATCH_SIZE = 512
+MAX_RESIZE = 16_384
+MAX_LEVELS = 6
+MAX_CHANNELS = 1024
+MAX_LAYERS_PER_BLOCK = 8
+MAX_TIMESTEPS = 10_000
+MAX_STEPS = 10_000_000
+MAX_BATCH_SIZE = 65_536
+MAX_DRAWS = 64
+MAX_WINDOW = 4096
+MAX_ESTIMATORS = 10_000
+MAX_NEIGHBORS = 10_000
 
 C = TypeVar("C")
 
@@ -31,6 +47,16 @@ C = TypeVar("C")
 def _require(ok: bool, name: str, allowed: str, value: Any) -> None:
     if not ok:
         raise ConfigError(f"{name} must be {allowed}, got {value!r}", setting=name)
+
+
+def _int_in(value: Any, low: int, high: int, name: str, note: str = "") -> None:
+    _require(isinstance(value, int) and not isinstance(value, bool) and low <= value <= high,
+             name, f"an integer in [{low}, {high}]{note}", value)
+
+
+def _optional_int_in(value: Any, low: int, high: int, name: str, meaning: str) -> None:
+    if value is not None:
+        _int_in(value, low, high, name, f" or null ({meaning})")
 
 
 def _frozen_setattr(self: Any, name: str, value: Any) -> None:
@@ -70,8 +96,7 @@ class DataConfig:
     resize: int | None = None
 
     def validate(self) -> None:
-        _require(self.resize is None or (isinstance(self.resize, int) and self.resize >= 8),
-                 "data.resize", "null or an integer >= 8", self.resize)
+        _optional_int_in(self.resize, 8, MAX_RESIZE, "data.resize", "native size")
 
 
 @settings
@@ -97,20 +122,23 @@ class NetworkConfig:
     beta_end: float = 0.02
 
     def validate(self) -> None:
-        _require(len(self.block_out_channels) >= 1 and all(
-            isinstance(c, int) and c > 0 for c in self.block_out_channels),
-            "network.block_out_channels", "a non-empty list of positive integers",
+        _require(1 <= len(self.block_out_channels) <= MAX_LEVELS and all(
+            isinstance(c, int) and not isinstance(c, bool) and 0 < c <= MAX_CHANNELS
+            for c in self.block_out_channels),
+            "network.block_out_channels", f"a list of 1 to {MAX_LEVELS} integers in [1, {MAX_CHANNELS}]",
             self.block_out_channels)
+        _require(all(isinstance(a, bool) for a in self.attention), "network.attention",
+                 "a list of booleans", self.attention)
+        _int_in(self.norm_num_groups, 1, MAX_CHANNELS, "network.norm_num_groups")
+        _int_in(self.attention_head_dim, 1, MAX_CHANNELS, "network.attention_head_dim")
         _require(len(self.attention) == len(self.block_out_channels),
                  "network.attention", "one boolean per entry of block_out_channels",
                  self.attention)
         _require(all(c % self.norm_num_groups == 0 for c in self.block_out_channels),
                  "network.norm_num_groups", "a divisor of every block_out_channels entry",
                  self.norm_num_groups)
-        _require(self.layers_per_block >= 1, "network.layers_per_block", ">= 1",
-                 self.layers_per_block)
-        _require(self.num_train_timesteps >= 2, "network.num_train_timesteps", ">= 2",
-                 self.num_train_timesteps)
+        _int_in(self.layers_per_block, 1, MAX_LAYERS_PER_BLOCK, "network.layers_per_block")
+        _int_in(self.num_train_timesteps, 2, MAX_TIMESTEPS, "network.num_train_timesteps")
         _require(self.beta_schedule in BETA_SCHEDULES, "network.beta_schedule", choices(BETA_SCHEDULES),
                  self.beta_schedule)
         _require(0 < self.beta_start < self.beta_end < 1, "network.beta_start/beta_end",
@@ -147,17 +175,15 @@ class TrainConfig:
     conformal_size: int | None = None
 
     def validate(self) -> None:
-        _require(self.steps >= 1, "train.steps", ">= 1", self.steps)
-        _require(self.batch_size >= 1, "train.batch_size", ">= 1", self.batch_size)
-        _require(self.learning_rate > 0, "train.learning_rate", "> 0", self.learning_rate)
-        _require(self.weight_decay >= 0, "train.weight_decay", ">= 0", self.weight_decay)
-        _require(self.warmup_steps >= 0, "train.warmup_steps", ">= 0", self.warmup_steps)
+        _int_in(self.steps, 1, MAX_STEPS, "train.steps")
+        _int_in(self.batch_size, 1, MAX_BATCH_SIZE, "train.batch_size")
+        _require(0 < self.learning_rate <= 1, "train.learning_rate", "in (0, 1]", self.learning_rate)
+        _require(0 <= self.weight_decay <= 1, "train.weight_decay", "in [0, 1]", self.weight_decay)
+        _int_in(self.warmup_steps, 0, MAX_STEPS, "train.warmup_steps")
         _require(0 <= self.ema_decay < 1, "train.ema_decay", "in [0, 1) (0 turns EMA off)",
                  self.ema_decay)
-        _require(self.max_timestep is None or self.max_timestep >= 1, "train.max_timestep",
-                 "null or >= 1", self.max_timestep)
-        _require(self.checkpoint_every >= 1, "train.checkpoint_every", ">= 1",
-                 self.checkpoint_every)
+        _optional_int_in(self.max_timestep, 1, MAX_TIMESTEPS, "train.max_timestep", "every timestep")
+        _int_in(self.checkpoint_every, 1, MAX_STEPS, "train.checkpoint_every")
         _require(0 < self.calibration_fraction < 1, "train.calibration_fraction",
                  "in (0, 1)", self.calibration_fraction)
         _require(0 <= self.conformal_fraction <= 0.5, "train.conformal_fraction",
@@ -204,22 +230,20 @@ class InferenceConfig:
     map_sigma: float = 8.0
 
     def validate(self) -> None:
-        _require(self.timestep >= 0, "inference.timestep", ">= 0", self.timestep)
-        _require(self.stride is None or (isinstance(self.stride, int) and self.stride >= 1),
-                 "inference.stride", "null (the patch size) or an integer >= 1", self.stride)
-        _require(self.draws >= 1, "inference.draws", ">= 1", self.draws)
-        _require(self.batch_size >= 1, "inference.batch_size", ">= 1", self.batch_size)
+        _int_in(self.timestep, 0, MAX_TIMESTEPS - 1, "inference.timestep")
+        _optional_int_in(self.stride, 1, MAX_PATCH_SIZE, "inference.stride", "the patch size")
+        _int_in(self.draws, 1, MAX_DRAWS, "inference.draws")
+        _int_in(self.batch_size, 1, MAX_BATCH_SIZE, "inference.batch_size")
         _require(self.blur_ksize in (1, 3, 5, 7, 9, 11), "inference.blur_ksize",
                  "an odd integer from 1 to 11", self.blur_ksize)
         _require(self.sobel_ksize in (3, 5, 7), "inference.sobel_ksize", "3, 5 or 7",
                  self.sobel_ksize)
-        _require(self.window >= 1, "inference.window", ">= 1", self.window)
-        _require(self.window_stride >= 1, "inference.window_stride", ">= 1",
-                 self.window_stride)
+        _int_in(self.window, 1, MAX_WINDOW, "inference.window")
+        _int_in(self.window_stride, 1, MAX_WINDOW, "inference.window_stride")
         _require(self.feature_norm in FEATURE_NORMS, "inference.feature_norm", choices(FEATURE_NORMS),
                  self.feature_norm)
         RESPONSES.check(self.response)
-        _require(self.energy_window >= 1, "inference.energy_window", ">= 1", self.energy_window)
+        _int_in(self.energy_window, 1, MAX_WINDOW, "inference.energy_window")
         _require(0 <= self.map_sigma <= 64, "inference.map_sigma", "in [0, 64] (0: no smoothing)",
                  self.map_sigma)
 
@@ -249,6 +273,7 @@ class DecisionConfig:
     n_estimators: int = 200
     n_neighbors: int = 20
     pixel_quantile: float = 0.999
+    non_finite: str = "error"
 
     def validate(self) -> None:
         ONE_CLASS_MODELS.check(self.one_class_model)
@@ -257,8 +282,10 @@ class DecisionConfig:
                  self.false_alarm_rate)
         _require(0 < self.contamination <= 0.5, "decision.contamination", "in (0, 0.5]",
                  self.contamination)
-        _require(self.n_estimators >= 1, "decision.n_estimators", ">= 1", self.n_estimators)
-        _require(self.n_neighbors >= 1, "decision.n_neighbors", ">= 1", self.n_neighbors)
+        _int_in(self.n_estimators, 1, MAX_ESTIMATORS, "decision.n_estimators")
+        _int_in(self.n_neighbors, 1, MAX_NEIGHBORS, "decision.n_neighbors")
+        _require(self.non_finite in NON_FINITE_POLICIES, "decision.non_finite",
+                 choices(NON_FINITE_POLICIES), self.non_finite)
         _require(0 < self.pixel_quantile < 1, "decision.pixel_quantile", "in (0, 1)",
                  self.pixel_quantile)
 
@@ -279,13 +306,13 @@ class RadarConfig:
     def validate(self) -> RadarConfig:
         levels = len(self.network.block_out_channels)
         factor = 2 ** (levels - 1)
-        _require(self.patch_size >= 8 and self.patch_size % factor == 0, "patch_size",
-                 f"an integer >= 8 divisible by {factor} (the U-Net halves it "
-                 f"{levels - 1} times)", self.patch_size)
-        _require(isinstance(self.seed, int) and self.seed >= 0, "seed",
-                 "a non-negative integer", self.seed)
+        _int_in(self.seed, 0, MAX_SEED, "seed")
         for part in (self.data, self.network, self.train, self.inference, self.decision):
             part.validate()
+        _require(isinstance(self.patch_size, int) and 8 <= self.patch_size <= MAX_PATCH_SIZE
+                 and self.patch_size % factor == 0, "patch_size",
+                 f"an integer in [8, {MAX_PATCH_SIZE}] divisible by {factor} (the U-Net halves it "
+                 f"{levels - 1} times)", self.patch_size)
         _require(self.inference.timestep < self.network.num_train_timesteps,
                  "inference.timestep", f"< network.num_train_timesteps "
                  f"({self.network.num_train_timesteps})", self.inference.timestep)

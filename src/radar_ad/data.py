@@ -15,12 +15,14 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .config import DataConfig
-from .errors import DataError
+from .errors import DataError, first_line
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # The largest image read, checked from the header before anything is decoded
 # (PIL's own process-wide limit is left as the user's program set it).
 MAX_PIXELS = 64_000_000
+# Float arrays a little outside [0, 1] (rounding of a conversion) are clipped; beyond this they are refused.
+FLOAT_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -40,16 +42,22 @@ def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
-def list_images(path: str | Path) -> list[Path]:
-    """Images in a folder (recursively, sorted) or a single image file."""
+def list_images(path: str | Path, exclude: str | Path | None = None) -> list[Path]:
+    """Images in a folder (recursively, sorted) or a single image file;
+    ``exclude``: a folder whose tree is left out (a command's own output
+    folder inside its input, whose maps must not be read back as input)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"path not found: {path}")
     if path.is_file():
         return [path]
     images = sorted(p for p in path.rglob("*") if is_image_file(p))
+    if exclude is not None:
+        skip = Path(exclude).resolve()
+        images = [p for p in images if not p.resolve().is_relative_to(skip)]
     if not images:
-        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {path}")
+        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {path}"
+                        + (f" outside {exclude}" if exclude is not None else ""))
     return images
 
 
@@ -207,7 +215,11 @@ def as_image_array(image: object, config: DataConfig, min_size: int = 1) -> np.n
     if isinstance(image, (str, Path)):
         return load_image(image, config, min_size)
     if isinstance(image, Image.Image):
-        pil = _to_uint8(image, Path("<image>"))
+        try:
+            image.load()  # a lazily opened, truncated file fails here, not deep inside a conversion
+            pil = _to_uint8(image, Path("<image>"))
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise DataError(f"cannot decode image (truncated or corrupt?): {first_line(exc)}") from None
     elif isinstance(image, np.ndarray):
         array = image
         if array.ndim == 3 and array.shape[2] == 1:
@@ -221,6 +233,11 @@ def as_image_array(image: object, config: DataConfig, min_size: int = 1) -> np.n
         elif np.issubdtype(array.dtype, np.floating):
             if not np.isfinite(array).all():
                 raise DataError("image array contains NaN or infinite values")
+            low, high = float(array.min(initial=0.0)), float(array.max(initial=0.0))
+            if low < -FLOAT_TOLERANCE or high > 1 + FLOAT_TOLERANCE:
+                # refused, not clipped: an array of 0..255 values would become almost all white
+                raise DataError(f"a float image array must hold values in [0, 1], got {low:g} to {high:g}; "
+                                "divide by 255 (8-bit) or 65535 (16-bit) first, or pass the integer array")
             scaled = (np.clip(array, 0, 1) * 255 + 0.5).astype(np.uint8)
         else:
             raise DataError(f"unsupported image array dtype {array.dtype}")

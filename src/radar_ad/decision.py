@@ -26,7 +26,7 @@ import numpy as np
 from sklearn.preprocessing import StandardScaler
 
 from .config import DecisionConfig
-from .errors import DataError
+from .errors import DataError, NonFiniteError
 from .registry import ONE_CLASS_MODELS
 
 MIN_CALIBRATION_IMAGES = 5
@@ -148,6 +148,7 @@ class ImageDecision:
             raise DataError(f"the one-class model needs at least {MIN_CALIBRATION_IMAGES} "
                             f"normal calibration images, got {features.shape[0]}; "
                             "add training images or raise train.calibration_fraction")
+        _check_finite(features, "calibration")
         self.scaler_ = StandardScaler().fit(features)
         scaled = self.scaler_.transform(features)
         self.range_ = (scaled.min(axis=0), scaled.max(axis=0))
@@ -167,6 +168,7 @@ class ImageDecision:
         if conformal.ndim != 2 or conformal.shape[1] != width:
             raise DataError(f"conformal features must have {width} columns (one per image feature), "
                             f"got shape {conformal.shape}")
+        _check_finite(conformal, "conformal")
         self.conformal_features_ = conformal
         self.conformal_scores_ = np.sort(self.score(conformal)) if len(conformal) else np.zeros(0)
         alpha = self.config.false_alarm_rate
@@ -188,18 +190,36 @@ class ImageDecision:
         return false_alarm_warning(self.config.false_alarm_rate, self.n_conformal)
 
     def score(self, features: np.ndarray) -> np.ndarray:
-        """``(N,)`` anomaly scores for ``(N, F)`` features."""
-        scaled = self.scaler_.transform(np.asarray(features, dtype=np.float64))
-        low, high = self.range_
-        outside = np.clip(scaled - high, 0, None) + np.clip(low - scaled, 0, None)
-        return self.model_.score(scaled) + outside.sum(axis=1)
+        """``(N,)`` anomaly scores for ``(N, F)`` features; NaN for a row
+        with a non-finite feature (which no one-class model may score)."""
+        features = np.asarray(features, dtype=np.float64)
+        finite = np.isfinite(features).all(axis=1) if features.ndim == 2 else np.zeros(0, dtype=bool)
+        scores = np.full(len(features), np.nan)
+        if finite.any():
+            scaled = self.scaler_.transform(features[finite])
+            low, high = self.range_
+            outside = np.clip(scaled - high, 0, None) + np.clip(low - scaled, 0, None)
+            scores[finite] = self.model_.score(scaled) + outside.sum(axis=1)
+        return scores
 
     def is_anomalous(self, scores: np.ndarray) -> np.ndarray:
         return is_anomalous(np.asarray(scores), self.threshold_)
+
+
+def _check_finite(features: np.ndarray, which: str) -> None:
+    """Refuse NaN or infinite features of normal images: a model fitted on
+    them would score every image NaN (and, before 0.5, call it normal)."""
+    if not np.isfinite(features).all():
+        bad = int((~np.isfinite(features).all(axis=1)).sum())
+        raise NonFiniteError(f"{bad} of the {len(features)} {which} images have non-finite features "
+                             "(NaN or infinite): the network or the images are broken")
 
 
 def pixel_threshold(response_maps: list[np.ndarray], quantile: float) -> float:
     """The ``quantile`` of all pixel responses of normal calibration images:
     about ``1 - quantile`` of normal pixels end up in a mask."""
     pooled = np.concatenate([np.asarray(m, dtype=np.float32).ravel() for m in response_maps])
+    if not np.isfinite(pooled).all():
+        raise NonFiniteError("the calibration images' anomaly maps hold NaN or infinite values: "
+                             "the network or the images are broken")
     return float(np.quantile(pooled, quantile))

@@ -53,6 +53,25 @@ class NotCalibratedError(NotFittedError, ConfigError):
     not run since."""
 
 
+class NonFiniteError(RadarError):
+    """A number that is not finite (NaN or infinite) where a verdict, a loss,
+    a weight or a statistic must be: it never becomes a verdict."""
+
+
+class PartialFailure(RadarError):
+    """A batch that finished but in which some items failed (their rows say
+    why): exit code 3 on the command line."""
+
+    exit_code = 3
+
+
+class Interrupted(RadarError):
+    """Stopped by the user (Ctrl-C), with what was kept and how to go on:
+    exit code 130 on the command line."""
+
+    exit_code = 130
+
+
 class MissingDependencyError(RadarError):
     """An optional feature whose extra packages are not installed."""
 

@@ -4,9 +4,15 @@ place), as strict JSON, and under names that do not collide."""
 
 from __future__ import annotations
 
+import errno
+import glob
+import hashlib
 import json
 import math
 import os
+import re
+import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .errors import first_line
 
 
 def _umask() -> int:
@@ -28,10 +36,55 @@ def usual_permissions(path: Path) -> None:
     os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_umask())
 
 
+def _owner() -> str:
+    """This process, as temporary names carry it: a short digest of the host
+    name, and the process id."""
+    return f"{hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]}-{os.getpid()}"
+
+
+def _temporary_prefix(path: Path) -> str:
+    return f".{path.name}.tmp-"
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove the temporaries that a radar-ad process killed while writing
+    ``path`` left beside it (its name, our prefix, this host, a process that
+    no longer runs); a live writer's and anything else are left alone.
+    Returns what was removed."""
+    prefix, host = _temporary_prefix(path), _owner().split("-")[0]
+    removed: list[Path] = []
+    try:
+        siblings = list(path.parent.glob(glob.escape(prefix) + "*"))
+    except OSError:
+        return removed
+    for sibling in siblings:
+        tag = sibling.name[len(prefix):].split("-")
+        if len(tag) < 3 or tag[0] != host or not tag[1].isdigit() or _alive(int(tag[1])):
+            continue
+        if sibling.is_dir() and not sibling.is_symlink():
+            shutil.rmtree(sibling, ignore_errors=True)
+        else:
+            sibling.unlink(missing_ok=True)
+        removed.append(sibling)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, and belongs to someone else
+        return True
+    return True
+
+
 def temporary_dir(path: Path) -> Path:
-    """A new, empty sibling folder of ``path`` to build it in before a rename."""
+    """A new, empty sibling folder of ``path`` to build it in before a rename
+    (stale ones of killed runs are removed first)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    remove_stale_temporaries(path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{_temporary_prefix(path)}{_owner()}-"))
     usual_permissions(tmp)
     return tmp
 
@@ -39,16 +92,21 @@ def temporary_dir(path: Path) -> Path:
 @contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces
-    ``path``, on any error it is removed."""
+    ``path``, on any error it is removed (a kill leaves it, and the next
+    write of ``path`` removes it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temporaries(path)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f"{_temporary_prefix(path)}{_owner()}-")
     os.close(fd)
     tmp = Path(name)
-    usual_permissions(tmp)
     try:
         yield tmp
+        usual_permissions(tmp)  # after the write: some writers (safetensors) recreate the file owner-only
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk, a file-size limit: said of the file the user asked for
+        tmp.unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror or first_line(exc), str(path)) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -89,3 +147,21 @@ def json_ready(data: Any) -> Any:
 def write_json(path: str | Path, data: Any) -> None:
     """Strict JSON (NaN as null), indented, written atomically."""
     write_text(path, json.dumps(json_ready(data), indent=2, allow_nan=False))
+
+
+def save_tensors(tensors: dict[str, Any], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """``safetensors.torch.save_file``, with a failed write (a full disk, a
+    file-size limit) reported as the :class:`OSError` it is, naming the file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as exc:
+        raise OSError(errno.EIO, _os_reason(str(exc)), str(path)) from None
+
+
+def _os_reason(message: str) -> str:
+    """``"File too large"`` out of ``"Error while serializing: I/O error: File too large (os error 27)"``."""
+    match = re.search(r"I/O error: (.*?)(?: \(os error \d+\))?$", message.strip().splitlines()[0])
+    return match.group(1) if match else message.strip().splitlines()[0]

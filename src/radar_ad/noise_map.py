@@ -13,13 +13,13 @@ the tiling and stitching around any such patch predictor.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from diffusers import UNet2DModel
 
-from .patches import stitch, tile
+from .patches import grid_positions
 
 # Seeded noise is drawn once per model for this many patch positions; the
 # patch at grid position i of an image gets draw ``i % NOISE_BANK_SIZE``, so
@@ -122,23 +122,48 @@ def border_weights(patch_size: int, margin: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def noise_map(predict: PatchPredictor, images: torch.Tensor, *, patch_size: int, stride: int,
-              batch_size: int = 256, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Predicted-noise map ``(B, C, H, W)`` of same-size images ``(B, C, H, W)``
-    in [0, 1].
+def noise_map(predict: PatchPredictor, images: torch.Tensor | Sequence[torch.Tensor], *, patch_size: int,
+              stride: int, batch_size: int = 256, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Predicted-noise map ``(B, C, H, W)`` of same-size images in [0, 1]:
+    a ``(B, C, H, W)`` tensor or a sequence of ``(C, H, W)`` tensors (not
+    copied into one stack).
 
     Patches go to ``predict`` ``batch_size`` at a time on ``device``. Patch
     borders (a margin of patch_size // 7 pixels) are down-weighted when
     stitching, so the seams between patches do not show up as structure in
     the map. (Reflect-padding the image instead would mirror the texture into
     a pattern the model never saw, e.g. 45 degree lines into chevrons.)
+
+    Streamed: each batch of patches is cut from the images, predicted and
+    added into the weighted sums at once, so memory is the map itself (its
+    sums, float32) plus one batch, never every patch of the image. The
+    batches, the noise each patch gets and the order of the sums are those of
+    cutting every patch first (:func:`~radar_ad.patches.tile`, then
+    :func:`~radar_ad.patches.stitch`).
     """
-    batch, _, height, width = images.shape
-    patches = tile(images.to(device), patch_size, stride)  # (B * N, C, p, p)
-    per_image = patches.shape[0] // batch
-    index = torch.arange(per_image, device=device).repeat(batch)
-    out = torch.empty_like(patches)
-    for start in range(0, patches.shape[0], batch_size):
-        stop = start + batch_size
-        out[start:stop] = predict(patches[start:stop], index[start:stop])
-    return stitch(out, height, width, stride, border_weights(patch_size, patch_size // 7))
+    batch = len(images)
+    channels, height, width = (int(n) for n in images[0].shape[-3:])
+    rows = grid_positions(height, patch_size, stride)
+    cols = grid_positions(width, patch_size, stride)
+    per_image = len(rows) * len(cols)
+    offsets = torch.arange(patch_size)
+    weights = border_weights(patch_size, patch_size // 7)
+    total = torch.zeros(batch, channels, height * width, dtype=images[0].dtype, device=device)
+    count = torch.zeros(height * width, dtype=images[0].dtype)
+    for start in range(0, batch * per_image, batch_size):
+        which = torch.arange(start, min(start + batch_size, batch * per_image))
+        image_of, index = which // per_image, which % per_image
+        top = (rows[index // len(cols)][:, None] + offsets)[:, :, None]  # (n, p, 1)
+        left = (cols[index % len(cols)][:, None] + offsets)[:, None, :]  # (n, 1, p)
+        owned = [(b, image_of == b) for b in image_of.unique().tolist()]
+        patches = torch.cat([images[b][:, top[mine].to(images[b].device), left[mine].to(images[b].device)]
+                             for b, mine in owned], dim=1)  # (C, n, p, p), image-major
+        noise = predict(patches.transpose(0, 1).contiguous().to(device), index.to(device))
+        noise = noise.to(total.dtype) * weights.to(total)
+        flat = top * width + left  # (n, p, p): where each patch pixel goes
+        for b, mine in owned:
+            total[b].index_add_(1, flat[mine].reshape(-1).to(device),
+                                noise[mine.to(device)].transpose(0, 1).reshape(channels, -1))
+            if b == 0:  # the weights' sums are the same for every image
+                count.index_add_(0, flat[mine].reshape(-1), weights.expand(int(mine.sum()), -1, -1).reshape(-1))
+    return total.div_(count.to(device)).reshape(batch, channels, height, width)

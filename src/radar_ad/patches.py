@@ -68,10 +68,12 @@ def stitch(patches: torch.Tensor, height: int, width: int, stride: int,
 class PatchSampler:
     """Uniform draws from the stride-1 patch set of a list of images.
 
-    Images of different sizes are packed into one zero-padded uint8 stack;
-    each draw first picks an image with probability proportional to its number
-    of valid patch positions (so every patch of the whole set is equally
-    likely), then a position inside it.
+    The images are kept as uint8, each at its own size, in one flat buffer
+    (no padding: a folder of mixed aspect ratios costs its own pixels, not
+    images x the largest height x the largest width); each draw first picks
+    an image with probability proportional to its number of valid patch
+    positions (so every patch of the whole set is equally likely), then a
+    position inside it.
     """
 
     def __init__(self, images: list[torch.Tensor], patch: int) -> None:
@@ -79,17 +81,13 @@ class PatchSampler:
         ``patch`` on both sides."""
         if not images:
             raise ValueError("no images to sample patches from")
-        channels = images[0].shape[0]
-        height = max(int(im.shape[1]) for im in images)
-        width = max(int(im.shape[2]) for im in images)
+        self.channels = int(images[0].shape[0])
         self.patch = patch
-        self.stack = torch.zeros(len(images), channels, height, width, dtype=torch.uint8)
-        sizes = []
-        for index, image in enumerate(images):
-            self.stack[index, :, : image.shape[1], : image.shape[2]] = (
-                (image * 255).round().clamp(0, 255).to(torch.uint8))
-            sizes.append((image.shape[1], image.shape[2]))
-        self.sizes = torch.tensor(sizes, dtype=torch.long)
+        self.buffer = torch.cat([(image * 255).round().clamp(0, 255).to(torch.uint8).reshape(-1)
+                                 for image in images])
+        self.sizes = torch.tensor([(image.shape[1], image.shape[2]) for image in images], dtype=torch.long)
+        pixels = self.sizes[:, 0] * self.sizes[:, 1]
+        self.starts = torch.cumsum(pixels * self.channels, 0) - pixels * self.channels  # each image's offset
         self.ranges = self.sizes - patch + 1  # valid positions per axis
         self.weights = (self.ranges[:, 0] * self.ranges[:, 1]).double()
 
@@ -104,7 +102,11 @@ class PatchSampler:
         uniform = torch.rand(count, 2, generator=generator, dtype=torch.float64)
         start = (uniform * self.ranges[which]).long()  # (count, 2)
         offsets = torch.arange(self.patch)
-        rows = (start[:, 0, None] + offsets)[:, :, None]  # (count, p, 1)
-        cols = (start[:, 1, None] + offsets)[:, None, :]  # (count, 1, p)
-        patches = self.stack[which[:, None, None], :, rows, cols]  # (count, p, p, C)
-        return patches.permute(0, 3, 1, 2).float() / 255.0
+        height, width = self.sizes[which, 0], self.sizes[which, 1]
+        rows = (start[:, 0, None] + offsets)[:, None, :, None]  # (count, 1, p, 1)
+        cols = (start[:, 1, None] + offsets)[:, None, None, :]  # (count, 1, 1, p)
+        channel = torch.arange(self.channels)[None, :, None, None]  # (1, C, 1, 1)
+        base = self.starts[which][:, None, None, None]
+        plane = (height * width)[:, None, None, None]
+        index = base + channel * plane + rows * width[:, None, None, None] + cols  # (count, C, p, p)
+        return self.buffer[index].float() / 255.0

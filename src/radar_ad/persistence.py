@@ -12,6 +12,7 @@ import copy
 import json
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from . import __version__
 from .errors import DataError, ModelError, first_line
-from .files import atomic_file, temporary_dir, unique_stem
+from .files import atomic_file, save_tensors, temporary_dir, unique_stem, usual_permissions
 
 FORMAT = "radar-ad"
 FORMAT_VERSION = 3
@@ -37,6 +38,8 @@ CALIBRATION_KEY = "calibration_features"
 CONFORMAL_FILE = "conformal.safetensors"
 CONFORMAL_KEY = "conformal_features"
 CHECKPOINT_SUFFIX = ".checkpoint"
+# radar.json holds settings, statistics and a training record: kilobytes. A larger one is not ours.
+MAX_METADATA_BYTES = 16 * 2**20
 
 
 @dataclass
@@ -71,11 +74,34 @@ def check_metadata(meta: Any, where: str) -> dict[str, Any]:
 
 def check_model_target(path: Path) -> None:
     """Refuse to replace anything but an empty folder or a model directory,
-    so a typo in an output path cannot wipe a user's data."""
+    so a typo in an output path cannot wipe a user's data; and refuse, before
+    any work, a location that cannot be written (a missing parent that cannot
+    be made, a read-only or full folder)."""
+    path = Path(os.path.abspath(path))  # "." has no name to write beside
     if path.exists() and not (path.is_dir() and (not any(path.iterdir())
                                                  or (path / CONFIG_FILE).is_file())):
         raise DataError(f"{path} exists and is not a radar model directory; "
                         "refusing to overwrite it")
+    check_writable(path.parent, f"cannot write the model {path}")
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Make ``folder`` (and its parents) if needed and write, then remove, a
+    small probe file in it; a :class:`DataError` saying ``what`` and why if
+    that fails."""
+    for parent in (folder, *folder.parents):
+        if parent.exists() and not parent.is_dir():
+            raise DataError(f"{what}: {parent} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".radar-ad-probe-")
+        try:
+            os.write(handle, b"radar-ad")
+        finally:
+            os.close(handle)
+            os.unlink(probe)
+    except OSError as exc:
+        raise DataError(f"{what}: {exc.strerror or exc} ({exc.filename or folder})") from None
 
 
 def checkpoint_dir(model_dir: Path) -> Path:
@@ -84,8 +110,8 @@ def checkpoint_dir(model_dir: Path) -> Path:
 
 
 def _save_conformal(conformal: Conformal, path: Path) -> None:
-    save_file({CONFORMAL_KEY: torch.from_numpy(np.ascontiguousarray(conformal.features, dtype=np.float64))},
-              str(path), metadata={"format": FORMAT, **conformal.info})
+    save_tensors({CONFORMAL_KEY: torch.from_numpy(np.ascontiguousarray(conformal.features, dtype=np.float64))},
+                 path, metadata={"format": FORMAT, **conformal.info})
 
 
 def write_model_dir(path: Path, metadata: dict[str, Any], weights: dict[str, torch.Tensor],
@@ -93,13 +119,16 @@ def write_model_dir(path: Path, metadata: dict[str, Any], weights: dict[str, tor
     """Write a model directory atomically: built beside ``path`` under a
     temporary name, then renamed (an existing model directory is replaced)."""
     check_model_target(path)
+    check_finite_weights(weights, str(path))
     tmp = temporary_dir(path)
     try:
-        save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
-        save_file({CALIBRATION_KEY: torch.from_numpy(np.ascontiguousarray(calibration_features))},
-                  str(tmp / CALIBRATION_FILE))
+        save_tensors(weights, tmp / WEIGHTS_FILE, metadata={"format": FORMAT})
+        save_tensors({CALIBRATION_KEY: torch.from_numpy(np.ascontiguousarray(calibration_features))},
+                     tmp / CALIBRATION_FILE)
         _save_conformal(conformal, tmp / CONFORMAL_FILE)
         (tmp / CONFIG_FILE).write_text(json.dumps(metadata, indent=2))
+        for file in tmp.iterdir():
+            usual_permissions(file)  # safetensors writes its files owner-only; one mode for all
         if path.exists():
             old = temporary_dir(path)
             os.replace(path, old / "model")
@@ -107,6 +136,9 @@ def write_model_dir(path: Path, metadata: dict[str, Any], weights: dict[str, tor
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
+    except OSError as exc:  # a full disk, a file-size limit: the previous model stays as it was
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OSError(exc.errno, exc.strerror or first_line(exc), str(path)) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -159,6 +191,9 @@ def read_model_dir(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor],
     meta_path = path / CONFIG_FILE
     if not meta_path.is_file():
         raise ModelError(f"{path} is not a radar model directory (no {CONFIG_FILE})")
+    if meta_path.stat().st_size > MAX_METADATA_BYTES:
+        raise ModelError(f"{meta_path} is {meta_path.stat().st_size} bytes, more than a model's description "
+                         f"can be ({MAX_METADATA_BYTES}); not a radar-ad file")
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -173,4 +208,31 @@ def read_model_dir(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor],
         calibration = load_file(str(path / CALIBRATION_FILE))[CALIBRATION_KEY].numpy()
     except (KeyError, OSError, SafetensorError) as exc:
         raise ModelError(f"cannot load model from {path}: {first_line(exc)}") from None
+    check_finite_weights(weights, str(path / WEIGHTS_FILE))
     return meta, weights, calibration
+
+
+def check_finite_weights(weights: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse weights holding NaN or infinity: such a model scores every
+    image NaN, and a non-finite number never becomes a verdict."""
+    for name, tensor in weights.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ModelError(f"{where}: weight {name} holds NaN or infinite values; the model is broken "
+                             "(train it again)")
+
+
+def check_finite_numbers(data: Any, where: str, path: str = "") -> None:
+    """Refuse NaN or infinity anywhere in stored numbers (JSON statistics,
+    thresholds, features)."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            check_finite_numbers(value, where, f"{path}.{key}" if path else str(key))
+    elif isinstance(data, (list, tuple)):
+        for value in data:
+            check_finite_numbers(value, where, path)
+    elif isinstance(data, np.ndarray):
+        if data.dtype.kind == "f" and not np.isfinite(data).all():
+            raise ModelError(f"{where}: {path or 'a stored array'} holds NaN or infinite values; "
+                             "the model is broken (train it again)")
+    elif isinstance(data, float) and not np.isfinite(data):
+        raise ModelError(f"{where}: {path or 'a stored number'} is {data}; the model is broken (train it again)")

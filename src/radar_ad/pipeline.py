@@ -25,6 +25,7 @@ before it predicts.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 import warnings
@@ -41,7 +42,16 @@ from .backend import NOISE_SETTINGS, NoiseBackend, TorchBackend
 from .config import RadarConfig
 from .data import as_image_array, list_images, training_images
 from .decision import MIN_CALIBRATION_IMAGES, ImageDecision, is_anomalous, pixel_threshold
-from .errors import ConfigError, DataError, ModelError, NotCalibratedError, NotFittedError, first_line
+from .errors import (
+    ConfigError,
+    DataError,
+    ModelError,
+    NonFiniteError,
+    NotCalibratedError,
+    NotFittedError,
+    RadarError,
+    first_line,
+)
 from .network import build_scheduler, build_unet, pick_device
 from .noise_map import noise_map
 from .patches import PatchSampler
@@ -49,6 +59,7 @@ from .persistence import (
     FORMAT,
     FORMAT_VERSION,
     Conformal,
+    check_finite_numbers,
     check_model_target,
     checkpoint_dir,
     read_conformal,
@@ -58,8 +69,8 @@ from .persistence import (
 )
 from .progress import progress_bar
 from .registry import BACKENDS, RESPONSES
-from .response import Response
-from .training import DeviceStrategy, is_checkpoint_dir, train_unet
+from .response import Response, respond
+from .training import DeviceStrategy, check_checkpoint_dir, images_digest, is_checkpoint_dir, train_unet
 
 ImageLike = Any  # a path, a PIL image or a numpy array
 # Images analysed together: their patches go through the network in shared
@@ -67,7 +78,7 @@ ImageLike = Any  # a path, a PIL image or a numpy array
 IMAGES_PER_PASS = 8
 # Settings a fitted model can change without a new calibration, and those
 # whose change only needs the one-class model refitted on the stored features.
-FREE_SETTINGS = frozenset({"inference.batch_size"})
+FREE_SETTINGS = frozenset({"inference.batch_size", "decision.non_finite"})
 DECISION_SETTINGS = frozenset({"decision.one_class_model", "decision.contamination", "decision.n_estimators",
                                "decision.n_neighbors", "decision.false_alarm_rate"})
 # Settings the trained network fixes: changing them means training again.
@@ -119,29 +130,52 @@ class Calibration:
 @dataclass
 class StreamedPrediction:
     """One item of :func:`stream_predictions`: its position, the item, its
-    prediction and the seconds per image of the chunk it was predicted in."""
+    prediction and the seconds per image of the chunk it was predicted in;
+    with ``keep_going``, an item that could not be predicted has
+    ``prediction`` None and ``error`` the one-line reason."""
 
     index: int
     item: Any
     prediction: Any
     seconds: float
+    error: str | None = None
 
 
 def stream_predictions(predict: Callable[[list[Any]], list[Any]], items: Sequence[Any],
-                       chunk_size: int = IMAGES_PER_PASS) -> Iterator[StreamedPrediction]:
+                       chunk_size: int = IMAGES_PER_PASS, keep_going: bool = False) -> Iterator[StreamedPrediction]:
     """Predict ``items`` ``chunk_size`` at a time, in order, yielding each
     prediction as soon as its chunk is done: memory stays at one chunk's maps
     whatever the number of items. ``predict`` is ``Radar.predict_many`` or any
-    function of the same shape (a baseline's)."""
+    function of the same shape (a baseline's).
+
+    ``keep_going``: an item that fails with a :class:`RadarError` (unreadable,
+    too small, a non-finite score) becomes a streamed item with its
+    ``error``, and the batch goes on (a failing chunk is retried item by
+    item, so one bad file costs its neighbours nothing but time)."""
     if chunk_size < 1:
         raise ConfigError(f"chunk_size must be >= 1, got {chunk_size}", setting="chunk_size")
     for start in range(0, len(items), chunk_size):
         chunk = list(items[start:start + chunk_size])
         began = time.perf_counter()
-        predictions = predict(chunk)
+        try:
+            predictions: list[Any] = predict(chunk)
+            errors: list[str | None] = [None] * len(chunk)
+        except RadarError as exc:
+            if not keep_going:
+                raise
+            predictions, errors = [], []
+            for item in chunk if len(chunk) > 1 else []:
+                try:
+                    predictions.append(predict([item])[0])
+                    errors.append(None)
+                except RadarError as one:
+                    predictions.append(None)
+                    errors.append(first_line(one))
+            if len(chunk) == 1:
+                predictions, errors = [None], [first_line(exc)]
         seconds = (time.perf_counter() - began) / max(1, len(chunk))
-        for offset, (item, prediction) in enumerate(zip(chunk, predictions)):
-            yield StreamedPrediction(start + offset, item, prediction, seconds)
+        for offset, (item, prediction, error) in enumerate(zip(chunk, predictions, errors)):
+            yield StreamedPrediction(start + offset, item, prediction, seconds, error)
 
 
 class Radar:
@@ -229,7 +263,7 @@ class Radar:
         sampler = PatchSampler([torch.from_numpy(images[i]) for i in split.train], config.patch_size)
         result = train_unet(unet, scheduler, sampler, config, strategy or device,
                             checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None,
-                            resume=resume, progress=progress)
+                            resume=resume, progress=progress, images=images_digest(images))
         network = TorchBackend(unet, config, channels)
         training = {
             "n_images": len(images), "n_train": len(split.train), "n_calibration": len(split.calibration),
@@ -404,7 +438,7 @@ class Radar:
                     by_shape.setdefault(images[i].shape, []).append(i)
                 groups = []
                 for indices in by_shape.values():
-                    batch = torch.from_numpy(np.stack([images[i] for i in indices])).to(device)
+                    batch = [torch.from_numpy(images[i]) for i in indices]  # no stacked copy
                     groups.append((indices, noise_map(self.backend_, batch, patch_size=config.patch_size,
                                                       stride=config.stride,
                                                       batch_size=config.inference.batch_size,
@@ -415,10 +449,11 @@ class Radar:
     @staticmethod
     def _respond_in_order(response: Response, groups: list[tuple[list[int], torch.Tensor]],
                           ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """(noise map, anomaly map, features) per image of a chunk, in input order."""
+        """(noise map, anomaly map, features) per image of a chunk, in input
+        order. A large image's response is computed in tiles (:func:`respond`)."""
         results: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         for indices, noise in groups:
-            output = response(noise)
+            output = respond(response, noise)
             for j, i in enumerate(indices):
                 results[i] = (noise[j].cpu().numpy(), output.anomaly_map[j].cpu().numpy(),
                               output.features[j].cpu().numpy())
@@ -441,19 +476,34 @@ class Radar:
         # one call for all images: a forest has a large per-call overhead
         decision = calibration.decision
         scores = decision.score(np.stack([feats for _, _, feats in analysed]))
+        fail_safe = self._non_finite_scores(scores)
         p_values = decision.p_values(scores)
-        return [Prediction(score=score, is_anomalous=bool(is_anomalous(score, decision.threshold_)),
+        return [Prediction(score=score, is_anomalous=bool(is_anomalous(score, decision.threshold_)) or fail_safe[i],
                            threshold=decision.threshold_, pixel_threshold=calibration.pixel_threshold,
                            features=feats, noise_map=noise, anomaly_map=anomaly,
                            mask=anomaly > calibration.pixel_threshold, image=image,
-                           p_value=None if p_values is None else float(p_values[i]))
+                           p_value=None if p_values is None or fail_safe[i] else float(p_values[i]))
                 for i, (image, (noise, anomaly, feats), score) in enumerate(zip(arrays, analysed, scores.tolist()))]
 
+    def _non_finite_scores(self, scores: np.ndarray) -> np.ndarray:
+        """Which scores are not finite, when ``decision.non_finite`` is
+        "anomalous" (they are then flagged); with "error" (the default) a
+        non-finite score raises :class:`NonFiniteError`: it never becomes a
+        verdict, least of all "normal"."""
+        bad = ~np.isfinite(scores)
+        if bad.any() and self.config.decision.non_finite == "error":
+            where = "" if len(scores) == 1 else f" (image {int(np.argmax(bad)) + 1} of {len(scores)})"
+            raise NonFiniteError(f"the anomaly score is {scores[bad][0]}{where}, not a number a verdict can come "
+                                 "from: the image or the model is broken (decision.non_finite: anomalous flags "
+                                 "such images instead)")
+        return bad
+
     def predict_stream(self, images: Sequence[ImageLike], chunk_size: int = IMAGES_PER_PASS,
-                       ) -> Iterator[StreamedPrediction]:
+                       keep_going: bool = False) -> Iterator[StreamedPrediction]:
         """Predictions of ``images`` in order, ``chunk_size`` images read and
-        analysed at a time (see :func:`stream_predictions`)."""
-        return stream_predictions(self.predict_many, images, chunk_size)
+        analysed at a time; ``keep_going``: a bad image becomes an item with
+        an ``error`` instead of ending the stream (see :func:`stream_predictions`)."""
+        return stream_predictions(self.predict_many, images, chunk_size, keep_going)
 
     # --------------------------------------------------------- persistence
     def metadata(self) -> dict[str, Any]:
@@ -569,8 +619,10 @@ class Radar:
         if name not in readers:
             raise ModelError(f"a {suffix} file runs on {', '.join(readers)}, not {name}")
         opened = BACKENDS.get(name).open_file(path)
-        return cls._assemble(opened.metadata, opened.calibration_features, opened.conformal, None,
-                             opened.backend, str(path), device)
+        radar = cls._assemble(opened.metadata, opened.calibration_features, opened.conformal, None,
+                              opened.backend, str(path), device)
+        _check_graph(radar, path)
+        return radar
 
     @classmethod
     def _assemble(cls, meta: dict[str, Any], calibration_features: np.ndarray, conformal: Conformal | None,
@@ -578,9 +630,18 @@ class Radar:
         """A fitted model from stored metadata, calibration features and a
         backend; the one-class model is refitted and checked against the
         saved threshold."""
+        check_finite_numbers({"pixel_threshold": meta.get("pixel_threshold"),
+                              "response_statistics": meta.get("response_statistics"),
+                              "calibration features": np.asarray(calibration_features),
+                              "conformal features": None if conformal is None else np.asarray(conformal.features)},
+                             where)
         try:
             config = RadarConfig.from_dict(meta["config"])
             response = RESPONSES.get(config.inference.response).from_state(config, meta.get("response_statistics"))
+            width = len(response.feature_names)
+            if np.ndim(calibration_features) != 2 or np.shape(calibration_features)[1] != width:
+                raise ValueError(f"the calibration features have shape {np.shape(calibration_features)}; the "
+                                 f"{config.inference.response} response makes {width} per image")
             decision = ImageDecision(config.decision, config.seed).fit(
                 np.asarray(calibration_features, dtype=np.float64), None if conformal is None else conformal.features)
             calibration = Calibration(response, decision, float(meta["pixel_threshold"]),
@@ -595,14 +656,30 @@ class Radar:
         return cls(config, device)._learned(network, backend, channels, meta.get("training", {}), calibration)
 
 
+def _check_graph(radar: Radar, path: Path) -> None:
+    """Run an exported file's graph once on the patch shape its metadata
+    describes: a file whose graph and metadata disagree (edited, or glued
+    together from two models) is refused on loading, not on the first image."""
+    patch, channels = radar.config.patch_size, radar.channels_
+    try:
+        output = radar.backend_.predict(torch.zeros(1, channels, patch, patch), torch.zeros(1, dtype=torch.int64))
+        ok = tuple(output.noise.shape) == (1, channels, patch, patch) and bool(torch.isfinite(output.noise).all())
+    except Exception:  # the runtimes raise their own unexported types
+        ok = False
+    if not ok:
+        raise ModelError(f"{path}: its graph does not match its metadata ({channels} channel(s), {patch} px "
+                         "patches) or gives non-finite noise; export the model again")
+
+
 def train_model(config: RadarConfig, data: str | Path, out: str | Path, *, resume: bool = False,
                 device: str | None = None, progress: bool = True) -> Radar:
     """Train on ``data`` and write the model directory ``out``: the output
     location is checked first, a checkpoint is kept beside it while training
     (``resume`` continues one) and removed once the model is written."""
-    out = Path(out)
+    out = Path(os.path.abspath(out))  # "." names the working folder
     check_model_target(out)  # before training, not after an hour of it
     checkpoint = checkpoint_dir(out)
+    check_checkpoint_dir(checkpoint)  # a user's folder of that name: refused before any work
     radar = Radar(config, device=device).fit(data, progress=progress, checkpoint_dir=checkpoint, resume=resume)
     radar.save(out)
     if is_checkpoint_dir(checkpoint):  # ours (train_unet refused anything else before training)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import RadarConfig
+from .features import SquareSums, square_sums
 
 # OpenCV's fixed kernels for ksize <= 7 with sigma <= 0 (getGaussianKernel).
 _SMALL_GAUSSIANS = {
@@ -97,23 +98,33 @@ def response_map(noise_map: torch.Tensor, blur_ksize: int = 5, sobel_ksize: int 
     return magnitude[:, 0] if channels == 1 else magnitude.pow(2).sum(1).sqrt()
 
 
-def local_energy(noise_map: torch.Tensor, window: int) -> torch.Tensor:
+def local_energy(noise_map: torch.Tensor, window: int, size: tuple[int, int] | None = None) -> torch.Tensor:
     """``(B, C, H, W)`` -> ``(B, H, W)``: log mean squared predicted noise
-    over ``window`` x ``window`` neighbourhoods (mirrored at the border)."""
+    over ``window`` x ``window`` neighbourhoods (mirrored at the border).
+    ``size``: the (H, W) of the whole map when ``noise_map`` is a region of
+    it (the window is clipped to the whole map, not to the region)."""
     squared = noise_map.double().pow(2).mean(1, keepdim=True)
-    height, width = squared.shape[-2:]
+    height, width = size or squared.shape[-2:]
     wy, wx = min(window, height), min(window, width)
     padded = F.pad(squared, (wx // 2, wx - 1 - wx // 2, wy // 2, wy - 1 - wy // 2), mode="reflect")
     return torch.log(F.avg_pool2d(padded, (wy, wx), stride=1) + 1e-12)[:, 0]
 
 
-def gaussian_smooth(x: torch.Tensor, sigma: float) -> torch.Tensor:
+def smoothing_radius(sigma: float, size: tuple[int, int]) -> int:
+    """The half-width of :func:`gaussian_smooth`'s kernel on an (H, W) map
+    (0: no smoothing): 3 sigma, at most the image size less one."""
+    if sigma <= 0:
+        return 0
+    return max(1, min(math.ceil(3 * sigma), size[0] - 1, size[1] - 1))
+
+
+def gaussian_smooth(x: torch.Tensor, sigma: float, size: tuple[int, int] | None = None) -> torch.Tensor:
     """Gaussian smoothing of ``(N, 1, H, W)``; the kernel is truncated at
-    3 sigma and at the image size (mirrored border)."""
+    3 sigma and at the image size (mirrored border). ``size``: the (H, W) of
+    the whole map when ``x`` is a region of it."""
     if sigma <= 0:
         return x
-    height, width = x.shape[-2:]
-    radius = max(1, min(math.ceil(3 * sigma), height - 1, width - 1))
+    radius = smoothing_radius(sigma, size or (x.shape[-2], x.shape[-1]))
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
     kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
     return _separable(x, kernel / kernel.sum(), kernel / kernel.sum())
@@ -181,6 +192,33 @@ class Response:
         return self
 
     def __call__(self, noise_map: torch.Tensor) -> ResponseOutput:
+        """Anomaly maps and features of whole ``(B, C, H, W)`` noise maps."""
+        size = (int(noise_map.shape[-2]), int(noise_map.shape[-1]))
+        maps = self.feature_maps(noise_map, size)
+        sums = square_sums(maps, self.inference.window, self.inference.window_stride)
+        return ResponseOutput(self.anomaly(maps, size), self.features(sums))
+
+    # The pieces of __call__, which :func:`respond` also runs region by region
+    # on a large image. A response that overrides __call__ instead (and
+    # leaves context() None) is always run on the whole image.
+    def context(self, size: tuple[int, int]) -> tuple[int, int] | None:
+        """For an (H, W) image: how many pixels of noise map around a pixel
+        its feature maps depend on, and how many pixels of feature maps
+        around a pixel its anomaly map depends on. ``None``: this response
+        cannot be computed in tiles."""
+        return None
+
+    def feature_maps(self, noise_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """``(B, C, h, w)`` noise (a region of an (H, W) = ``size`` map) ->
+        ``(B, P, h, w)``: the maps the features are RMS values of."""
+        raise NotImplementedError
+
+    def anomaly(self, maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """``(B, P, h, w)`` feature maps -> ``(B, h, w)`` float32 anomaly map."""
+        raise NotImplementedError
+
+    def features(self, sums: SquareSums) -> torch.Tensor:
+        """``(B, F)`` float64 image features from the feature maps' :class:`SquareSums`."""
         raise NotImplementedError
 
     def state(self) -> dict[str, float] | None:
@@ -225,6 +263,58 @@ class RunningMoments:
     def std(self) -> float:
         variance = float(self.squares - self.count * self.mean**2) / max(self.count - 1, 1)
         return max(variance, 0.0) ** 0.5
+
+
+# A large image's response is computed in tiles of TILE x TILE output pixels
+# (each with the context its filters need): beyond the maps an image's result
+# holds, memory then grows by a constant instead of ~400 bytes per pixel.
+TILE = 256
+TILED_ABOVE = 512 * 512  # pixels; smaller images are computed whole
+
+
+def respond(response: Response, noise_map: torch.Tensor, tile: int | None = None,
+            min_pixels: int | None = None) -> ResponseOutput:
+    """``response(noise_map)``, computed in ``tile`` x ``tile`` tiles
+    (default :data:`TILE`) when the map has more than ``min_pixels`` pixels
+    (default :data:`TILED_ABOVE`) and the response says what context it
+    needs (:meth:`Response.context`).
+
+    Each tile's feature maps and anomaly map are computed on the tile plus
+    that context (clipped to the image, whose borders are mirrored as on the
+    whole map), the anomaly map is cropped into place and the features come
+    from :class:`~radar_ad.features.SquareSums` of the windows whose corner
+    lies in the tile: the results equal the whole-image ones to float
+    rounding. Peak memory: the ``(B, H, W)`` float32 anomaly map plus one
+    tile's intermediates."""
+    tile = TILE if tile is None else tile
+    min_pixels = TILED_ABOVE if min_pixels is None else min_pixels
+    batch, _, height, width = noise_map.shape
+    size = (int(height), int(width))
+    context = response.context(size)
+    if context is None or height * width <= min_pixels or (height <= tile and width <= tile):
+        return response(noise_map)
+    feature_halo, map_halo = context
+    window, stride = response.inference.window, response.inference.window_stride
+    # pixels of context before and after a tile: for its anomaly map, and
+    # after it for the windows that start in it
+    before = feature_halo + map_halo
+    after = feature_halo + max(map_halo, min(window, height) - 1, min(window, width) - 1)
+    anomaly = torch.empty(batch, height, width, dtype=torch.float32, device=noise_map.device)
+    sums: SquareSums | None = None
+    for top in range(0, height, tile):
+        bottom = min(top + tile, height)
+        r0, r1 = max(0, top - before), min(height, bottom + after)
+        for left in range(0, width, tile):
+            right = min(left + tile, width)
+            c0, c1 = max(0, left - before), min(width, right + after)
+            maps = response.feature_maps(noise_map[:, :, r0:r1, c0:c1], size)
+            anomaly[:, top:bottom, left:right] = response.anomaly(maps, size)[
+                :, top - r0:bottom - r0, left - c0:right - c0]
+            piece = square_sums(maps, window, stride, size, (r0, c0), (top, bottom, left, right))
+            sums = piece if sums is None else sums.merge(piece)
+            del maps
+    assert sums is not None
+    return ResponseOutput(anomaly, response.features(sums))
 
 
 def strided_quantiles(parts: Iterable[torch.Tensor], count: int, quantile: float) -> list[float]:

@@ -56,6 +56,7 @@ _SHADE = 0.75
 # A defect's mask is where it changed the noise-free image by more than this.
 _MASK_THRESHOLD = 6.0
 _MAX_SIZE = 4096
+_MAX_IMAGES = 100_000
 _SPLIT_IDS = {"train": 0, "test_good": 1, "test_defect": 2}
 
 
@@ -475,10 +476,10 @@ def validate_spec(spec: SyntheticSpec) -> None:
     if not isinstance(spec, SyntheticSpec):
         raise ConfigError(f"spec must be a SyntheticSpec, got {type(spec).__name__}")
     _check_int("size", spec.size, 32, _MAX_SIZE)
-    _check_int("n_train", spec.n_train, 1)
-    _check_int("n_test_good", spec.n_test_good, 0)
-    _check_int("n_test_per_defect", spec.n_test_per_defect, 0)
-    _check_int("seed", spec.seed, 0)
+    _check_int("n_train", spec.n_train, 1, _MAX_IMAGES)
+    _check_int("n_test_good", spec.n_test_good, 0, _MAX_IMAGES)
+    _check_int("n_test_per_defect", spec.n_test_per_defect, 0, _MAX_IMAGES)
+    _check_int("seed", spec.seed, 0, 2**32 - 1)
     types = spec.defect_types
     if isinstance(types, str) or not isinstance(types, (tuple, list)):
         raise ConfigError(f"SyntheticSpec.defect_types must be a tuple of names from "

@@ -17,6 +17,7 @@ continues the very same sequence of draws, and CPU and GPU see the same data.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -27,11 +28,10 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from .config import RadarConfig
-from .errors import DataError, ModelError
-from .files import atomic_file
+from .errors import DataError, ModelError, NonFiniteError
+from .files import atomic_file, save_tensors
 from .patches import PatchSampler
 from .progress import progress_bar
 
@@ -78,14 +78,47 @@ def learning_rate(step: int, config: RadarConfig) -> float:
     return train.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def _training_fingerprint(config: RadarConfig, channels: int) -> dict:
-    """The settings a checkpoint must share with the run that resumes it, in
-    JSON form (lists, not tuples) so it compares equal to a stored copy."""
+def _training_fingerprint(config: RadarConfig, channels: int, images: dict | None = None) -> dict:
+    """The settings (and, when given, the training images' digest) a
+    checkpoint must share with the run that resumes it, in JSON form (lists,
+    not tuples) so it compares equal to a stored copy."""
     settings = json.loads(config.to_json())
     return {"patch_size": settings["patch_size"], "seed": settings["seed"], "channels": channels,
             "data": settings["data"], "network": settings["network"],
             "train": {k: v for k, v in settings["train"].items()
-                      if k not in ("steps", "checkpoint_every")}}
+                      if k not in ("steps", "checkpoint_every")},
+            "images": images}
+
+
+def images_digest(images: list[torch.Tensor] | list) -> dict:
+    """What identifies a set of training images: their number and a SHA-256
+    of their pixels and shapes, in order (a changed, added, removed or
+    reordered image changes it; renaming or touching a file does not)."""
+    digest = hashlib.sha256()
+    for image in images:
+        array = image.numpy() if isinstance(image, torch.Tensor) else image
+        digest.update(repr(tuple(array.shape)).encode())
+        digest.update(array.tobytes())
+    return {"count": len(images), "sha256": digest.hexdigest()}
+
+
+def fingerprint_changes(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """What differs between a checkpoint's fingerprint and this run's, in
+    words: ``["the training images (30 then, 31 now)", "train.batch_size (16 then, 32 now)"]``."""
+    changes = []
+    for key in sorted(set(saved) | set(current)):
+        then, now = saved.get(key), current.get(key)
+        if then == now:
+            continue
+        if key == "images" and not prefix:
+            counts = (then or {}).get("count"), (now or {}).get("count")
+            changes.append(f"the training images ({counts[0]} then, {counts[1]} now"
+                           + (", same number but other pixels)" if counts[0] == counts[1] else ")"))
+        elif isinstance(then, dict) and isinstance(now, dict):
+            changes += fingerprint_changes(then, now, f"{prefix}{key}.")
+        else:
+            changes.append(f"{prefix}{key} ({json.dumps(then)} then, {json.dumps(now)} now)")
+    return changes
 
 
 def diffusion_loss(unet: UNet2DModel, scheduler: DDPMScheduler, clean: torch.Tensor, timesteps: torch.Tensor,
@@ -139,12 +172,18 @@ def train_unet(
     checkpoint_dir: Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    images: dict | None = None,
 ) -> TrainResult:
     """Train ``unet`` in place; when EMA is on, the EMA weights are copied into
-    it at the end (they are what inference uses)."""
+    it at the end (they are what inference uses). ``images``: the training
+    images' :func:`images_digest`, stored in checkpoints so that a resume
+    with other images is refused.
+
+    A loss that is not finite stops training with a :class:`NonFiniteError`
+    before it reaches the weights; the last checkpoint stays as it was."""
     train = config.train
     strategy = device if isinstance(device, DeviceStrategy) else DeviceStrategy(device)
-    channels = int(sampler.stack.shape[1])
+    channels = sampler.channels
     generator = torch.Generator().manual_seed(config.seed)
     unet.to(strategy.device).train()
     params = [p for p in unet.parameters() if p.requires_grad]
@@ -153,7 +192,7 @@ def train_unet(
     model, prepared = strategy.prepare(unet, optimizer)
     max_t = min(train.max_timestep or scheduler.config.num_train_timesteps,
                 scheduler.config.num_train_timesteps)
-    fingerprint = _training_fingerprint(config, channels)
+    fingerprint = _training_fingerprint(config, channels, images)
 
     if checkpoint_dir is not None:
         check_checkpoint_dir(checkpoint_dir)
@@ -176,6 +215,8 @@ def train_unet(
         for group in prepared.param_groups:
             group["lr"] = learning_rate(step, config)
         loss = diffusion_loss(model, scheduler, patches, timesteps, noise)
+        if not torch.isfinite(loss.detach()):
+            raise NonFiniteError(_diverged(float(loss.detach()), step, checkpoint_dir))
         prepared.zero_grad(set_to_none=True)
         strategy.backward(loss)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -217,9 +258,11 @@ def _save_checkpoint(directory: Path, step: int, unet: UNet2DModel, optimizer: t
     """Weights, optimiser moments, EMA and RNG state in one safetensors file
     (step and settings in its metadata), replaced atomically so a kill
     mid-write leaves the last good checkpoint."""
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in unet.state_dict().items()}
+    if not all(bool(torch.isfinite(t).all()) for t in tensors.values() if t.is_floating_point()):
+        raise NonFiniteError(_diverged(float("nan"), step - 1, directory, "weights"))
     directory.mkdir(parents=True, exist_ok=True)
     (directory / CHECKPOINT_MARKER).touch()
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in unet.state_dict().items()}
     state = optimizer.state_dict()
     for index, moments in state["state"].items():
         for name, value in moments.items():
@@ -230,7 +273,24 @@ def _save_checkpoint(directory: Path, step: int, unet: UNet2DModel, optimizer: t
     meta = {"step": str(step), "fingerprint": json.dumps(fingerprint),
             "loss_history": json.dumps(history)}
     with atomic_file(directory / CHECKPOINT_FILE) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+        save_tensors(tensors, tmp, metadata=meta)
+
+
+def _diverged(value: float, step: int, checkpoint_dir: Path | None, what: str = "loss") -> str:
+    """The one line that says training diverged and what is left of it."""
+    kept = checkpoint_step(checkpoint_dir) if checkpoint_dir is not None else None
+    return (f"training diverged: the {what} became {value} at step {step + 1}; nothing was written"
+            + (f"; the last good checkpoint (step {kept}) is in {checkpoint_dir}" if kept else "")
+            + " (lower train.learning_rate or raise train.warmup_steps and train again)")
+
+
+def checkpoint_step(directory: Path) -> int | None:
+    """The step a checkpoint folder holds, or ``None`` without a readable one."""
+    try:
+        with safe_open(str(directory / CHECKPOINT_FILE), framework="pt") as handle:
+            return int((handle.metadata() or {})["step"])
+    except (OSError, ValueError, KeyError, SafetensorError):
+        return None
 
 
 def _load_checkpoint(directory: Path, unet: UNet2DModel, optimizer: torch.optim.Optimizer,
@@ -246,8 +306,10 @@ def _load_checkpoint(directory: Path, unet: UNet2DModel, optimizer: torch.optim.
     except (OSError, ValueError, KeyError, SafetensorError) as exc:
         raise ModelError(f"cannot resume from {directory}: {exc}") from None
     if saved != fingerprint:
-        raise ModelError(f"cannot resume from {directory}: it was made with other settings "
-                         "(data, network, training or seed differ)")
+        changed = fingerprint_changes(saved, fingerprint)
+        raise ModelError(f"cannot resume from {directory}: changed since it was made: "
+                         + ("; ".join(changed) or "the training images or settings")
+                         + " (train afresh without --resume, or resume with what it was made with)")
     unet.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     state = optimizer.state_dict()
     moments: dict[int, dict[str, torch.Tensor]] = {}

@@ -9,20 +9,26 @@ it as this command's flag (``maps_for`` -> ``--maps-for``).
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import os
+import shlex
 import sys
 import warnings
 from pathlib import Path
 from typing import Any, Optional
 
-import click
 import typer
 
 from .. import __version__
 from ..config import RadarConfig
-from ..errors import ConfigError, DataError, RadarError, first_line, require
+from ..errors import ConfigError, DataError, Interrupted, PartialFailure, RadarError, first_line, require
 from ..registry import BACKENDS, choices
+
+# The arguments of this run (what an interrupted `radar train` is resumed with).
+_INVOCATION: list[str] = []
+# Images a `radar detect` batch may hold in memory at once.
+MAX_BATCH_IMAGES = 1024
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="RADAR: one-step diffusion anomaly detection and segmentation.")
@@ -88,17 +94,34 @@ def train(
         overrides["data.grayscale"] = False
     overrides.update(_parse_set(set_))
     config = config.updated(overrides)
-    checkpoint = checkpoint_dir(out)
+    checkpoint = checkpoint_dir(Path(os.path.abspath(out)))  # "." names the working folder
     if resume and not (checkpoint / CHECKPOINT_FILE).is_file():
         raise DataError(f"nothing to resume: no checkpoint at {checkpoint}")
     if not resume and (checkpoint / CHECKPOINT_FILE).is_file():
         typer.echo(f"note: starting afresh; the checkpoint in {checkpoint} will be replaced "
                    "(--resume continues it)", err=True)
-    radar = train_model(config, data, out, resume=resume, device=device, progress=not quiet)
+    try:
+        radar = train_model(config, data, out, resume=resume, device=device, progress=not quiet)
+    except KeyboardInterrupt:
+        raise Interrupted(_how_to_resume(checkpoint, config.train.checkpoint_every)) from None
     info = radar.training_
     typer.echo(f"model written to {out} ({info['n_train']} training + {info['n_calibration']} "
                f"calibration + {info['n_conformal']} conformal images, {info['steps']} steps in "
                f"{info['seconds']:.0f} s, final loss {info['final_loss']:.4f}); {radar.false_alarms()['rule']}")
+
+
+def _how_to_resume(checkpoint: Path, every: int) -> str:
+    """What an interrupted `radar train` left, and the command that continues it."""
+    from ..training import checkpoint_step
+
+    step = checkpoint_step(checkpoint)
+    if step is None:
+        return (f"interrupted before the first checkpoint (one every {every} steps); nothing to resume, "
+                "run the same command again")
+    command = ["radar", *(_INVOCATION or ["train", "DATA", "--out", "OUT"])]
+    if "--resume" not in command:
+        command.append("--resume")
+    return f"interrupted; the checkpoint of step {step} is in {checkpoint}; continue with: {shlex.join(command)}"
 
 
 @app.command()
@@ -125,6 +148,8 @@ def calibrate(
                "the model had no conformal images before (format 2); radar.json is unchanged")
 
 
+NON_FINITE_HELP = ("An image whose score is not a number (a broken image or model): error (an error row, "
+                   "the default) or anomalous (fail-safe). Never normal.")
 FALSE_ALARM_HELP = ("Flag an image when its p-value is at most this: at most this share of normal images "
                     "flagged (default: the model's decision.false_alarm_rate).")
 BACKEND_HELP = (f"{BACKENDS.choices().capitalize()} (default: torch for a model directory, the file's own "
@@ -139,6 +164,7 @@ def detect(
     batch_size: int = typer.Option(16, help="Images read and analysed at a time (bounds memory)."),
     maps: bool = typer.Option(True, "--maps/--no-maps", help="Write anomaly map, mask and overlay PNGs."),
     false_alarm_rate: Optional[float] = typer.Option(None, help=FALSE_ALARM_HELP),
+    non_finite: Optional[str] = typer.Option(None, help=NON_FINITE_HELP),
     backend: Optional[str] = typer.Option(None, help=BACKEND_HELP),
     device: Optional[str] = typer.Option(None, help="cpu, cuda ... (default: CUDA if present)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -152,30 +178,41 @@ def detect(
     from ..files import atomic_file, unique_stem
     from ..pipeline import Radar
     from ..progress import progress_bar
-    from ..report import RESULT_COLUMNS, result_fields, save_prediction_maps
+    from ..report import DETECT_COLUMNS, error_fields, result_fields, save_prediction_maps
 
-    if batch_size < 1:
-        raise ConfigError("batch_size must be >= 1", setting="batch_size")
-    radar = Radar.load(model, device=device, backend=backend, settings=_decision(false_alarm_rate))
+    if not 1 <= batch_size <= MAX_BATCH_IMAGES:
+        raise ConfigError(f"batch_size must be in [1, {MAX_BATCH_IMAGES}], got {batch_size}", setting="batch_size")
+    if out.exists() and not out.is_dir():
+        raise DataError(f"out must be a folder, got a file: {out}", setting="out")
+    radar = Radar.load(model, device=device, backend=backend, settings=_decision(false_alarm_rate, non_finite))
     radar.warn_false_alarms()
-    images = [image for path in paths for image in list_images(path)]
+    # the output folder may sit inside an input folder: its maps are not inputs
+    images = [image for path in paths for image in list_images(path, exclude=out)]
     out.mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
-    flagged = 0
+    flagged = failed = 0
     with (atomic_file(out / "results.csv") as tmp, open(tmp, "w", newline="") as handle,
           progress_bar(total=len(images), enabled=not quiet, desc="detecting", unit="img") as bar):
         writer = csv.writer(handle)
-        writer.writerow(RESULT_COLUMNS)
-        for streamed in radar.predict_stream(images, chunk_size=batch_size):
+        writer.writerow(DETECT_COLUMNS)
+        # a file that cannot be scored is an error row; the batch goes on
+        for streamed in radar.predict_stream(images, chunk_size=batch_size, keep_going=True):
             path, pred = streamed.item, streamed.prediction
-            flagged += pred.is_anomalous
-            writer.writerow([str(path), *result_fields(pred)])
-            if maps:
-                stem = unique_stem(path.stem, used.__contains__)
-                used.add(stem)
-                save_prediction_maps(pred, out, stem)
+            if pred is None:
+                failed += 1
+                writer.writerow([str(path), *error_fields(radar.decision_.threshold_), streamed.error])
+            else:
+                flagged += pred.is_anomalous
+                if maps:
+                    stem = unique_stem(path.stem, used.__contains__)
+                    used.add(stem)
+                    save_prediction_maps(pred, out, stem)
+                writer.writerow([str(path), *result_fields(pred), ""])
             bar.update(1)
     typer.echo(f"{len(images)} images, {flagged} anomalous; results in {out / 'results.csv'}")
+    if failed:
+        raise PartialFailure(f"{failed} of {len(images)} images could not be scored; their rows in "
+                             f"{out / 'results.csv'} say why (column error)")
 
 
 @app.command()
@@ -213,6 +250,7 @@ def export(
     model_dir: Path = typer.Argument(..., help="Model directory from `radar train`."),
     out: Path = typer.Option(..., "--out", "-o", help="File to write, e.g. model.onnx."),
     format_: str = typer.Option(EXPORT_FORMATS[0], "--format", help=f"Export format: {choices(EXPORT_FORMATS)}."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing file at --out (never a model's own)."),
 ) -> None:
     """Write the model as one self-contained file (network, noising step,
     thresholds and calibration in its metadata), checked against PyTorch."""
@@ -222,6 +260,11 @@ def export(
         raise ConfigError(f"format must be {choices(EXPORT_FORMATS)}, got {format_!r}", setting="format")
     if out.is_dir():
         raise DataError(f"{out} is a folder; give a file name such as model{BACKENDS.get(format_).exports}")
+    if Path(os.path.abspath(out)).is_relative_to(Path(os.path.abspath(model_dir))) or (
+            model_dir.is_dir() and out.resolve().is_relative_to(model_dir.resolve())):
+        raise DataError(f"{out} is inside the model directory {model_dir}; write the export beside it")
+    if out.exists() and not force:
+        raise DataError(f"{out} exists; refusing to replace it (--force replaces it)")
     Radar.load(model_dir, device="cpu").export(out, format_)
     typer.echo(f"{format_} model written to {out} ({out.stat().st_size / 2**20:.1f} MiB); "
                f"use it with `radar detect {out} IMAGES --out DIR`")
@@ -266,12 +309,23 @@ def make_data(
 def serve(
     model_dir: Path = typer.Argument(..., help="Model directory from `radar train`, or an .onnx file."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
-    port: int = typer.Option(8000, help="Port to listen on (0: any free port)."),
+    port: int = typer.Option(8000, help="Port to listen on, 0 to 65535 (0: any free port)."),
     backend: Optional[str] = typer.Option(None, help=BACKEND_HELP),
     device: Optional[str] = typer.Option(None, help="cpu, cuda ... (default: CUDA if present)."),
-    max_upload_mb: float = typer.Option(20.0, help="Largest accepted upload, in MiB."),
-    max_in_flight: int = typer.Option(8, help="Requests admitted at once (running + waiting); more get 503."),
+    max_upload_mb: float = typer.Option(20.0, help="Largest accepted upload, in MiB (at most 1024)."),
+    max_in_flight: int = typer.Option(8, help="Requests admitted at once (running + waiting); more get 503 "
+                                      "(at most 1024)."),
+    max_pixels: int = typer.Option(
+        16_000_000, help="Largest accepted image, in pixels (width x height; at most 100000000). A request "
+        "of 4000 x 4000 (the default) peaks at about 1.1 GB and takes about 70 s on 2 CPU cores (measured); "
+        "lower it for a quick answer, raise it on a bigger machine."),
+    body_timeout: float = typer.Option(
+        20.0, help="Seconds a client has to send its whole upload, else 408 (at most 600); the upload is "
+        "received before the request is admitted, so slow clients hold no slot."),
+    max_uploads: int = typer.Option(32, help="Uploads received at once, before admission; more get 503. "
+                                    "Bounds their memory to about this x 2 x --max-upload-mb (at most 4096)."),
     false_alarm_rate: Optional[float] = typer.Option(None, help=FALSE_ALARM_HELP),
+    non_finite: Optional[str] = typer.Option(None, help=NON_FINITE_HELP.replace("an error row", "HTTP 422")),
 ) -> None:
     """Serve a model over HTTP: POST /predict, GET /model, GET /health and a web page at /."""
     for module in ("fastapi", "uvicorn", "multipart"):
@@ -283,7 +337,9 @@ def serve(
 
     try:
         run_server(model_dir, host=host, port=port, backend=backend, device=device, max_upload_mb=max_upload_mb,
-                   max_in_flight=max_in_flight, on_start=announce, settings=_decision(false_alarm_rate))
+                   max_in_flight=max_in_flight, max_pixels=max_pixels, body_timeout=body_timeout,
+                   max_uploads=max_uploads, on_start=announce,
+                   settings=_decision(false_alarm_rate, non_finite))
     except KeyboardInterrupt:
         typer.echo("stopped")
 
@@ -300,6 +356,7 @@ def watch(
                                   help="Also inspect images already in the folder at start."),
     maps_for: str = typer.Option("anomalous", help="Write map PNGs for: all, anomalous or none."),
     false_alarm_rate: Optional[float] = typer.Option(None, help=FALSE_ALARM_HELP),
+    non_finite: Optional[str] = typer.Option(None, help=NON_FINITE_HELP),
     backend: Optional[str] = typer.Option(None, help=BACKEND_HELP),
     device: Optional[str] = typer.Option(None, help="cpu, cuda ... (default: CUDA if present)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No line per image."),
@@ -309,7 +366,7 @@ def watch(
 
     summary = watch_folder(model_dir, input_dir, out, interval=interval, settle=settle, retries=retries,
                            existing=existing, maps_for=maps_for, quiet=quiet, backend=backend, device=device,
-                           settings=_decision(false_alarm_rate))
+                           settings=_decision(false_alarm_rate, non_finite))
     typer.echo(str(summary))
 
 
@@ -358,14 +415,16 @@ def benchmark(
     typer.echo(f"written: {', '.join(str(path) for path in result.files.values())}")
 
 
-def _decision(false_alarm_rate: float | None) -> dict[str, Any] | None:
-    """The settings a command's --false-alarm-rate changes on the loaded model."""
-    return None if false_alarm_rate is None else {"decision.false_alarm_rate": false_alarm_rate}
+def _decision(false_alarm_rate: float | None, non_finite: str | None = None) -> dict[str, Any] | None:
+    """The settings a command's --false-alarm-rate and --non-finite change on the loaded model."""
+    settings = {key: value for key, value in (("decision.false_alarm_rate", false_alarm_rate),
+                                              ("decision.non_finite", non_finite)) if value is not None}
+    return settings or None
 
 
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                   file: Any = None, line: str | None = None) -> None:
-    click.echo(f"radar: warning: {str(message).strip().splitlines()[0]}", err=True)
+    typer.echo(f"radar: warning: {str(message).strip().splitlines()[0]}", err=True)
 
 
 def _in_flags(exc: RadarError, argv: list[str]) -> str:
@@ -383,32 +442,57 @@ def _in_flags(exc: RadarError, argv: list[str]) -> str:
     return message
 
 
+def _click_errors() -> tuple[type[Exception], ...]:
+    """The usage-error base class of the click that typer runs on (its own
+    copy since typer 0.20, the click package before)."""
+    found = []
+    for module in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            found.append(importlib.import_module(module).ClickException)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
+
+
+_USAGE_ERRORS = _click_errors()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the app, turning errors into one line and an exit code."""
+    """Entry point: run the app, turning every failure into one line and an
+    exit code with one meaning each (README "Errors"): 0 done; 2 a usage,
+    configuration, input or file-system error; 3 a batch finished but some
+    items failed; 130 interrupted; 1 only for a bug."""
     args = list(sys.argv[1:] if argv is None else argv)
+    _INVOCATION[:] = args
     warnings.showwarning = _show_warning
     try:
         result = app(args=args, prog_name="radar", standalone_mode=False)
         return result if isinstance(result, int) else 0
     except RadarError as exc:
-        click.echo(f"radar: error: {_in_flags(exc, args)}", err=True)
-        code = 2
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        click.echo("radar: interrupted (an interrupted `radar train` continues with --resume)",
-                   err=True)
-        code = 130
-    except click.ClickException as exc:
-        exc.show()
-        code = exc.exit_code
+        typer.echo(f"radar: error: {_in_flags(exc, args)}", err=True)
+        return int(getattr(exc, "exit_code", 2))
+    except typer.Exit as exc:
+        return int(getattr(exc, "exit_code", 0))
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("radar: interrupted", err=True)
+        return 130
+    except _USAGE_ERRORS as exc:  # a typo in a command or an option, a missing argument
+        context = getattr(exc, "ctx", None)
+        command = context.command_path if context is not None else "radar"
+        message = str(getattr(exc, "format_message", exc.__str__)()).strip()
+        if message:  # (none when the help was asked for by giving no arguments, and shown)
+            typer.echo(f"radar: error: {message.splitlines()[0]} (see `{command} --help`)", err=True)
+        return 2
+    except OSError as exc:  # the file system said no: a full disk, a file-size limit, no permission
+        where = f": {exc.filename}" if exc.filename else ""
+        typer.echo(f"radar: error: {exc.strerror or first_line(exc)}{where}", err=True)
+        return 2
     except Exception as exc:  # a bug, not bad input: still one line, with a way to see more
         if os.environ.get("RADAR_DEBUG"):
             raise
-        click.echo(f"radar: internal error: {type(exc).__name__}: {first_line(exc)} "
+        typer.echo(f"radar: internal error: {type(exc).__name__}: {first_line(exc)} "
                    "(set RADAR_DEBUG=1 for a traceback)", err=True)
-        code = 1
-    return code
+        return 1
 
 
 if __name__ == "__main__":

@@ -11,15 +11,40 @@ Uploads are untrusted, so every way one can be unusable is a 4xx JSON answer
 ``{"error": "..."}`` decided before any expensive work: the size is bounded
 while the body streams in, the pixel count is read from the image header
 before anything is decoded, and the model's own checks (an image smaller than
-a patch) surface as 422 with their message. The model uses every CPU core per
+a patch) surface as 422 with their message, a non-finite score included
+(:class:`~radar_ad.errors.NonFiniteError`). The model uses every CPU core per
 call, so calls are serialised by a lock; a bounded number of requests is
 admitted at once (running plus waiting) and the rest get 503 with
 ``Retry-After`` at once instead of queueing without end.
+
+Bodies are received *before* a request is admitted, so a slow uploader holds
+no admission slot: each body must arrive whole within ``body_timeout`` seconds
+(else 408 and the connection is closed), and at most ``max_uploads`` bodies
+are received at once (more get 503). Memory for bodies being received is thus
+at most about ``max_uploads x 2 x max_upload_bytes`` (a raw body is joined
+from its chunks; defaults: 32 x 2 x 20 MiB = 1.25 GiB, reached only when 32
+clients upload 20 MiB files at once), plus ``max_in_flight x max_upload_bytes``
+for the admitted requests' bytes; a connection whose body is not being read
+holds only the server's read buffer (uvicorn pauses reading it at 64 KiB).
+
+``DEFAULT_MAX_PIXELS`` is sized from a measurement (issue 12; the default
+grayscale architecture on the CPU, VmHWM of the `radar serve` process, one
+request with ``maps=1``): inference streams in bounded tiles, so a request
+costs a constant plus a few bytes per pixel: +474 MB at 2000 x 2000 and
++1.14 GB at 4000 x 4000 over the loaded service (upload, decoding, the
+prediction, three PNG maps and their base64). Model calls are serialised, so
+one inference's working memory exists at a time; even if all
+``DEFAULT_MAX_IN_FLIGHT`` = 8 requests of 16 megapixels held their peak at
+once, that is about 9 GiB, within a 16 GiB machine. Time, not memory, is what
+a large image costs now: about 4 s per megapixel on 2 CPU cores (67 s for
+4000 x 4000), so a service that must answer quickly lowers ``--max-pixels``;
+a bigger machine may raise it up to ``MAX_PIXELS_BOUND``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import math
 import socket
@@ -46,8 +71,23 @@ from ..errors import ConfigError, RadarError, first_line
 from ..report import png_base64, prediction_maps
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 2**20
-DEFAULT_MAX_PIXELS = 40_000_000
+# 4000 x 4000: ~1.1 GB per request at its peak (measured), so 8 requests fit
+# in 16 GiB even at once (see the module docstring).
+DEFAULT_MAX_PIXELS = 16_000_000
 DEFAULT_MAX_IN_FLIGHT = 8
+# Bodies received at once (before admission): larger than DEFAULT_MAX_IN_FLIGHT
+# so that uploading overlaps with inference, bounded so that memory is.
+DEFAULT_MAX_UPLOADS = 32
+# Seconds a client has to send its whole body.
+DEFAULT_BODY_TIMEOUT = 20.0
+# Upper bounds of the settings: far above any sensible value, low enough that a
+# typo cannot make the service accept what exhausts the machine.
+MAX_UPLOAD_BYTES_BOUND = 2**30
+MAX_PIXELS_BOUND = 100_000_000
+MAX_IN_FLIGHT_BOUND = 1024
+MAX_UPLOADS_BOUND = 4096
+BODY_TIMEOUT_BOUND = 600.0
+PORT_BOUND = 65535
 # Decoders offered to untrusted bytes: the common lossless and camera formats,
 # nothing exotic (PIL would otherwise try every plugin it has).
 PIL_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF")
@@ -65,20 +105,20 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 
 def create_app(radar: Any, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
                max_pixels: int = DEFAULT_MAX_PIXELS, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+               max_uploads: int = DEFAULT_MAX_UPLOADS, body_timeout: float = DEFAULT_BODY_TIMEOUT,
                model_info: dict[str, Any] | None = None) -> FastAPI:
     """The HTTP service around a fitted :class:`radar_ad.Radar` (or anything
     with its ``predict`` and learned attributes, e.g. an exported backend)."""
-    for name, value in (("max_upload_bytes", max_upload_bytes), ("max_pixels", max_pixels),
-                        ("max_in_flight", max_in_flight)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"{name} must be a positive integer, got {value!r}", setting=name)
-    limits = {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels, "max_in_flight": max_in_flight}
+    limits = check_limits(max_upload_bytes=max_upload_bytes, max_pixels=max_pixels, max_in_flight=max_in_flight,
+                          max_uploads=max_uploads, body_timeout=body_timeout)
     metadata = {**model_metadata(radar), "limits": limits, **(model_info or {})}
     page = resources.files(__package__).joinpath("static/index.html").read_text(encoding="utf-8")
     admission = Admission(max_in_flight)
+    uploads = Uploads(max_uploads, body_timeout)
 
     app = FastAPI(title="radar-ad", version=__version__, docs_url=None, redoc_url=None)  # both pull assets from a CDN
     app.state.admission = admission  # observable by monitoring and tests
+    app.state.uploads = uploads
     _add_error_handlers(app)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -95,14 +135,15 @@ def create_app(radar: Any, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
 
     @app.post("/predict")
     async def predict(request: Request, maps: bool = False) -> JSONResponse:
-        """Score one uploaded image; ``maps=1`` adds the maps as base64 PNGs."""
+        """Score one uploaded image; ``maps=1`` adds the maps as base64 PNGs.
+        The body is received before admission: a slow client holds no slot."""
+        started = time.perf_counter()
+        data = await uploads.receive(request, max_upload_bytes)
         if not admission.try_enter():
             return JSONResponse(
                 {"error": f"busy: {max_in_flight} requests already in flight; retry later"},
                 status_code=503, headers={"Retry-After": str(admission.retry_after())})
         try:
-            started = time.perf_counter()
-            data = await read_upload(request, max_upload_bytes)
             image = open_image(data, max_pixels)
             async with admission.model_lock:
                 model_started = time.perf_counter()
@@ -115,6 +156,33 @@ def create_app(radar: Any, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
             admission.leave()
 
     return app
+
+
+def check_limits(*, max_upload_bytes: int, max_pixels: int, max_in_flight: int, max_uploads: int,
+                 body_timeout: float) -> dict[str, Any]:
+    """The service's limits, each checked against its bounds (one line
+    naming the first at fault)."""
+    check_int("max_upload_bytes", max_upload_bytes, 1, MAX_UPLOAD_BYTES_BOUND)
+    check_int("max_pixels", max_pixels, 1, MAX_PIXELS_BOUND)
+    check_int("max_in_flight", max_in_flight, 1, MAX_IN_FLIGHT_BOUND)
+    check_int("max_uploads", max_uploads, 1, MAX_UPLOADS_BOUND)
+    check_seconds("body_timeout", body_timeout, BODY_TIMEOUT_BOUND)
+    return {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels, "max_in_flight": max_in_flight,
+            "max_uploads": max_uploads, "body_timeout": body_timeout}
+
+
+def check_int(name: str, value: Any, low: int, high: int) -> None:
+    """Refuse a setting outside ``[low, high]`` in one line naming it (a
+    bound above: a typo must not make the service accept what exhausts it)."""
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ConfigError(f"{name} must be an integer from {low} to {high}, got {value!r}", setting=name)
+
+
+def check_seconds(name: str, value: Any, high: float) -> None:
+    """Refuse a duration that is not a number in ``(0, high]`` (NaN included)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= high:
+        raise ConfigError(f"{name} must be a number of seconds > 0 and at most {high:g}, got {value!r}",
+                          setting=name)
 
 
 class Admission:
@@ -147,6 +215,34 @@ class Admission:
     def retry_after(self) -> int:
         """Seconds until the queue ahead has likely drained (at least 1)."""
         return max(1, math.ceil(self.in_flight * self.mean_seconds))
+
+
+class Uploads:
+    """Receives request bodies before admission, at most ``limit`` at once
+    (so memory is bounded: each holds up to the upload limit) and each within
+    ``timeout`` seconds in all (so a client trickling its body holds nothing
+    for long, and nobody waits on it: 408)."""
+
+    def __init__(self, limit: int, timeout: float) -> None:
+        self.limit = limit
+        self.timeout = timeout
+        self.receiving = 0
+
+    async def receive(self, request: Request, max_bytes: int) -> bytes:
+        """The upload's bytes (see :func:`read_upload`), or a 503 when too
+        many bodies are already being received, or a 408 past the deadline."""
+        if self.receiving >= self.limit:  # on the event loop, no await before the increment: no race
+            raise HTTPException(503, f"busy: {self.limit} uploads already being received; retry later",
+                                headers={"Retry-After": "1", "Connection": "close"})
+        self.receiving += 1
+        try:
+            return await asyncio.wait_for(read_upload(request, max_bytes), self.timeout)
+        except asyncio.TimeoutError:  # TimeoutError from Python 3.11 on
+            # Connection: close, so the server stops reading the rest of the body.
+            raise HTTPException(408, f"upload not received within {self.timeout:g} s; send the whole "
+                                     "body at once", headers={"Connection": "close"}) from None
+        finally:
+            self.receiving -= 1
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -279,13 +375,14 @@ def _prediction_json(prediction: Any, maps: bool) -> dict[str, Any]:
     """The JSON answer; the maps are the pictures ``radar detect`` writes."""
     height, width = prediction.anomaly_map.shape
     body: dict[str, Any] = {
-        "score": float(prediction.score),
+        # null when not finite (decision.non_finite = "anomalous" keeps the verdict)
+        "score": _finite_or_none(prediction.score),
         "verdict": prediction.verdict,
         "is_anomalous": bool(prediction.is_anomalous),
         # null when the false-alarm rule can flag nothing (too few conformal images)
-        "threshold": float(prediction.threshold) if math.isfinite(prediction.threshold) else None,
-        "p_value": prediction.p_value,
-        "pixel_threshold": float(prediction.pixel_threshold),
+        "threshold": _finite_or_none(prediction.threshold),
+        "p_value": _finite_or_none(prediction.p_value),
+        "pixel_threshold": _finite_or_none(prediction.pixel_threshold),
         "width": int(width),
         "height": int(height),
         "mask_fraction": float(prediction.mask.mean()),
@@ -295,6 +392,38 @@ def _prediction_json(prediction: Any, maps: bool) -> dict[str, Any]:
         body.update(anomaly_map=png_base64(pictures["anomaly"]), mask=png_base64(pictures["mask"]),
                     overlay=png_base64(pictures["overlay"]))
     return body
+
+
+def _finite_or_none(value: Any) -> float | None:
+    """JSON has no NaN or infinity (the response would fail to render as a
+    500): a number that is not finite is answered as null."""
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def model_identity(path: str | Path) -> dict[str, str]:
+    """The model's name and fingerprint for ``GET /model``: enough to tell
+    which model answers, without revealing where it lies on the server."""
+    path = Path(path)
+    return {"model_name": path.resolve().name, "model_fingerprint": model_fingerprint(path)}
+
+
+def model_fingerprint(path: str | Path) -> str:
+    """First 16 hex digits of the SHA-256 of the model's bytes: the file
+    itself (an exported ``.onnx``), or a model directory's files concatenated
+    in a fixed order (``cat radar.json unet.safetensors calibration.safetensors
+    conformal.safetensors | sha256sum``); older conformal backups are not the
+    model and do not count."""
+    from ..persistence import CALIBRATION_FILE, CONFIG_FILE, CONFORMAL_FILE, WEIGHTS_FILE
+
+    path = Path(path)
+    names = (CONFIG_FILE, WEIGHTS_FILE, CALIBRATION_FILE, CONFORMAL_FILE)
+    files = [path] if path.is_file() else [path / name for name in names if (path / name).is_file()]
+    digest = hashlib.sha256()
+    for file in files:
+        with file.open("rb") as stream:
+            while block := stream.read(2**20):
+                digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def model_metadata(radar: Any) -> dict[str, Any]:
@@ -317,6 +446,7 @@ def model_metadata(radar: Any) -> dict[str, Any]:
 def bind_socket(host: str, port: int) -> socket.socket:
     """A listening socket bound before the server starts, so a busy port is a
     one-line error and ``port=0`` picks a free port with no race."""
+    check_int("port", port, 0, PORT_BOUND)  # the OS would take 99999 modulo 65536
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                                              flags=socket.AI_PASSIVE)[0]
@@ -366,18 +496,19 @@ def background_server(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> I
 def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, backend: str | None = None,
           device: str | None = None, max_upload_mb: float = DEFAULT_MAX_UPLOAD_BYTES / 2**20,
           max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, max_pixels: int = DEFAULT_MAX_PIXELS,
+          body_timeout: float = DEFAULT_BODY_TIMEOUT, max_uploads: int = DEFAULT_MAX_UPLOADS,
           on_start: Callable[[str], None] | None = None, settings: dict[str, Any] | None = None) -> None:
-    """Load the model (a bad model directory fails here, before anything
-    listens; ``settings`` as :meth:`Radar.load`'s), bind, call
+    """Load the model (a bad model directory or setting fails here, before
+    anything listens; ``settings`` as :meth:`Radar.load`'s), bind, call
     ``on_start(url)`` and serve until interrupted."""
-    if not max_upload_mb > 0:
-        raise ConfigError(f"max_upload_mb must be > 0, got {max_upload_mb}", setting="max_upload_mb")
+    check_int("port", port, 0, PORT_BOUND)
+    limits = check_limits(max_upload_bytes=_upload_bytes(max_upload_mb), max_pixels=max_pixels,
+                          max_in_flight=max_in_flight, max_uploads=max_uploads, body_timeout=body_timeout)
     from ..pipeline import Radar
 
     radar = Radar.load(model_dir, device=device, backend=backend, settings=settings)
     radar.warn_false_alarms()  # also in /model and on the page
-    app = create_app(radar, max_upload_bytes=max(1, int(max_upload_mb * 2**20)), max_pixels=max_pixels,
-                     max_in_flight=max_in_flight, model_info={"model_dir": str(model_dir)})
+    app = create_app(radar, **limits, model_info=model_identity(model_dir))
     sock = bind_socket(host, port)
     try:
         if on_start is not None:
@@ -385,3 +516,14 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, back
         _server(app).run(sockets=[sock])
     finally:
         sock.close()
+
+
+def _upload_bytes(max_upload_mb: Any) -> int:
+    """``--max-upload-mb`` in bytes, refused in one line when it is not a
+    number of MiB in ``(0, 1024]`` (NaN included)."""
+    bound = MAX_UPLOAD_BYTES_BOUND // 2**20
+    if isinstance(max_upload_mb, bool) or not isinstance(max_upload_mb, (int, float)) \
+            or not 0 < max_upload_mb <= bound:
+        raise ConfigError(f"max_upload_mb must be > 0 and at most {bound} (MiB), got {max_upload_mb!r}",
+                          setting="max_upload_mb")
+    return max(1, int(max_upload_mb * 2**20))

@@ -78,14 +78,19 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
+# Upper bounds of the loop's options: an hour between looks, a thousand tries.
+MAX_SECONDS = 3600.0
+MAX_RETRIES = 1000
+
+
 def check_options(interval: float, settle: float, retries: int, maps_for: str) -> None:
     """Refuse values the loop cannot work with before anything is loaded."""
-    if not interval > 0:
-        raise ConfigError(f"interval must be > 0 seconds, got {interval}", setting="interval")
-    if not settle >= 0:
-        raise ConfigError(f"settle must be >= 0 seconds, got {settle}", setting="settle")
-    if retries < 0:
-        raise ConfigError(f"retries must be >= 0, got {retries}", setting="retries")
+    if not 0 < interval <= MAX_SECONDS:
+        raise ConfigError(f"interval must be in (0, {MAX_SECONDS}] seconds, got {interval}", setting="interval")
+    if not 0 <= settle <= MAX_SECONDS:
+        raise ConfigError(f"settle must be in [0, {MAX_SECONDS}] seconds, got {settle}", setting="settle")
+    if not 0 <= retries <= MAX_RETRIES:
+        raise ConfigError(f"retries must be in [0, {MAX_RETRIES}], got {retries}", setting="retries")
     if maps_for not in MAPS_FOR:
         raise ConfigError(f"maps_for must be one of {', '.join(MAPS_FOR)}, got {maps_for!r}", setting="maps_for")
 
@@ -114,6 +119,10 @@ class Watcher:
         self.out = Path(out)
         if self.out.exists() and not self.out.is_dir():
             raise DataError(f"out must be a folder, got a file: {self.out}", setting="out")
+        if self.out.resolve() == self.input_dir.resolve():
+            # its own maps would be new images to inspect, for ever (a folder inside it is left out)
+            raise DataError(f"out must not be the watched folder itself ({self.input_dir}); use a folder "
+                            "beside it or inside it", setting="out")
         self.interval, self.settle, self.retries = interval, settle, retries
         self.existing, self.maps_for, self.quiet = existing, maps_for, quiet
         self.results = self.out / RESULTS_FILE

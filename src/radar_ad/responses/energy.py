@@ -8,15 +8,15 @@ from dataclasses import dataclass
 
 import torch
 
-from ..features import window_max_rms
+from ..features import SquareSums, window_max_features
 from ..registry import RESPONSES
 from ..response import (
     Response,
-    ResponseOutput,
     RunningMoments,
     Statistics,
     gaussian_smooth,
     local_energy,
+    smoothing_radius,
     strided_quantiles,
 )
 
@@ -43,9 +43,10 @@ class EnergyResponse(Response):
     feature_names = ("window_max_deficit",)
     statistics_class = EnergyStatistics
 
-    def _deficit(self, noise_map: torch.Tensor, statistics: EnergyStatistics) -> torch.Tensor:
+    def _deficit(self, noise_map: torch.Tensor, statistics: EnergyStatistics,
+                 size: tuple[int, int] | None = None) -> torch.Tensor:
         """``(B, C, H, W)`` -> ``(B, 1, H, W)`` energy deficit in standard deviations."""
-        energy = local_energy(noise_map, self.inference.energy_window)
+        energy = local_energy(noise_map, self.inference.energy_window, size)
         return ((statistics.energy_mean - energy) / statistics.energy_std).clamp_min(0)[:, None]
 
     def fit(self, noise_maps: Sequence[torch.Tensor]) -> EnergyResponse:
@@ -58,8 +59,14 @@ class EnergyResponse(Response):
         self.statistics_ = statistics
         return self
 
-    def __call__(self, noise_map: torch.Tensor) -> ResponseOutput:
-        inference = self.inference
-        deficit = self._deficit(noise_map, self.statistics_)
-        anomaly = gaussian_smooth(deficit / self.statistics_.deficit_scale, inference.map_sigma)[:, 0].float()
-        return ResponseOutput(anomaly, window_max_rms(deficit, inference.window, inference.window_stride))
+    def context(self, size: tuple[int, int]) -> tuple[int, int]:
+        return self.inference.energy_window // 2, smoothing_radius(self.inference.map_sigma, size)
+
+    def feature_maps(self, noise_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return self._deficit(noise_map, self.statistics_, size)
+
+    def anomaly(self, maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return gaussian_smooth(maps / self.statistics_.deficit_scale, self.inference.map_sigma, size)[:, 0].float()
+
+    def features(self, sums: SquareSums) -> torch.Tensor:
+        return window_max_features(sums)

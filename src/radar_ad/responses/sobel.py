@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import torch
 
-from ..features import FEATURE_NAMES, image_features
+from ..features import FEATURE_NAMES, SquareSums, rms_features
 from ..registry import RESPONSES
-from ..response import Response, ResponseOutput, response_map
+from ..response import Response, response_map
 
 
 @RESPONSES.register("sobel")
@@ -23,8 +23,14 @@ class SobelResponse(Response):
 
     feature_names = FEATURE_NAMES
 
-    def __call__(self, noise_map: torch.Tensor) -> ResponseOutput:
-        inference = self.inference
-        response = response_map(noise_map, inference.blur_ksize, inference.sobel_ksize)
-        return ResponseOutput(response, image_features(response, inference.window, inference.window_stride,
-                                                       inference.feature_norm))
+    def context(self, size: tuple[int, int]) -> tuple[int, int]:
+        return self.inference.blur_ksize // 2 + self.inference.sobel_ksize // 2, 0
+
+    def feature_maps(self, noise_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return response_map(noise_map, self.inference.blur_ksize, self.inference.sobel_ksize)[:, None]
+
+    def anomaly(self, maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return maps[:, 0]
+
+    def features(self, sums: SquareSums) -> torch.Tensor:
+        return rms_features(sums, self.inference.feature_norm)

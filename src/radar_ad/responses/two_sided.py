@@ -15,16 +15,16 @@ from dataclasses import dataclass
 
 import torch
 
-from ..features import window_max_rms
+from ..features import SquareSums, window_max_features
 from ..registry import RESPONSES
 from ..response import (
     Response,
-    ResponseOutput,
     RunningMoments,
     Statistics,
     gaussian_smooth,
     local_energy,
     response_map,
+    smoothing_radius,
     strided_quantiles,
 )
 
@@ -45,13 +45,14 @@ class ResponseStatistics(Statistics):
 
 
 def response_parts(noise_map: torch.Tensor, statistics: ResponseStatistics, energy_window: int,
-                   blur_ksize: int = 5, sobel_ksize: int = 5) -> torch.Tensor:
+                   blur_ksize: int = 5, sobel_ksize: int = 5, size: tuple[int, int] | None = None) -> torch.Tensor:
     """``(B, C, H, W)`` noise maps -> ``(B, 2, H, W)``: the Sobel response
     above its normal level and the local noise energy below its normal level,
     each in standard deviations of the calibration pixels (0 where normal
-    or on the other side)."""
+    or on the other side). ``size``: the whole map's (H, W) when
+    ``noise_map`` is a region of it."""
     structure = response_map(noise_map, blur_ksize, sobel_ksize).double()
-    energy = local_energy(noise_map, energy_window)
+    energy = local_energy(noise_map, energy_window, size)
     excess = (structure - statistics.structure_mean) / statistics.structure_std
     deficit = (statistics.energy_mean - energy) / statistics.energy_std
     return torch.stack([excess, deficit], dim=1).clamp_min(0)
@@ -73,14 +74,16 @@ def fit_response_statistics(noise_maps: Sequence[torch.Tensor], energy_window: i
     return statistics
 
 
-def two_sided_map(parts: torch.Tensor, statistics: ResponseStatistics, sigma: float) -> torch.Tensor:
+def two_sided_map(parts: torch.Tensor, statistics: ResponseStatistics, sigma: float,
+                  size: tuple[int, int] | None = None) -> torch.Tensor:
     """``(B, 2, H, W)`` parts -> ``(B, H, W)`` pixel anomaly map: the larger
     part in units of its normal high quantile, smoothed by a Gaussian of
-    ``sigma`` px (a defect's deficit is a region, not an edge)."""
+    ``sigma`` px (a defect's deficit is a region, not an edge). ``size``:
+    the whole map's (H, W) when ``parts`` is a region of it."""
     scales = torch.tensor([statistics.structure_scale, statistics.deficit_scale], dtype=parts.dtype,
                           device=parts.device)
     combined = (parts / scales.view(1, 2, 1, 1)).amax(1, keepdim=True)
-    return gaussian_smooth(combined, sigma)[:, 0].float()
+    return gaussian_smooth(combined, sigma, size)[:, 0].float()
 
 
 @RESPONSES.register("two_sided")
@@ -102,9 +105,18 @@ class TwoSidedResponse(Response):
                                                    inference.sobel_ksize, self.pixel_quantile)
         return self
 
-    def __call__(self, noise_map: torch.Tensor) -> ResponseOutput:
+    def context(self, size: tuple[int, int]) -> tuple[int, int]:
         inference = self.inference
-        parts = response_parts(noise_map, self.statistics_, inference.energy_window, inference.blur_ksize,
-                               inference.sobel_ksize)
-        return ResponseOutput(two_sided_map(parts, self.statistics_, inference.map_sigma),
-                              window_max_rms(parts, inference.window, inference.window_stride))
+        return (max(inference.blur_ksize // 2 + inference.sobel_ksize // 2, inference.energy_window // 2),
+                smoothing_radius(inference.map_sigma, size))
+
+    def feature_maps(self, noise_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        inference = self.inference
+        return response_parts(noise_map, self.statistics_, inference.energy_window, inference.blur_ksize,
+                              inference.sobel_ksize, size)
+
+    def anomaly(self, maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return two_sided_map(maps, self.statistics_, self.inference.map_sigma, size)
+
+    def features(self, sums: SquareSums) -> torch.Tensor:
+        return window_max_features(sums)
