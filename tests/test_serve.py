@@ -255,7 +255,8 @@ def test_requests_beyond_max_in_flight_get_503(fitted, surfaces):
         assert http.post("/predict", content=data, headers={"content-type": "image/png"}).status_code == 200
 
 
-def _first_line(process: subprocess.Popen, timeout: float) -> str:
+def first_output_line(process: subprocess.Popen, timeout: float) -> str:
+    """The first line a subprocess prints, or "" if none comes within ``timeout`` seconds."""
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: lines.put(process.stdout.readline()), daemon=True).start()
     try:
@@ -275,7 +276,7 @@ def test_cli_serves_a_model(fitted, surfaces):
     radar, model_dir = fitted
     process = _cli(str(model_dir), "--port", "0")
     try:
-        line = _first_line(process, timeout=120)
+        line = first_output_line(process, timeout=120)
         assert line.startswith(f"serving {model_dir} at http://127.0.0.1:"), line + process.stderr.read()
         base = line.split(" at ")[1].split()[0]
         with httpx.Client(base_url=base, timeout=60) as http:

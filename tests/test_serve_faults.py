@@ -11,7 +11,6 @@ import hashlib
 import io
 import json
 import os
-import queue
 import select
 import socket
 import subprocess
@@ -28,6 +27,8 @@ pytest.importorskip("fastapi", reason="radar serve needs fastapi (pip install fa
 pytest.importorskip("uvicorn", reason="radar serve needs uvicorn")
 pytest.importorskip("multipart", reason="radar serve needs python-multipart")
 httpx = pytest.importorskip("httpx", reason="the serve tests use httpx as the client")
+
+from test_serve import first_output_line  # noqa: E402
 
 from radar_ad.apps import serve as serve_module  # noqa: E402
 from radar_ad.apps.cli import main  # noqa: E402
@@ -101,15 +102,6 @@ class SlowClient(threading.Thread):
         return int(head.split(b" ", 2)[1]), json.loads(body)
 
 
-def _first_line(process: subprocess.Popen, timeout: float) -> str:
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: lines.put(process.stdout.readline()), daemon=True).start()
-    try:
-        return lines.get(timeout=timeout)
-    except queue.Empty:
-        return ""
-
-
 @pytest.fixture(scope="module")
 def served(fitted):
     """A real ``radar serve`` process with a short body timeout, two
@@ -122,7 +114,7 @@ def served(fitted):
             "--max-pixels", str(MAX_PIXELS)]
     process = subprocess.Popen(args, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        line = _first_line(process, timeout=60)
+        line = first_output_line(process, timeout=60)
         if " at http://" not in line:
             process.kill()
             pytest.fail(f"radar serve did not start: {line!r} {process.communicate(timeout=10)[1]}")
