@@ -17,10 +17,29 @@ from conftest import TINY, write_gray
 
 
 def radar(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``radar ARGS`` in a subprocess (the real entry point, its exit code and output)."""
+    return radars([args], cwd=cwd)[0]
+
+
+def radars(commands: list, cwd: Path | None = None, at_once: int = 3) -> list[subprocess.CompletedProcess]:
+    """Independent ``radar`` commands in subprocesses, ``at_once`` at a time
+    (each pays the package's import; overlapping them saves the suite time),
+    their results in order."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("RADAR_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "radar_ad", *map(str, args)],
-                          capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+    results: list[subprocess.CompletedProcess] = []
+    for first in range(0, len(commands), at_once):
+        started = [subprocess.Popen([sys.executable, "-m", "radar_ad", *map(str, args)], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
+                   for args in commands[first:first + at_once]]
+        for process in started:
+            try:
+                stdout, stderr = process.communicate(timeout=600)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                raise
+            results.append(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr))
+    return results
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) -> None:
@@ -32,9 +51,8 @@ def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) ->
 
 
 def test_version_and_help():
-    result = radar("--version")
-    assert result.returncode == 0 and "radar-ad" in result.stdout
-    result = radar("--help")
+    version, result = radars([("--version",), ("--help",)])
+    assert version.returncode == 0 and "radar-ad" in version.stdout
     assert result.returncode == 0
     for command in ("train", "detect", "evaluate", "demo", "make-data"):
         assert command in result.stdout
@@ -145,23 +163,21 @@ def test_detect_with_nothing_to_score(fitted, bad_inputs, tmp_path, case, fragme
 
 def test_train_bad_data_writes_no_model(bad_inputs, tmp_path):
     model = tmp_path / "model"
-    assert_one_line_error(radar("train", bad_inputs["empty_dir"], "--out", model), "no images")
-    assert_one_line_error(radar("train", tmp_path / "nope", "--out", model), "not found")
-    assert_one_line_error(radar("train", bad_inputs["zero_byte"], "--out", model), "empty file")
-    assert_one_line_error(radar("train", bad_inputs["empty_dir"], "--out", model,
-                                "--set", "train.stepz=3"), "unknown setting")
+    cases = [((bad_inputs["empty_dir"],), "no images"), ((tmp_path / "nope",), "not found"),
+             ((bad_inputs["zero_byte"],), "empty file"),
+             ((bad_inputs["empty_dir"], "--set", "train.stepz=3"), "unknown setting")]
+    results = radars([("train", data, "--out", model, *rest) for (data, *rest), _ in cases])
+    for (_, fragment), result in zip(cases, results, strict=True):
+        assert_one_line_error(result, fragment)
     assert not model.exists()
 
 
 def test_bad_model_directories(fitted, surfaces, tmp_path):
     _, model = fitted
     image = surfaces / "test" / "good" / "000.png"
-    assert_one_line_error(radar("detect", tmp_path / "nomodel", image, "--out", tmp_path / "o"),
-                          "model not found")
     incomplete = tmp_path / "incomplete"
     incomplete.mkdir()
     (incomplete / "radar.json").write_text((model / "radar.json").read_text())
-    assert_one_line_error(radar("evaluate", incomplete, surfaces), "incomplete")
     other = tmp_path / "other"
     other.mkdir()
     meta = json.loads((model / "radar.json").read_text())
@@ -169,7 +185,11 @@ def test_bad_model_directories(fitted, surfaces, tmp_path):
     (other / "radar.json").write_text(json.dumps(meta))
     for f in ("unet.safetensors", "calibration.safetensors"):
         (other / f).write_bytes((model / f).read_bytes())
-    assert_one_line_error(radar("evaluate", other, surfaces), "format version 1")
+    missing, partial, old = radars([("detect", tmp_path / "nomodel", image, "--out", tmp_path / "o"),
+                                    ("evaluate", incomplete, surfaces), ("evaluate", other, surfaces)])
+    assert_one_line_error(missing, "model not found")
+    assert_one_line_error(partial, "incomplete")
+    assert_one_line_error(old, "format version 1")
 
 
 def test_evaluate_needs_labelled_data(fitted, tmp_path):

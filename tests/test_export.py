@@ -18,6 +18,7 @@ from radar_ad.patches import grid_positions, stitch
 
 from test_cli import assert_one_line_error
 from test_cli import radar as run_radar
+from test_cli import radars as run_radars
 
 # The stated parity: anomaly maps of the two backends agree to 1e-3 of the
 # model's pixel threshold (float32 kernels differ in summation order only).
@@ -123,12 +124,12 @@ def test_cli_export_and_detect(fitted, surfaces, tmp_path):
     assert onnx_file.is_file() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     images = surfaces / "test" / "blob"
     rows = {}
-    for name, args in {"torch": [model_dir], "onnx-dir": [model_dir, "--backend", "onnx"],
-                       "onnx-file": [onnx_file]}.items():
-        out = tmp_path / name
-        result = run_radar("detect", *args, images, "--out", out, "-q", "--no-maps")
+    runs = {"torch": [model_dir], "onnx-dir": [model_dir, "--backend", "onnx"], "onnx-file": [onnx_file]}
+    results = run_radars([("detect", *args, images, "--out", tmp_path / name, "-q", "--no-maps")
+                          for name, args in runs.items()])
+    for name, result in zip(runs, results):
         assert result.returncode == 0, result.stderr
-        rows[name] = [line.split(",")[3] for line in (out / "results.csv").read_text().splitlines()[1:]]
+        rows[name] = [line.split(",")[3] for line in (tmp_path / name / "results.csv").read_text().splitlines()[1:]]
     assert rows["torch"] == rows["onnx-dir"] == rows["onnx-file"] and len(rows["torch"]) == 2
 
 
@@ -137,14 +138,13 @@ def test_cli_bad_onnx_and_backend(fitted, surfaces, tmp_path):
     image = surfaces / "test" / "good" / "000.png"
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"not a model")
-    assert_one_line_error(run_radar("detect", garbage, image, "--out", tmp_path / "o"),
-                          "cannot read ONNX model")
-    assert_one_line_error(run_radar("detect", model_dir, image, "--out", tmp_path / "o",
-                                    "--backend", "tensorrt"), "backend must be one of")
-    assert_one_line_error(run_radar("export", model_dir, "--out", tmp_path, "--format", "onnx"),
-                          "is a folder")
-    assert_one_line_error(run_radar("export", model_dir, "--out", tmp_path / "m.tflite",
-                                    "--format", "tflite"), "--format must be onnx")
+    cases = [(("detect", garbage, image, "--out", tmp_path / "o"), "cannot read ONNX model"),
+             (("detect", model_dir, image, "--out", tmp_path / "o", "--backend", "tensorrt"),
+              "backend must be one of"),
+             (("export", model_dir, "--out", tmp_path, "--format", "onnx"), "is a folder"),
+             (("export", model_dir, "--out", tmp_path / "m.tflite", "--format", "tflite"), "--format must be onnx")]
+    for (_, fragment), result in zip(cases, run_radars([args for args, _ in cases]), strict=True):
+        assert_one_line_error(result, fragment)
 
 
 def test_foreign_onnx_file_is_refused(tmp_path):
