@@ -33,7 +33,7 @@ from radar_ad.apps.watch import Watcher
 from radar_ad.config import RadarConfig
 from radar_ad.data import as_image_array
 from radar_ad.errors import ConfigError, DataError, ModelError, NonFiniteError
-from radar_ad.files import remove_stale_temporaries, temporary_dir
+from radar_ad.files import TEMPORARY_MARKER, remove_stale_temporaries, temporary_dir
 from radar_ad.patches import PatchSampler
 from radar_ad.persistence import CONFIG_FILE, WEIGHTS_FILE
 from radar_ad.pipeline import train_model
@@ -308,10 +308,30 @@ def test_temporaries_of_a_killed_writer_are_removed_on_the_next_write(fitted, tm
     [stale] = tmp_path.glob(".model.tmp-*")
     foreign = tmp_path / ".model.tmp-not-ours"
     foreign.mkdir()
+    # our name pattern, this host, a dead process, but no marker inside: not ours either
+    unmarked = tmp_path / f".model.tmp-{stale.name.split('-')[1]}-999999999-x"
+    unmarked.mkdir()
+    (unmarked / "notes.txt").write_text("mine")
     live = temporary_dir(target)  # this process is alive: its own temporary is never taken for stale
     assert remove_stale_temporaries(target) == []
     fitted[0].save(target)
     assert not stale.exists() and foreign.exists() and live.exists()
+    assert (unmarked / "notes.txt").read_text() == "mine"
+    assert not (target / TEMPORARY_MARKER).exists()  # the marker stays behind, not in the model
+
+
+def test_a_model_directory_holding_a_users_files_is_not_replaced(fitted, tmp_path):
+    """Saving over a model directory replaces it whole: only when every
+    file in it is one radar-ad writes there (a calibrate backup included)."""
+    model = copy_model(fitted, tmp_path)
+    (model / "conformal.20261204T101500Z.safetensors").write_bytes((model / "conformal.safetensors").read_bytes())
+    fitted[0].save(model)  # ours only: replaced
+    assert not (model / "conformal.20261204T101500Z.safetensors").exists()
+    (model / "notes.txt").write_text("mine")
+    before = tree(model)
+    with pytest.raises(DataError, match="holds files radar-ad did not write \\(notes.txt\\)"):
+        fitted[0].save(model)
+    assert tree(model) == before
 
 
 # ------------------------------------------------------- 9. a full disk

@@ -36,6 +36,11 @@ def usual_permissions(path: Path) -> None:
     os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_umask())
 
 
+# In every folder temporary_dir makes: the proof, besides the name, that a
+# stale temporary folder is ours to remove.
+TEMPORARY_MARKER = ".radar-ad-temporary"
+
+
 def _owner() -> str:
     """This process, as temporary names carry it: a short digest of the host
     name, and the process id."""
@@ -62,6 +67,8 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
         if len(tag) < 3 or tag[0] != host or not tag[1].isdigit() or _alive(int(tag[1])):
             continue
         if sibling.is_dir() and not sibling.is_symlink():
+            if not (sibling / TEMPORARY_MARKER).is_file():
+                continue  # our name, but not our marker: not ours to remove
             shutil.rmtree(sibling, ignore_errors=True)
         else:
             sibling.unlink(missing_ok=True)
@@ -80,13 +87,22 @@ def _alive(pid: int) -> bool:
 
 
 def temporary_dir(path: Path) -> Path:
-    """A new, empty sibling folder of ``path`` to build it in before a rename
+    """A new sibling folder of ``path`` to build it in, holding only
+    :data:`TEMPORARY_MARKER`; :func:`move_into_place` renames it to ``path``
     (stale ones of killed runs are removed first)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{_temporary_prefix(path)}{_owner()}-"))
     usual_permissions(tmp)
+    (tmp / TEMPORARY_MARKER).touch()
     return tmp
+
+
+def move_into_place(tmp: Path, path: Path) -> None:
+    """Rename a :func:`temporary_dir` to ``path`` (which must not exist),
+    without its marker."""
+    (tmp / TEMPORARY_MARKER).unlink(missing_ok=True)
+    os.replace(tmp, path)
 
 
 @contextmanager

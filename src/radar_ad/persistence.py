@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -25,7 +26,7 @@ from safetensors.torch import load_file
 
 from . import __version__
 from .errors import DataError, ModelError, first_line
-from .files import atomic_file, save_tensors, temporary_dir, unique_stem, usual_permissions
+from .files import atomic_file, move_into_place, save_tensors, temporary_dir, unique_stem, usual_permissions
 
 FORMAT = "radar-ad"
 FORMAT_VERSION = 3
@@ -78,11 +79,23 @@ def check_model_target(path: Path) -> None:
     any work, a location that cannot be written (a missing parent that cannot
     be made, a read-only or full folder)."""
     path = Path(os.path.abspath(path))  # "." has no name to write beside
-    if path.exists() and not (path.is_dir() and (not any(path.iterdir())
-                                                 or (path / CONFIG_FILE).is_file())):
-        raise DataError(f"{path} exists and is not a radar model directory; "
-                        "refusing to overwrite it")
+    if path.exists():
+        if not path.is_dir() or (any(path.iterdir()) and not (path / CONFIG_FILE).is_file()):
+            raise DataError(f"{path} exists and is not a radar model directory; refusing to overwrite it")
+        foreign = sorted(entry.name for entry in path.iterdir() if not _written_by_us(entry))
+        if foreign:
+            raise DataError(f"{path} holds files radar-ad did not write ({', '.join(foreign[:3])}"
+                            f"{', ...' if len(foreign) > 3 else ''}); refusing to replace it: move them "
+                            "or choose another --out")
     check_writable(path.parent, f"cannot write the model {path}")
+
+
+def _written_by_us(entry: Path) -> bool:
+    """Whether an entry of a model directory is one radar-ad writes there:
+    its four files, or a conformal file that ``radar calibrate`` kept."""
+    return entry.is_file() and not entry.is_symlink() and (
+        entry.name in (CONFIG_FILE, WEIGHTS_FILE, CALIBRATION_FILE, CONFORMAL_FILE)
+        or re.fullmatch(r"conformal\.\d{8}T\d{6}Z(-\d+)?\.safetensors", entry.name) is not None)
 
 
 def check_writable(folder: Path, what: str) -> None:
@@ -129,13 +142,13 @@ def write_model_dir(path: Path, metadata: dict[str, Any], weights: dict[str, tor
         (tmp / CONFIG_FILE).write_text(json.dumps(metadata, indent=2))
         for file in tmp.iterdir():
             usual_permissions(file)  # safetensors writes its files owner-only; one mode for all
-        if path.exists():
+        if path.exists():  # a model directory of ours (check_model_target): moved aside, then removed
             old = temporary_dir(path)
             os.replace(path, old / "model")
-            os.replace(tmp, path)
+            move_into_place(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            os.replace(tmp, path)
+            move_into_place(tmp, path)
     except OSError as exc:  # a full disk, a file-size limit: the previous model stays as it was
         shutil.rmtree(tmp, ignore_errors=True)
         raise OSError(exc.errno, exc.strerror or first_line(exc), str(path)) from None

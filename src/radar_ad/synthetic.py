@@ -30,7 +30,7 @@ from PIL import Image
 from scipy import ndimage
 
 from .errors import ConfigError, DataError
-from .files import temporary_dir
+from .files import move_into_place, temporary_dir
 
 __all__ = [
     "DEFECT_TYPES",
@@ -554,7 +554,7 @@ def make_dataset(out: str | os.PathLike[str], spec: SyntheticSpec = SyntheticSpe
                 _save(image, images / f"{i:03d}.png")
                 _save(mask, masks / f"{i:03d}_mask.png")
         try:
-            os.replace(tmp, out)
+            move_into_place(tmp, out)
         except OSError as exc:
             raise DataError(f"cannot move the data set into place at {out}: {exc}") from None
     except BaseException:
