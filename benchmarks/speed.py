@@ -1,5 +1,6 @@
 """Inference speed of every registered backend (PyTorch, ONNX Runtime,
-OpenVINO ...), in one process.
+OpenVINO ...), in one process; where CUDA is present, also PyTorch on the
+GPU (row ``torch-cuda``, float32), with its map parity against the CPU.
 
     python benchmarks/speed.py [MODEL] [--images DIR] [--size 256] [--strides 14,28]
                                [--backends torch,onnx,openvino] [--json OUT]
@@ -26,6 +27,7 @@ import json
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -75,6 +77,7 @@ def main() -> int:
                         help="comma-separated backends (default: every registered one)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                         help="override a setting of the untrained model, e.g. network.attention=[false,true,true]")
+    parser.add_argument("--no-cuda", action="store_true", help="skip the CUDA row where a GPU is present")
     parser.add_argument("--json", type=Path, default=Path("speed.json"))
     args = parser.parse_args()
 
@@ -111,6 +114,11 @@ def main() -> int:
                 print(f"{name}: skipped ({exc})", file=sys.stderr)
                 continue
             timings[name], predictions[name] = time_backend(radar, images, args.batch, args.rounds)
+        if torch.cuda.is_available() and not args.no_cuda:  # the same model on the GPU, in float32
+            with tempfile.TemporaryDirectory() as folder:
+                on_gpu = Radar.load(at_stride.save(Path(folder) / "model"), device="cuda")
+            timings["torch-cuda"], predictions["torch-cuda"] = time_backend(on_gpu, images, args.batch,
+                                                                            args.rounds)
         reference = predictions["torch"]
         height, width = reference[0].anomaly_map.shape
         patch = model.config.patch_size

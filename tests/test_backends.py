@@ -16,7 +16,7 @@ from radar_ad.data import evaluation_images
 from radar_ad.errors import MissingDependencyError
 from radar_ad.registry import BACKENDS
 
-from test_cli import radars as run_radars
+from test_cli import radar as run_radar
 
 LAYERS = ("down_blocks.1", "mid_block")
 TOLERANCE = 1e-3  # float32 kernels of different engines differ in summation order only
@@ -76,8 +76,8 @@ def test_cli_detect_gives_the_same_verdicts_on_every_backend(fitted, surfaces, t
         if ".onnx" in backend.reads:
             runs[f"{name}-file"] = [onnx_file, "--backend", name]
     verdicts = {}
-    results = run_radars([("detect", *args, surfaces / "test", "--out", tmp_path / run, "-q", "--no-maps")
-                          for run, args in runs.items()])
+    results = [run_radar("detect", *args, surfaces / "test", "--out", tmp_path / run, "-q", "--no-maps")
+               for run, args in runs.items()]
     for run, result in zip(runs, results):
         out = tmp_path / run
         if "pip install" in result.stderr:

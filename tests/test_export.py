@@ -125,8 +125,8 @@ def test_cli_export_and_detect(fitted, surfaces, tmp_path):
     images = surfaces / "test" / "blob"
     rows = {}
     runs = {"torch": [model_dir], "onnx-dir": [model_dir, "--backend", "onnx"], "onnx-file": [onnx_file]}
-    results = run_radars([("detect", *args, images, "--out", tmp_path / name, "-q", "--no-maps")
-                          for name, args in runs.items()])
+    results = [run_radar("detect", *args, images, "--out", tmp_path / name, "-q", "--no-maps")
+               for name, args in runs.items()]
     for name, result in zip(runs, results):
         assert result.returncode == 0, result.stderr
         rows[name] = [line.split(",")[3] for line in (tmp_path / name / "results.csv").read_text().splitlines()[1:]]

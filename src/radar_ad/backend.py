@@ -10,6 +10,7 @@ from an exported model file. ``Radar`` only ever talks to this interface.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,6 +29,38 @@ from .registry import BACKENDS
 # The settings the per-patch function is built with: a backend that runs a
 # fixed graph cannot follow a change of them.
 NOISE_SETTINGS = ("seed", "inference.timestep", "inference.draws")
+
+_process_threads: int | None = None
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def threads_per_worker(workers: int) -> int:
+    """Each of ``workers`` processes' share of this machine's cores (at least one)."""
+    return max(1, available_cores() // max(1, workers))
+
+
+def use_threads(threads: int) -> None:
+    """The CPU threads every model call in this process may use: PyTorch's
+    and, for backends made afterwards, ONNX Runtime's and OpenVINO's. A
+    worker among N on one machine (a Ray actor, a service worker) takes
+    :func:`threads_per_worker` so that N of them do not oversubscribe the cores."""
+    global _process_threads
+    if not 1 <= threads <= 4096:
+        raise ConfigError(f"threads must be in [1, 4096], got {threads}", setting="threads")
+    torch.set_num_threads(threads)
+    _process_threads = threads
+
+
+def process_threads() -> int | None:
+    """The thread count :func:`use_threads` set (``None``: each engine's default)."""
+    return _process_threads
 
 
 @dataclass

@@ -249,7 +249,8 @@ class Radar:
 
         ``strategy`` runs the training loop elsewhere than on this model's
         device (e.g. data-parallel over several processes); see
-        :class:`~radar_ad.training.DeviceStrategy`."""
+        :class:`~radar_ad.training.DeviceStrategy`. Only its main process
+        calibrates: on the others the model ends trained but not calibrated."""
         config = self.config
         images = self._load_training_images(source, progress)
         channels = images[0].shape[0]
@@ -274,10 +275,16 @@ class Radar:
             "resumed_from": result.resumed_from, "device": str(device),
             "radar_ad_version": __version__,
         }
+        if strategy is not None and strategy.world_size > 1:
+            training.update(processes=strategy.world_size, mixed_precision=strategy.mixed_precision)
         self._learned(network, network, channels, training, None, "the network")
+        if strategy is not None and not strategy.is_main:
+            return self
+        began = time.perf_counter()
         self.calibration_ = self._calibrate([images[i] for i in split.calibration],
                                             [images[i] for i in split.conformal], progress,
                                             {"source": "training split"})
+        training["calibration_seconds"] = round(time.perf_counter() - began, 2)
         self.warn_false_alarms()
         return self
 
@@ -672,18 +679,26 @@ def _check_graph(radar: Radar, path: Path) -> None:
 
 
 def train_model(config: RadarConfig, data: str | Path, out: str | Path, *, resume: bool = False,
-                device: str | None = None, progress: bool = True) -> Radar:
+                device: str | None = None, progress: bool = True, strategy: DeviceStrategy | None = None) -> Radar:
     """Train on ``data`` and write the model directory ``out``: the output
     location is checked first, a checkpoint is kept beside it while training
-    (``resume`` continues one) and removed once the model is written."""
+    (``resume`` continues one) and removed once the model is written.
+
+    With a data-parallel ``strategy`` every process runs this: all check the
+    output (the same answer on a shared filesystem, so all stop together),
+    train, and wait while the main process calibrates and writes the model."""
     out = Path(os.path.abspath(out))  # "." names the working folder
     check_model_target(out)  # before training, not after an hour of it
     checkpoint = checkpoint_dir(out)
     check_checkpoint_dir(checkpoint)  # a user's folder of that name: refused before any work
-    radar = Radar(config, device=device).fit(data, progress=progress, checkpoint_dir=checkpoint, resume=resume)
-    radar.save(out)
-    if is_checkpoint_dir(checkpoint):  # ours (train_unet refused anything else before training)
-        shutil.rmtree(checkpoint, ignore_errors=True)
+    radar = Radar(config, device=device).fit(data, progress=progress, checkpoint_dir=checkpoint, resume=resume,
+                                             strategy=strategy)
+    if strategy is None or strategy.is_main:
+        radar.save(out)
+        if is_checkpoint_dir(checkpoint):  # ours (train_unet refused anything else before training)
+            shutil.rmtree(checkpoint, ignore_errors=True)
+    if strategy is not None:
+        strategy.wait()  # the others return once the model directory is in place
     return radar
 
 

@@ -30,7 +30,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 from safetensors import SafetensorError, safe_open
 
 from .config import RadarConfig
-from .errors import DataError, ModelError, NonFiniteError
+from .errors import ConfigError, DataError, ModelError, NonFiniteError
 from .files import atomic_file, save_tensors
 from .patches import PatchSampler
 from .progress import progress_bar
@@ -78,16 +78,19 @@ def learning_rate(step: int, config: RadarConfig) -> float:
     return train.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def _training_fingerprint(config: RadarConfig, channels: int, images: dict | None = None) -> dict:
+def _training_fingerprint(config: RadarConfig, channels: int, images: dict | None = None,
+                          world_size: int = 1) -> dict:
     """The settings (and, when given, the training images' digest) a
     checkpoint must share with the run that resumes it, in JSON form (lists,
-    not tuples) so it compares equal to a stored copy."""
+    not tuples) so it compares equal to a stored copy. The number of
+    processes is part of it from two on: each draws its own patches."""
     settings = json.loads(config.to_json())
-    return {"patch_size": settings["patch_size"], "seed": settings["seed"], "channels": channels,
-            "data": settings["data"], "network": settings["network"],
-            "train": {k: v for k, v in settings["train"].items()
-                      if k not in ("steps", "checkpoint_every")},
-            "images": images}
+    fingerprint = {"patch_size": settings["patch_size"], "seed": settings["seed"], "channels": channels,
+                   "data": settings["data"], "network": settings["network"],
+                   "train": {k: v for k, v in settings["train"].items()
+                             if k not in ("steps", "checkpoint_every")},
+                   "images": images}
+    return fingerprint if world_size == 1 else {**fingerprint, "processes": world_size}
 
 
 def images_digest(images: list[torch.Tensor] | list) -> dict:
@@ -107,7 +110,8 @@ def fingerprint_changes(saved: dict, current: dict, prefix: str = "") -> list[st
     words: ``["the training images (30 then, 31 now)", "train.batch_size (16 then, 32 now)"]``."""
     changes = []
     for key in sorted(set(saved) | set(current)):
-        then, now = saved.get(key), current.get(key)
+        absent = 1 if key == "processes" and not prefix else None  # one process records none
+        then, now = saved.get(key, absent), current.get(key, absent)
         if then == now:
             continue
         if key == "images" and not prefix:
@@ -129,17 +133,31 @@ def diffusion_loss(unet: UNet2DModel, scheduler: DDPMScheduler, clean: torch.Ten
     return F.mse_loss(unet(noisy, timesteps).sample, noise)
 
 
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of process ``rank``'s draws in data-parallel training: the
+    config's seed itself for rank 0 (so one process draws exactly what
+    ``radar train`` draws), a distinct seed derived from it for the others."""
+    if rank == 0:
+        return seed
+    return int(hashlib.sha256(f"radar-ad rank seed {seed} {rank}".encode()).hexdigest()[:15], 16)
+
+
 class DeviceStrategy:
     """Where training runs: one process on one device (the default).
 
     The loop asks the strategy to :meth:`prepare` the model and optimiser,
-    to move each batch (:meth:`to_device`), to run :meth:`backward`, and
+    to move each batch (:meth:`to_device`), to run :meth:`backward` and
+    :meth:`clip_grad_norm`, for the loss averaged over processes
+    (:meth:`mean`), for every process's RNG state (:meth:`gather`), and
     whether this process :attr:`is_main` (the one that writes checkpoints).
-    A data-parallel launcher implements the same methods.
+    A data-parallel launcher (``radar_ad.scale.distributed``) implements the
+    same methods; ``train.batch_size`` is then the global batch, each of
+    :attr:`world_size` processes drawing its :meth:`local_batch` share.
     """
 
     rank = 0
     world_size = 1
+    mixed_precision = "no"
 
     def __init__(self, device: torch.device | str) -> None:
         self.device = torch.device(device)
@@ -148,15 +166,37 @@ class DeviceStrategy:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    def local_batch(self, batch_size: int) -> int:
+        """This process's share of the global batch; refused unless it divides evenly."""
+        if batch_size % self.world_size:
+            raise ConfigError(f"train.batch_size ({batch_size}) is the global batch and must divide evenly "
+                              f"among {self.world_size} processes; choose a multiple of {self.world_size}",
+                              setting="train.batch_size")
+        return batch_size // self.world_size
+
     def prepare(self, unet: torch.nn.Module, optimizer: torch.optim.Optimizer,
                 ) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
         return unet, optimizer
+
+    def release(self, model: torch.nn.Module) -> None:
+        """Undo what :meth:`prepare` wrapped around the network (nothing here)."""
 
     def to_device(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return tuple(t.to(self.device) for t in tensors)
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
+
+    def clip_grad_norm(self, params: list[torch.nn.Parameter], max_norm: float) -> None:
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        """``value`` averaged over every process (itself with one)."""
+        return value
+
+    def gather(self, state: torch.Tensor) -> list[torch.Tensor]:
+        """Every process's ``state`` (same shape on each), in rank order."""
+        return [state]
 
     def wait(self) -> None:
         """Wait for every process (nothing to wait for with one)."""
@@ -184,7 +224,8 @@ def train_unet(
     train = config.train
     strategy = device if isinstance(device, DeviceStrategy) else DeviceStrategy(device)
     channels = sampler.channels
-    generator = torch.Generator().manual_seed(config.seed)
+    batch = strategy.local_batch(train.batch_size)
+    generator = torch.Generator().manual_seed(rank_seed(config.seed, strategy.rank))
     unet.to(strategy.device).train()
     params = [p for p in unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=train.learning_rate, weight_decay=train.weight_decay)
@@ -192,14 +233,14 @@ def train_unet(
     model, prepared = strategy.prepare(unet, optimizer)
     max_t = min(train.max_timestep or scheduler.config.num_train_timesteps,
                 scheduler.config.num_train_timesteps)
-    fingerprint = _training_fingerprint(config, channels, images)
+    fingerprint = _training_fingerprint(config, channels, images, strategy.world_size)
 
     if checkpoint_dir is not None:
         check_checkpoint_dir(checkpoint_dir)
     start, history = 0, list[float]()
     if resume and checkpoint_dir is not None and (checkpoint_dir / CHECKPOINT_FILE).is_file():
         start, history = _load_checkpoint(checkpoint_dir, unet, optimizer, ema, generator,
-                                          fingerprint, strategy.device)
+                                          fingerprint, strategy.device, strategy.rank)
     if start >= train.steps:
         start = train.steps
 
@@ -208,23 +249,24 @@ def train_unet(
                        unit="step")
     loss_value = float("nan")
     for step in range(start, train.steps):
-        patches = sampler.sample(train.batch_size, generator) * 2 - 1
-        timesteps = torch.randint(0, max_t, (train.batch_size,), generator=generator)
+        patches = sampler.sample(batch, generator) * 2 - 1
+        timesteps = torch.randint(0, max_t, (batch,), generator=generator)
         noise = torch.randn(patches.shape, generator=generator)
         patches, timesteps, noise = strategy.to_device(patches, timesteps, noise)
         for group in prepared.param_groups:
             group["lr"] = learning_rate(step, config)
         loss = diffusion_loss(model, scheduler, patches, timesteps, noise)
-        if not torch.isfinite(loss.detach()):
-            raise NonFiniteError(_diverged(float(loss.detach()), step, checkpoint_dir))
+        global_loss = strategy.mean(loss.detach().float())  # every process stops together on a non-finite one
+        if not torch.isfinite(global_loss):
+            raise NonFiniteError(_diverged(float(global_loss), step, checkpoint_dir))
         prepared.zero_grad(set_to_none=True)
         strategy.backward(loss)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        strategy.clip_grad_norm(params, 1.0)
         prepared.step()
         if ema is not None:
             with torch.no_grad():
                 torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - train.ema_decay)
-        loss_value = float(loss.detach())
+        loss_value = float(global_loss)
         history.append(loss_value)
         done = step + 1 - start
         elapsed = time.perf_counter() - began
@@ -234,11 +276,13 @@ def train_unet(
                             patches_s=f"{done * train.batch_size / max(elapsed, 1e-9):.0f}")
         if checkpoint_dir is not None and ((step + 1) % train.checkpoint_every == 0
                                            or step + 1 == train.steps):
+            rng_states = strategy.gather(generator.get_state())  # every process's, for its resume
             if strategy.is_main:
-                _save_checkpoint(checkpoint_dir, step + 1, unet, optimizer, ema, generator,
+                _save_checkpoint(checkpoint_dir, step + 1, unet, optimizer, ema, rng_states,
                                  fingerprint, history)
             strategy.wait()
     bar.close()
+    strategy.release(model)
     seconds = time.perf_counter() - began
     if ema is not None:
         with torch.no_grad():
@@ -253,11 +297,12 @@ def train_unet(
 
 
 def _save_checkpoint(directory: Path, step: int, unet: UNet2DModel, optimizer: torch.optim.Optimizer,
-                     ema: list[torch.Tensor] | None, generator: torch.Generator,
+                     ema: list[torch.Tensor] | None, rng_states: list[torch.Tensor],
                      fingerprint: dict, history: list[float]) -> None:
-    """Weights, optimiser moments, EMA and RNG state in one safetensors file
-    (step and settings in its metadata), replaced atomically so a kill
-    mid-write leaves the last good checkpoint."""
+    """Weights, optimiser moments, EMA and every process's RNG state (``rng``,
+    then ``rng.1`` ... in data-parallel runs) in one safetensors file (step
+    and settings in its metadata), replaced atomically so a kill mid-write
+    leaves the last good checkpoint."""
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in unet.state_dict().items()}
     if not all(bool(torch.isfinite(t).all()) for t in tensors.values() if t.is_floating_point()):
         raise NonFiniteError(_diverged(float("nan"), step - 1, directory, "weights"))
@@ -269,7 +314,8 @@ def _save_checkpoint(directory: Path, step: int, unet: UNet2DModel, optimizer: t
             tensors[f"optim.{index}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
     if ema is not None:
         tensors.update({f"ema.{i}": t.detach().cpu().contiguous() for i, t in enumerate(ema)})
-    tensors["rng"] = generator.get_state()
+    for rank, rng_state in enumerate(rng_states):
+        tensors[_rng_key(rank)] = rng_state.cpu().contiguous()
     meta = {"step": str(step), "fingerprint": json.dumps(fingerprint),
             "loss_history": json.dumps(history)}
     with atomic_file(directory / CHECKPOINT_FILE) as tmp:
@@ -293,9 +339,13 @@ def checkpoint_step(directory: Path) -> int | None:
         return None
 
 
+def _rng_key(rank: int) -> str:
+    return "rng" if rank == 0 else f"rng.{rank}"
+
+
 def _load_checkpoint(directory: Path, unet: UNet2DModel, optimizer: torch.optim.Optimizer,
                      ema: list[torch.Tensor] | None, generator: torch.Generator,
-                     fingerprint: dict, device: torch.device) -> tuple[int, list[float]]:
+                     fingerprint: dict, device: torch.device, rank: int = 0) -> tuple[int, list[float]]:
     try:
         path = str(directory / CHECKPOINT_FILE)
         with safe_open(path, framework="pt") as handle:  # one read: metadata and tensors
@@ -322,5 +372,5 @@ def _load_checkpoint(directory: Path, unet: UNet2DModel, optimizer: torch.optim.
     if ema is not None:
         for i, shadow in enumerate(ema):
             shadow.copy_(tensors[f"ema.{i}"].to(device))
-    generator.set_state(tensors["rng"])
+    generator.set_state(tensors[_rng_key(rank)])
     return step, list(history)

@@ -78,9 +78,15 @@ def train(
     set_: list[str] = typer.Option([], "--set", help="Any setting, e.g. --set inference.stride=7."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: CUDA if present)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its checkpoint."),
+    mixed_precision: Optional[str] = typer.Option(
+        None, help="no, bf16 or fp16 (CUDA only): train in mixed precision through Accelerate "
+        "(default: the launcher's --mixed_precision, else no)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    """Train on normal images and write a model directory."""
+    """Train on normal images and write a model directory.
+
+    Under a launcher (`accelerate launch -m radar_ad train ...`, `torchrun ...`)
+    it trains data-parallel on every process: --batch-size is the global batch."""
     from ..persistence import checkpoint_dir
     from ..pipeline import train_model
     from ..training import CHECKPOINT_FILE
@@ -97,17 +103,31 @@ def train(
     checkpoint = checkpoint_dir(Path(os.path.abspath(out)))  # "." names the working folder
     if resume and not (checkpoint / CHECKPOINT_FILE).is_file():
         raise DataError(f"nothing to resume: no checkpoint at {checkpoint}")
-    if not resume and (checkpoint / CHECKPOINT_FILE).is_file():
+    if not resume and (checkpoint / CHECKPOINT_FILE).is_file() and os.environ.get("RANK", "0") == "0":
         typer.echo(f"note: starting afresh; the checkpoint in {checkpoint} will be replaced "
                    "(--resume continues it)", err=True)
+    strategy = _distributed_strategy(mixed_precision, device)
     try:
-        radar = train_model(config, data, out, resume=resume, device=device, progress=not quiet)
+        radar = train_model(config, data, out, resume=resume, device=device, progress=not quiet, strategy=strategy)
     except KeyboardInterrupt:
-        raise Interrupted(_how_to_resume(checkpoint, config.train.checkpoint_every)) from None
+        raise Interrupted(_how_to_resume(checkpoint, config.train.checkpoint_every)
+                          if strategy is None or strategy.is_main else "interrupted") from None
+    if strategy is not None and not strategy.is_main:
+        return  # rank 0 reports
     info = radar.training_
     typer.echo(f"model written to {out} ({info['n_train']} training + {info['n_calibration']} "
                f"calibration + {info['n_conformal']} conformal images, {info['steps']} steps in "
                f"{info['seconds']:.0f} s, final loss {info['final_loss']:.4f}); {radar.false_alarms()['rule']}")
+
+
+def _distributed_strategy(mixed_precision: str | None, device: str | None) -> Any:
+    """Accelerate's data-parallel strategy when launched on several processes
+    or asked for mixed precision; ``None`` (plain ``radar train``) otherwise."""
+    from ..scale.distributed import AccelerateStrategy, launched, wanted_mixed_precision
+
+    if not launched() and wanted_mixed_precision(mixed_precision) == "no":
+        return None
+    return AccelerateStrategy(mixed_precision, device)
 
 
 def _how_to_resume(checkpoint: Path, every: int) -> str:
@@ -156,11 +176,29 @@ BACKEND_HELP = (f"{BACKENDS.choices().capitalize()} (default: torch for a model 
                 "for an exported file; onnx and openvino run on the CPU, faster there).")
 
 
+def _paths_or_list(ctx: typer.Context, paths: Optional[list[str]]) -> Optional[list[str]]:
+    """`radar detect`'s PATHS, which --from-list may replace (a given option is
+    read before a missing argument, so --from-list is known here)."""
+    if not paths and ctx.params.get("from_list") is None and not ctx.resilient_parsing:
+        ctx.fail("Missing argument 'PATHS...' (or --from-list FILE).")
+    return paths
+
+
 @app.command()
 def detect(
     model: Path = typer.Argument(..., help="Model directory from `radar train`, or an .onnx file from `radar export`."),
-    paths: list[Path] = typer.Argument(..., help="Images or folders of images."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for results.csv and maps."),
+    paths: Optional[list[str]] = typer.Argument(None, callback=_paths_or_list, help="Images or folders of images "
+                                                "(with --engine ray also URIs, e.g. s3://bucket/images/)."),
+    out: str = typer.Option(..., "--out", "-o", help="Folder for results.csv and maps (--engine ray: results/ of "
+                            "Parquet part files and maps/, in a folder or at a URI)."),
+    from_list: Optional[Path] = typer.Option(None, "--from-list", help="A text file naming one image (path or URI) "
+                                             "a line, besides PATHS; blank lines and # comments are left out."),
+    engine: str = typer.Option("local", help="local: this process; ray: a Ray cluster (pip install "
+                               "'radar-ad[ray]'), with reruns skipping the images already scored."),
+    address: Optional[str] = typer.Option(None, help="--engine ray: the cluster's address (default: start a local "
+                                          "instance on this machine's cores)."),
+    workers: Optional[int] = typer.Option(None, help="--engine ray: scoring processes, each loading the model once "
+                                          "(1 to 1024; default: one per CPU of the cluster)."),
     batch_size: int = typer.Option(16, help="Images read and analysed at a time (bounds memory)."),
     maps: bool = typer.Option(True, "--maps/--no-maps", help="Write anomaly map, mask and overlay PNGs."),
     false_alarm_rate: Optional[float] = typer.Option(None, help=FALSE_ALARM_HELP),
@@ -172,26 +210,56 @@ def detect(
     """Score images: results.csv (file, score, threshold, p-value, verdict) plus map PNGs.
 
     Streams: at most --batch-size images and their maps are in memory at once,
-    and each row is written as soon as its image is scored.
+    and each row is written as soon as its image is scored. --engine ray
+    scores them on a Ray cluster into Parquet part files (OUT/results) instead.
     """
     from ..data import list_images
     from ..files import atomic_file, unique_stem
     from ..pipeline import Radar
     from ..progress import progress_bar
     from ..report import DETECT_COLUMNS, error_fields, result_fields, save_prediction_maps
+    from ..scale.ray_detect import MAX_WORKERS, is_uri, read_path_list
 
+    if engine not in ("local", "ray"):
+        raise ConfigError(f"engine must be local or ray, got {engine!r}", setting="engine")
     if not 1 <= batch_size <= MAX_BATCH_IMAGES:
         raise ConfigError(f"batch_size must be in [1, {MAX_BATCH_IMAGES}], got {batch_size}", setting="batch_size")
-    if out.exists() and not out.is_dir():
+    if workers is not None and not 1 <= workers <= MAX_WORKERS:
+        raise ConfigError(f"workers must be in [1, {MAX_WORKERS}], got {workers}", setting="workers")
+    listed = read_path_list(from_list) if from_list is not None else []
+    if not paths and not listed:
+        raise DataError(f"no images: {from_list} names none", setting="from_list")
+    if engine == "ray":
+        from ..scale.ray_detect import detect_on_ray, list_inputs
+
+        # the output tree is left out of the input folders, as below
+        locations = list_inputs(paths or [], exclude=out) + listed
+        summary = detect_on_ray(model, locations, out, backend=backend, device=device, workers=workers, address=address,
+                                maps=maps, batch_size=batch_size, settings=_decision(false_alarm_rate, non_finite),
+                                progress=not quiet)
+        typer.echo(str(summary))
+        if summary.failed:
+            raise PartialFailure(f"{summary.failed} of {summary.scored + summary.failed} images could not be "
+                                 f"scored; their rows in {summary.out}/results say why (column error); a rerun "
+                                 "tries them again")
+        return
+    for name, value in (("address", address), ("workers", workers)):
+        if value is not None:
+            raise ConfigError(f"{name} needs --engine ray", setting=name)
+    if is_uri(out):
+        raise ConfigError(f"out is a URI ({out}); the local engine writes to a folder (--engine ray writes to URIs)",
+                          setting="out")
+    out_dir = Path(out)
+    if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"out must be a folder, got a file: {out}", setting="out")
     radar = Radar.load(model, device=device, backend=backend, settings=_decision(false_alarm_rate, non_finite))
     radar.warn_false_alarms()
     # the output folder may sit inside an input folder: its maps are not inputs
-    images = [image for path in paths for image in list_images(path, exclude=out)]
-    out.mkdir(parents=True, exist_ok=True)
+    images = [image for path in paths or [] for image in list_images(path, exclude=out_dir)] + list(map(Path, listed))
+    out_dir.mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
     flagged = failed = 0
-    with (atomic_file(out / "results.csv") as tmp, open(tmp, "w", newline="") as handle,
+    with (atomic_file(out_dir / "results.csv") as tmp, open(tmp, "w", newline="") as handle,
           progress_bar(total=len(images), enabled=not quiet, desc="detecting", unit="img") as bar):
         writer = csv.writer(handle)
         writer.writerow(DETECT_COLUMNS)
@@ -206,13 +274,13 @@ def detect(
                 if maps:
                     stem = unique_stem(path.stem, used.__contains__)
                     used.add(stem)
-                    save_prediction_maps(pred, out, stem)
+                    save_prediction_maps(pred, out_dir, stem)
                 writer.writerow([str(path), *result_fields(pred), ""])
             bar.update(1)
-    typer.echo(f"{len(images)} images, {flagged} anomalous; results in {out / 'results.csv'}")
+    typer.echo(f"{len(images)} images, {flagged} anomalous; results in {out_dir / 'results.csv'}")
     if failed:
         raise PartialFailure(f"{failed} of {len(images)} images could not be scored; their rows in "
-                             f"{out / 'results.csv'} say why (column error)")
+                             f"{out_dir / 'results.csv'} say why (column error)")
 
 
 @app.command()
@@ -313,8 +381,8 @@ def serve(
     backend: Optional[str] = typer.Option(None, help=BACKEND_HELP),
     device: Optional[str] = typer.Option(None, help="cpu, cuda ... (default: CUDA if present)."),
     max_upload_mb: float = typer.Option(20.0, help="Largest accepted upload, in MiB (at most 1024)."),
-    max_in_flight: int = typer.Option(8, help="Requests admitted at once (running + waiting); more get 503 "
-                                      "(at most 1024)."),
+    max_in_flight: int = typer.Option(8, help="Requests admitted at once (running + waiting) per worker; more "
+                                      "get 503 (at most 1024)."),
     max_pixels: int = typer.Option(
         16_000_000, help="Largest accepted image, in pixels (width x height; at most 100000000). A request "
         "of 4000 x 4000 (the default) peaks at about 1.1 GB and takes about 70 s on 2 CPU cores (measured); "
@@ -326,22 +394,29 @@ def serve(
                                     "Bounds their memory to about this x 2 x --max-upload-mb (at most 4096)."),
     false_alarm_rate: Optional[float] = typer.Option(None, help=FALSE_ALARM_HELP),
     non_finite: Optional[str] = typer.Option(None, help=NON_FINITE_HELP.replace("an error row", "HTTP 422")),
+    workers: int = typer.Option(
+        1, help="Worker processes on the one port (1 to 64), each with its own copy of the model and an equal "
+        "share of the CPU cores. Every limit above applies per worker (N workers admit N x --max-in-flight "
+        "requests and may use N times the memory); GET /ready says when a worker's model is loaded."),
 ) -> None:
-    """Serve a model over HTTP: POST /predict, GET /model, GET /health and a web page at /."""
+    """Serve a model over HTTP: POST /predict, GET /model, GET /health, GET /ready and a web page at /."""
     for module in ("fastapi", "uvicorn", "multipart"):
         require(module, "serve", "`radar serve`", "python-multipart" if module == "multipart" else None)
+    from contextlib import suppress
+
     from .serve import serve as run_server
 
     def announce(url: str) -> None:
-        typer.echo(f"serving {model_dir} at {url} (Ctrl+C to stop)")
+        several = f"{workers} workers; " if workers > 1 else ""
+        typer.echo(f"serving {model_dir} at {url} ({several}Ctrl+C to stop)")
 
-    try:
+    # It returns once stopped by Ctrl-C or SIGTERM; a Ctrl-C while the model loads raises.
+    with suppress(KeyboardInterrupt):
         run_server(model_dir, host=host, port=port, backend=backend, device=device, max_upload_mb=max_upload_mb,
                    max_in_flight=max_in_flight, max_pixels=max_pixels, body_timeout=body_timeout,
                    max_uploads=max_uploads, on_start=announce,
-                   settings=_decision(false_alarm_rate, non_finite))
-    except KeyboardInterrupt:
-        typer.echo("stopped")
+                   settings=_decision(false_alarm_rate, non_finite), workers=workers)
+    typer.echo("stopped")
 
 
 @app.command()

@@ -39,21 +39,58 @@ once, that is about 9 GiB, within a 16 GiB machine. Time, not memory, is what
 a large image costs now: about 4 s per megapixel on 2 CPU cores (67 s for
 4000 x 4000), so a service that must answer quickly lowers ``--max-pixels``;
 a bigger machine may raise it up to ``MAX_PIXELS_BOUND``.
+
+``GET /health`` is liveness (200 while the process is up, even while its
+model loads); ``GET /ready`` is readiness: 503 ``{"ready": false}`` until this
+process's model is loaded, then 200 with its pid, thread count and model
+fingerprint. ``POST /predict`` and ``GET /model`` answer 503 with
+``Retry-After`` until then.
+
+Several workers (``serve(..., workers=N)``, ``radar serve --workers N``): the
+parent checks the model (on the CPU, so that it holds no GPU memory while it
+only supervises), binds one socket and starts N worker processes
+(``multiprocessing`` spawn) that each run their own uvicorn server on that
+socket: the kernel hands each new connection to one of them. Each worker
+takes its share of the cores (:func:`radar_ad.backend.threads_per_worker`),
+listens at once and loads its own copy of the model on a thread, so ``/ready``
+is meaningful. Every limit above applies per worker: N workers admit N x
+``max_in_flight`` requests and may use N times the memory. A worker that
+dies after loading is replaced; one that cannot load its model stops the
+service with one line (it would fail again). SIGINT or SIGTERM stops every
+worker (SIGTERM, each finishing its requests for up to ``GRACEFUL_SECONDS``,
+then SIGKILL), and a worker whose parent is gone stops itself: no orphan
+keeps the port. The parent supervises the workers itself rather than
+through uvicorn's ``workers=N``: the settings reach the workers as
+arguments (no app import string, environment variables or temporary
+files), a worker that cannot load its model stops the service instead of
+being restarted in a loop, and a Ctrl-C while a worker is still starting
+prints no traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import io
 import math
+import multiprocessing
+import os
+import signal
 import socket
+import sys
 import threading
 import time
+import traceback
+import warnings
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from importlib import resources
+from multiprocessing.connection import Connection, wait
+from multiprocessing.context import SpawnContext, SpawnProcess
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -67,7 +104,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from .. import __version__
-from ..errors import ConfigError, RadarError, first_line
+from ..errors import ConfigError, ModelError, RadarError, first_line
 from ..report import png_base64, prediction_maps
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 2**20
@@ -88,6 +125,14 @@ MAX_IN_FLIGHT_BOUND = 1024
 MAX_UPLOADS_BOUND = 4096
 BODY_TIMEOUT_BOUND = 600.0
 PORT_BOUND = 65535
+# Worker processes of one service: one is today's single process; 64 covers a
+# large machine, each worker holding its own model copy.
+DEFAULT_WORKERS = 1
+MAX_WORKERS_BOUND = 64
+# Seconds a stopping server has to finish the requests it is answering.
+GRACEFUL_SECONDS = 10
+# What a client is told to wait while the model loads (a small model: seconds).
+LOADING_RETRY_AFTER = 2
 # Decoders offered to untrusted bytes: the common lossless and camera formats,
 # nothing exotic (PIL would otherwise try every plugin it has).
 PIL_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF")
@@ -106,17 +151,26 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 def create_app(radar: Any, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
                max_pixels: int = DEFAULT_MAX_PIXELS, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
                max_uploads: int = DEFAULT_MAX_UPLOADS, body_timeout: float = DEFAULT_BODY_TIMEOUT,
-               model_info: dict[str, Any] | None = None) -> FastAPI:
+               model_info: dict[str, Any] | None = None, workers: int = 1) -> FastAPI:
     """The HTTP service around a fitted :class:`radar_ad.Radar` (or anything
-    with its ``predict`` and learned attributes, e.g. an exported backend)."""
+    with its ``predict`` and learned attributes, e.g. an exported backend).
+
+    ``radar=None``: a service that listens before its model is there (a
+    worker loading its copy): ``/ready``, ``/model`` and ``/predict`` answer
+    503 until ``app.state.model.set(radar)``. ``workers``: how many processes
+    serve the same port (``/ready`` says it)."""
     limits = check_limits(max_upload_bytes=max_upload_bytes, max_pixels=max_pixels, max_in_flight=max_in_flight,
                           max_uploads=max_uploads, body_timeout=body_timeout)
-    metadata = {**model_metadata(radar), "limits": limits, **(model_info or {})}
+    check_int("workers", workers, 1, MAX_WORKERS_BOUND)
+    served = ServedModel(limits, workers)
+    if radar is not None:
+        served.set(radar, model_info)
     page = resources.files(__package__).joinpath("static/index.html").read_text(encoding="utf-8")
     admission = Admission(max_in_flight)
     uploads = Uploads(max_uploads, body_timeout)
 
     app = FastAPI(title="radar-ad", version=__version__, docs_url=None, redoc_url=None)  # both pull assets from a CDN
+    app.state.model = served
     app.state.admission = admission  # observable by monitoring and tests
     app.state.uploads = uploads
     _add_error_handlers(app)
@@ -129,15 +183,26 @@ def create_app(radar: Any, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        if served.radar is None:
+            return JSONResponse({"ready": False}, status_code=503)
+        return JSONResponse(served.readiness())
+
     @app.get("/model")
     async def model() -> dict[str, Any]:
-        return metadata
+        if served.metadata is None:
+            raise _loading()
+        return served.metadata
 
     @app.post("/predict")
     async def predict(request: Request, maps: bool = False) -> JSONResponse:
         """Score one uploaded image; ``maps=1`` adds the maps as base64 PNGs.
         The body is received before admission: a slow client holds no slot."""
         started = time.perf_counter()
+        radar = served.radar
+        if radar is None:  # refused before the body is read: a loading worker costs nobody an upload
+            raise _loading()
         data = await uploads.receive(request, max_upload_bytes)
         if not admission.try_enter():
             return JSONResponse(
@@ -156,6 +221,45 @@ def create_app(radar: Any, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
             admission.leave()
 
     return app
+
+
+class ServedModel:
+    """The model one process serves, once it is there: a worker of
+    ``radar serve --workers N`` listens first and loads its copy afterwards,
+    so that ``/health`` answers during the load and ``/ready`` says when this
+    process can predict."""
+
+    def __init__(self, limits: dict[str, Any], workers: int = 1) -> None:
+        self.limits = limits
+        self.workers = workers
+        self.radar: Any = None
+        self.metadata: dict[str, Any] | None = None
+        self.model_info: dict[str, Any] = {}
+        self.load_seconds: float | None = None
+
+    def set(self, radar: Any, model_info: dict[str, Any] | None = None, load_seconds: float | None = None) -> None:
+        """Serve ``radar`` from now on (``model_info``: its name and fingerprint)."""
+        self.model_info = dict(model_info or {})
+        self.load_seconds = load_seconds
+        self.metadata = {**model_metadata(radar), "limits": self.limits, **self.model_info}
+        self.radar = radar  # last: whoever sees the model sees its metadata
+
+    def readiness(self) -> dict[str, Any]:
+        """``GET /ready`` of a process whose model is loaded: which process
+        answers (a pid among the workers), with how many CPU threads, and
+        which model (so that a client can check that every worker serves the
+        same one)."""
+        import torch  # already loaded with the model
+
+        return {"ready": True, "worker": os.getpid(), "workers": self.workers, "threads": torch.get_num_threads(),
+                "load_seconds": None if self.load_seconds is None else round(self.load_seconds, 2),
+                **{key: self.model_info[key] for key in ("model_name", "model_fingerprint") if key in self.model_info}}
+
+
+def _loading() -> HTTPException:
+    # Connection: close, so a body the client is still sending is not read.
+    return HTTPException(503, "the model is still loading; retry later",
+                         headers={"Retry-After": str(LOADING_RETRY_AFTER), "Connection": "close"})
 
 
 def check_limits(*, max_upload_bytes: int, max_pixels: int, max_in_flight: int, max_uploads: int,
@@ -469,7 +573,7 @@ def socket_url(sock: socket.socket) -> str:
 
 
 def _server(app: FastAPI) -> uvicorn.Server:
-    return uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=10))
+    return uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=GRACEFUL_SECONDS))
 
 
 @contextmanager
@@ -497,25 +601,269 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, back
           device: str | None = None, max_upload_mb: float = DEFAULT_MAX_UPLOAD_BYTES / 2**20,
           max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, max_pixels: int = DEFAULT_MAX_PIXELS,
           body_timeout: float = DEFAULT_BODY_TIMEOUT, max_uploads: int = DEFAULT_MAX_UPLOADS,
-          on_start: Callable[[str], None] | None = None, settings: dict[str, Any] | None = None) -> None:
+          on_start: Callable[[str], None] | None = None, settings: dict[str, Any] | None = None,
+          workers: int = DEFAULT_WORKERS) -> None:
     """Load the model (a bad model directory or setting fails here, before
     anything listens; ``settings`` as :meth:`Radar.load`'s), bind, call
-    ``on_start(url)`` and serve until interrupted."""
+    ``on_start(url)`` and serve until SIGINT (Ctrl-C) or SIGTERM, then return.
+
+    ``workers`` > 1: that many processes on the one port, each with its own
+    model copy, its share of the cores and its own limits (see the module
+    docstring); call it from the main thread, which handles the signals."""
     check_int("port", port, 0, PORT_BOUND)
+    check_int("workers", workers, 1, MAX_WORKERS_BOUND)
     limits = check_limits(max_upload_bytes=_upload_bytes(max_upload_mb), max_pixels=max_pixels,
                           max_in_flight=max_in_flight, max_uploads=max_uploads, body_timeout=body_timeout)
+    if workers > 1 and threading.current_thread() is not threading.main_thread():
+        raise ConfigError("serving with several workers needs the main thread (it handles SIGINT and SIGTERM)",
+                          setting="workers")
     from ..pipeline import Radar
 
-    radar = Radar.load(model_dir, device=device, backend=backend, settings=settings)
-    radar.warn_false_alarms()  # also in /model and on the page
-    app = create_app(radar, **limits, model_info=model_identity(model_dir))
+    with _sigterm_as_interrupt():  # SIGTERM while the model loads: as Ctrl-C (KeyboardInterrupt)
+        if workers == 1:  # one process, the model loaded before anything listens
+            radar = Radar.load(model_dir, device=device, backend=backend, settings=settings)
+            radar.warn_false_alarms()  # also in /model and on the page
+            app = create_app(radar, **limits, model_info=model_identity(model_dir))
+            with _listening(host, port, on_start) as sock, suppress(KeyboardInterrupt):
+                # uvicorn finishes the open requests, then raises the signal again: KeyboardInterrupt
+                _server(app).run(sockets=[sock])
+            return
+        # The same load as each worker's, on the CPU: the parent only
+        # supervises and should hold no GPU memory; a device a worker cannot
+        # use is reported by that worker, in one line.
+        checked = Radar.load(model_dir, device="cpu", backend=backend, settings=settings)
+        checked.warn_false_alarms()  # once here, not once per worker
+        del checked
+        gc.collect()
+        spec = WorkerSpec(model_dir=str(model_dir), backend=backend, device=device, settings=settings,
+                          limits=limits, workers=workers, parent_pid=os.getpid())
+        with _listening(host, port, on_start) as sock:
+            Supervisor(spec, sock).run()
+
+
+@contextmanager
+def _listening(host: str, port: int, on_start: Callable[[str], None] | None) -> Iterator[socket.socket]:
+    """The bound socket, announced through ``on_start(url)``; closed after."""
     sock = bind_socket(host, port)
     try:
         if on_start is not None:
             on_start(socket_url(sock))
-        _server(app).run(sockets=[sock])
+        yield sock
     finally:
         sock.close()
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops the process as Ctrl-C does (KeyboardInterrupt), so that
+    a service manager's stop is a clean stop too, and so that it stops at all
+    as a container's PID 1, which ignores signals it has no handler for
+    (signals: main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# ------------------------------------------------------------------ workers
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker process needs to load and serve its copy of the model
+    (it reaches the worker pickled, as an argument of the spawned process)."""
+
+    model_dir: str
+    backend: str | None
+    device: str | None
+    settings: dict[str, Any] | None
+    limits: dict[str, Any]
+    workers: int
+    parent_pid: int
+
+
+@dataclass
+class Worker:
+    """One worker process seen from the parent: ``reports`` carries its
+    ``("ready", pid)`` or ``("failed", message)``."""
+
+    process: SpawnProcess
+    reports: Connection
+    ready: bool = False
+    failure: str | None = None
+
+    @classmethod
+    def start(cls, context: SpawnContext, spec: WorkerSpec, sock: socket.socket) -> Worker:
+        reports, report_end = context.Pipe(duplex=False)
+        process = context.Process(target=_worker_main, args=(spec, sock, report_end), name="radar-serve-worker",
+                                  daemon=True)  # daemon: multiprocessing ends it even if the parent fails
+        # Ignored SIGINT is inherited through exec: a Ctrl-C while the worker
+        # imports is the parent's to handle (it stops the worker with SIGTERM).
+        interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            process.start()
+        finally:
+            signal.signal(signal.SIGINT, interrupt)
+            report_end.close()
+        return cls(process, reports)
+
+    def read_reports(self) -> None:
+        """Take in what the worker reported (none, or the end: it exited)."""
+        with suppress(EOFError, OSError):
+            while not self.reports.closed and self.reports.poll():
+                kind, detail = self.reports.recv()
+                if kind == "ready":
+                    self.ready = True
+                elif kind == "failed":
+                    self.failure = str(detail)
+        if not self.reports.closed and self.process.exitcode is not None:
+            self.reports.close()
+
+    def stop(self) -> None:
+        if self.process.is_alive():
+            self.process.terminate()  # SIGTERM: uvicorn finishes the open requests
+
+
+class Supervisor:
+    """The parent of ``workers`` worker processes on one socket: starts them,
+    replaces one that dies after loading, stops the service when one cannot
+    load its model, and stops them all on SIGINT or SIGTERM."""
+
+    def __init__(self, spec: WorkerSpec, sock: socket.socket) -> None:
+        self.spec = spec
+        self.sock = sock
+        self.context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch threads
+        self.workers: list[Worker] = []
+        self.signals: list[int] = []
+
+    def run(self) -> None:
+        """Supervise until a signal (then return) or a worker that cannot
+        load its model (then raise :class:`ModelError`)."""
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for _ in range(self.spec.workers):
+                self.workers.append(Worker.start(self.context, self.spec, self.sock))
+            while not self.signals:
+                self._watch(timeout=0.5)
+        finally:
+            self._stop_all()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.signals.append(signum)  # acted on by the loop; a second one kills at once
+
+    def _watch(self, timeout: float) -> None:
+        waitables: list[Any] = [worker.process.sentinel for worker in self.workers]
+        waitables += [worker.reports for worker in self.workers if not worker.reports.closed]
+        wait(waitables, timeout)
+        for index, worker in enumerate(self.workers):
+            worker.read_reports()
+            pid = worker.process.pid
+            if worker.failure is not None:
+                raise ModelError(f"worker {pid} could not load the model: {worker.failure}")
+            if worker.process.exitcode is None or self.signals:
+                continue
+            if not worker.ready:  # it would fail again: stop rather than restart in a loop
+                raise ModelError(f"worker {pid} exited (code {worker.process.exitcode}) before its model "
+                                 "was loaded")
+            warnings.warn(f"worker {pid} exited (code {worker.process.exitcode}); starting another",
+                          RuntimeWarning, stacklevel=2)
+            self.workers[index] = Worker.start(self.context, self.spec, self.sock)
+
+    def _stop_all(self) -> None:
+        """SIGTERM to every worker, up to ``GRACEFUL_SECONDS`` (and a margin)
+        for them to finish, then SIGKILL; a second signal kills at once."""
+        for worker in self.workers:
+            worker.stop()
+        deadline = time.monotonic() + GRACEFUL_SECONDS + 5
+        for worker in self.workers:
+            while worker.process.is_alive() and time.monotonic() < deadline and len(self.signals) < 2:
+                worker.process.join(0.1)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()
+            worker.reports.close()
+
+
+def _worker_main(spec: WorkerSpec, sock: socket.socket, reports: Connection) -> None:
+    """One worker process: its share of the cores, then listen on the
+    parent's socket at once and load the model on a thread; serve until
+    SIGTERM (or SIGINT, or the parent is gone), then exit 0."""
+    signal.signal(signal.SIGTERM, _exit_now)  # until uvicorn takes over: stop at once, quietly
+    code = 0
+    loader: threading.Thread | None = None
+    try:
+        from ..backend import threads_per_worker, use_threads
+
+        use_threads(threads_per_worker(spec.workers))  # before the model: N workers share the cores
+        app = create_app(None, **spec.limits, workers=spec.workers)
+        server = _server(app)
+        loader = threading.Thread(target=_load_in_worker, args=(spec, app.state.model, server, reports),
+                                  daemon=True, name="radar-load")
+        loader.start()
+        threading.Thread(target=_watch_parent, args=(spec.parent_pid, server), daemon=True,
+                         name="radar-parent").start()
+        server.run(sockets=[sock])  # on SIGTERM: finishes the open requests, then raises it again
+    except SystemExit as exc:  # SIGTERM (0), or uvicorn that could not start (its code)
+        code = exc.code if isinstance(exc.code, int) else 0
+    except KeyboardInterrupt:
+        pass
+    except BaseException:  # a bug: say where
+        traceback.print_exc()
+        code = 1
+    if loader is not None and loader.is_alive():
+        # Stopped while loading: the interpreter's teardown would end the
+        # loading thread inside PyTorch's C++ code (an abort), so skip it.
+        for stream in (sys.stdout, sys.stderr):
+            with suppress(Exception):
+                stream.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
+def _exit_now(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
+def _load_in_worker(spec: WorkerSpec, served: ServedModel, server: uvicorn.Server, reports: Connection) -> None:
+    """Load this worker's copy once its server listens; report ``ready``, or
+    ``failed`` with the reason and stop the worker."""
+    while not server.started:
+        if server.should_exit:
+            return
+        time.sleep(0.01)
+    started = time.perf_counter()
+    try:
+        from ..pipeline import Radar
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the parent loaded the same model and said its warnings once
+            radar = Radar.load(spec.model_dir, device=spec.device, backend=spec.backend, settings=spec.settings)
+        served.set(radar, model_identity(spec.model_dir), load_seconds=time.perf_counter() - started)
+    except Exception as exc:
+        reason = first_line(exc) if isinstance(exc, RadarError) else f"{type(exc).__name__}: {first_line(exc)}"
+        _report(reports, ("failed", reason))
+        server.should_exit = True
+        return
+    _report(reports, ("ready", os.getpid()))
+
+
+def _report(reports: Connection, message: tuple[str, Any]) -> None:
+    with suppress(OSError):  # the parent is gone: the parent watch stops this worker
+        reports.send(message)
+
+
+def _watch_parent(parent_pid: int, server: uvicorn.Server) -> None:
+    """Stop this worker once its parent is gone (killed with SIGKILL, say):
+    no orphan keeps serving the port."""
+    while not server.should_exit:
+        if os.getppid() != parent_pid:
+            server.should_exit = True
+            return
+        time.sleep(0.5)
 
 
 def _upload_bytes(max_upload_mb: Any) -> int:

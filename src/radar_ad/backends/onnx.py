@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..backend import BackendOutput, ModelFile, NoiseBackend, TorchBackend
+from ..backend import BackendOutput, ModelFile, NoiseBackend, TorchBackend, process_threads
 from ..config import RadarConfig
 from ..errors import ModelError, first_line, require
 from ..files import atomic_file
@@ -161,6 +161,7 @@ class OnnxBackend(GraphBackend):
     def __init__(self, model: bytes | Path, layers: tuple[str, ...] = (), threads: int | None = None) -> None:
         ort = require("onnxruntime", "onnx", "the ONNX backend")
         options = ort.SessionOptions()
+        threads = threads or process_threads()
         if threads:
             options.intra_op_num_threads = threads
         source = str(model) if isinstance(model, Path) else model

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..backend import BackendOutput, ModelFile
+from ..backend import BackendOutput, ModelFile, process_threads
 from ..errors import ModelError, first_line, require
 from ..registry import BACKENDS
 from .onnx import NOISE_OUTPUT, GraphBackend, activation_output, read_layers, read_metadata
@@ -27,6 +27,7 @@ class OpenVinoBackend(GraphBackend):
         ov = require("openvino", "openvino", "the OpenVINO backend")
         core = ov.Core()
         properties: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"}
+        threads = threads or process_threads()
         if threads:
             properties["INFERENCE_NUM_THREADS"] = threads
         try:

@@ -1,0 +1,686 @@
+"""Batch inspection on Ray: ``radar detect MODEL PATHS... --out DIR --engine ray``.
+
+The same verdicts as ``radar detect`` on one machine, for archives too large
+for one: the images flow one way through four stages.
+
+1. The driver lists the images (paths, folders, URIs, ``--from-list``) and
+   leaves out those that already have a verdict in ``OUT/results`` (a rerun
+   finishes an interrupted run; error rows are tried again).
+2. Ray Data tasks read each image's bytes through ``pyarrow.fs`` (a local
+   path or a URI: no shared file system is assumed) and decode it as the
+   model reads it (colour mode, resize), into uint8 pixels.
+3. A pool of scoring actors, each with the model loaded once: the driver
+   reads the model's files into bytes and ``ray.put``\\ s them; each actor
+   writes them to a temporary folder of its own, sets its thread count
+   (:func:`~radar_ad.backend.use_threads`, so that N actors share the cores
+   instead of oversubscribing them) and loads them. An actor scores a batch,
+   writes its map PNGs to ``OUT/maps`` through ``pyarrow.fs`` and returns one
+   small row per image; an image that cannot be scored is a row with verdict
+   ``error`` and the reason, never a failed job.
+4. The driver writes the rows as Parquet part files,
+   ``OUT/results/part-<UTC time>-<n>.parquet``, each complete or absent
+   (written under a temporary name and renamed on a local disk; an object
+   store writes an object at once).
+
+Importing this module needs neither Ray nor pyarrow (the ``ray`` extra):
+they are imported where they are used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import math
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .. import errors
+from ..backend import available_cores, threads_per_worker, use_threads
+from ..config import DataConfig
+from ..data import IMAGE_SUFFIXES, MAX_PIXELS, as_image_array, check_pixels, list_images
+from ..errors import ConfigError, DataError, ModelError, RadarError, first_line, require
+from ..files import atomic_file
+from ..persistence import CALIBRATION_FILE, CONFIG_FILE, CONFORMAL_FILE, WEIGHTS_FILE
+from ..progress import progress_bar
+from ..report import prediction_maps
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+
+PURPOSE = "`radar detect --engine ray`"
+RESULTS_DIR = "results"
+MAPS_DIR = "maps"
+PART_PREFIX, PART_SUFFIX = "part-", ".parquet"
+MAX_WORKERS = 1024
+MAX_BATCH_IMAGES = 1024
+# Blocks of image paths handed to the decoding tasks (a million images in blocks of 100, not 62,500 of 16).
+MAX_BLOCKS = 10_000
+# A part file is written every this many rows or seconds (and at the end):
+# a killed run loses at most that much work, and a rerun redoes it.
+PART_ROWS = 10_000
+PART_SECONDS = 60.0
+# Logical CPUs: the scoring actors together reserve this share of the
+# cluster's, the rest is left to the decoding tasks that feed them (actors
+# that reserved every CPU would leave the decoding no room, and the job
+# would wait forever); each decoding task reserves DECODE_CPUS.
+SCORING_SHARE = 0.75
+DECODE_CPUS = 0.25
+ERROR_VERDICT = "error"
+RAY_LOG_LEVEL = "RAY_BACKEND_LOG_LEVEL"
+
+
+@dataclass
+class RayDetectSummary:
+    """What one ``detect_on_ray`` run did: ``images`` asked for (duplicates
+    counted once); ``scored`` got a verdict in this run, ``anomalous`` of
+    them flagged; ``failed`` got an error row; ``skipped`` already had a
+    verdict in ``out`` from an earlier run. ``seconds``: the whole run, model
+    loading and actor start included; ``parts``: the part files written."""
+
+    out: str
+    images: int
+    scored: int
+    anomalous: int
+    failed: int
+    skipped: int
+    seconds: float
+    workers: int
+    parts: list[str] = field(default_factory=list)
+
+    @property
+    def images_per_second(self) -> float:
+        """Images scored or failed in this run per second of it."""
+        return (self.scored + self.failed) / self.seconds if self.seconds > 0 else 0.0
+
+    def __str__(self) -> str:
+        done = (f"{self.images} images: {self.scored} scored ({self.anomalous} anomalous), {self.failed} failed, "
+                f"{self.skipped} skipped (scored by an earlier run)")
+        pace = (f"{self.images_per_second:.1f} images/s on {self.workers} workers; "
+                if self.scored + self.failed else "")
+        return f"{done}; {pace}results in {join(self.out, RESULTS_DIR)} ({len(self.parts)} new part files)"
+
+
+def require_ray() -> ModuleType:
+    """Ray (with Ray Data) and pyarrow, or a one-line error naming the extra."""
+    ray = require("ray", "ray", PURPOSE)
+    require("ray.data", "ray", PURPOSE, "ray[data]")
+    require("pyarrow", "ray", PURPOSE)
+    return ray
+
+
+# ------------------------------------------------------------------ locations
+def is_uri(location: str) -> bool:
+    """``s3://bucket/key``, ``gs://...``, ``file:///...``: a location for pyarrow.fs, not a local path."""
+    return "://" in location
+
+
+def normalized(location: str | os.PathLike[str]) -> str:
+    """How a results row names an image: a URI as given, a local path made
+    absolute (the same name from any working folder, on any worker)."""
+    text = os.fspath(location)
+    return text if is_uri(text) else os.path.abspath(text)
+
+
+def join(location: str, *names: str) -> str:
+    return "/".join([location.rstrip("/"), *names])
+
+
+def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow file system of a path or URI, and the path in it."""
+    import pyarrow.fs as pafs
+
+    if not is_uri(location):
+        return pafs.LocalFileSystem(), os.path.abspath(location)
+    try:
+        return pafs.FileSystem.from_uri(location)
+    except (OSError, ValueError) as exc:  # an unknown scheme, a bucket or credentials it cannot find
+        raise DataError(f"cannot open {location}: {first_line(exc)}") from None
+
+
+def read_path_list(path: str | os.PathLike[str]) -> list[str]:
+    """The image paths or URIs named in a text file, one a line; blank lines
+    and lines starting with ``#`` are left out (``--from-list``)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"list file not found: {path}", setting="from_list") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read the list file {path}: {first_line(exc)}", setting="from_list") from None
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def list_inputs(paths: Sequence[str | os.PathLike[str]], exclude: str | None = None) -> list[str]:
+    """The images of ``paths`` (files and folders, searched recursively;
+    local paths or URIs), normalized (:func:`normalized`). ``exclude``: a
+    local output folder whose tree is left out, as ``radar detect`` does."""
+    require_ray()
+    from pyarrow.fs import FileSelector, FileType
+
+    images: list[str] = []
+    for path in [os.fspath(path) for path in paths]:
+        if not is_uri(path):
+            local_exclude = exclude if exclude is not None and not is_uri(exclude) else None
+            images += [normalized(image) for image in list_images(path, exclude=local_exclude)]
+            continue
+        fs, where = filesystem(path)
+        info = fs.get_file_info(where)
+        if info.type == FileType.NotFound:
+            raise DataError(f"path not found: {path}")
+        if info.type == FileType.File:
+            images.append(path)
+            continue
+        scheme = path.split("://", 1)[0]
+        found = sorted(f"{scheme}://{entry.path}" for entry in fs.get_file_info(FileSelector(where, recursive=True))
+                       if entry.type == FileType.File and entry.extension.lower() in
+                       [suffix.lstrip(".") for suffix in IMAGE_SUFFIXES] and not entry.base_name.startswith("."))
+        if not found:
+            raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {path}")
+        images += found
+    return images
+
+
+# ------------------------------------------------------------------- results
+def result_schema() -> pa.Schema:
+    """The Parquet schema of ``OUT/results``: one row per image and attempt;
+    ``maps`` names its PNGs relative to ``OUT``; ``error`` is null unless
+    ``verdict`` is ``"error"``."""
+    import pyarrow as pa
+
+    return pa.schema([("path", pa.string()), ("verdict", pa.string()), ("score", pa.float64()),
+                      ("threshold", pa.float64()), ("p_value", pa.float64()), ("mask_fraction", pa.float64()),
+                      ("maps", pa.list_(pa.string())), ("error", pa.string())])
+
+
+def part_files(out: str) -> list[str]:
+    """The part files in ``OUT/results`` (paths in ``out``'s file system),
+    oldest first (their names sort by time)."""
+    from pyarrow.fs import FileSelector, FileType
+
+    fs, root = filesystem(out)
+    entries = fs.get_file_info(FileSelector(join(root, RESULTS_DIR), allow_not_found=True))
+    return sorted(entry.path for entry in entries if entry.type == FileType.File
+                  and entry.base_name.startswith(PART_PREFIX) and entry.base_name.endswith(PART_SUFFIX))
+
+
+def read_results(out: str | os.PathLike[str], columns: Sequence[str] | None = None) -> pa.Table:
+    """Every image's latest row in ``OUT/results`` (a rerun's row replaces an
+    earlier error row of the same image), in the order they were written;
+    ``columns``: only these (``path`` is always read)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = os.fspath(out)
+    fs, _ = filesystem(out)
+    schema = result_schema()
+    if columns is not None:
+        schema = pa.schema([schema.field(name) for name in dict.fromkeys(["path", *columns])])
+    tables = []
+    for part in part_files(out):
+        try:
+            tables.append(pq.read_table(part, filesystem=fs, schema=schema, columns=schema.names))
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise DataError(f"cannot read the results part {part}: {first_line(exc)}") from None
+    if not tables:
+        return schema.empty_table()
+    table = pa.concat_tables(tables)
+    latest = {path: row for row, path in enumerate(table.column("path").to_pylist())}
+    return table.take(sorted(latest.values()))
+
+
+def finished_images(out: str) -> set[str]:
+    """The images with a verdict in ``OUT/results``: what a rerun skips."""
+    table = read_results(out, columns=["verdict"])
+    return {path for path, verdict in zip(table.column("path").to_pylist(), table.column("verdict").to_pylist())
+            if verdict != ERROR_VERDICT}
+
+
+class _PartWriter:
+    """Rows in, Parquet part files out: a new part every :data:`PART_ROWS`
+    rows or :data:`PART_SECONDS` seconds, each written whole (a temporary
+    name, then a rename, on a local disk) under a name no file has yet."""
+
+    def __init__(self, out: str) -> None:
+        self.fs, root = filesystem(out)
+        self.local = not is_uri(out)
+        self.scheme = "" if self.local else out.split("://", 1)[0]
+        self.folder = join(root, RESULTS_DIR)
+        self.stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f".{time.time_ns() // 1000 % 1_000_000:06d}Z"
+        self.pending: list[pa.Table] = []
+        self.rows = 0
+        self.last = time.monotonic()
+        self.written: list[str] = []
+
+    def add(self, rows: pa.Table) -> None:
+        self.pending.append(rows)
+        self.rows += rows.num_rows
+        if self.rows >= PART_ROWS or time.monotonic() - self.last >= PART_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        from pyarrow.fs import FileType
+
+        self.last = time.monotonic()
+        if not self.rows:
+            return
+        table = pa.concat_tables(self.pending).cast(result_schema())
+        name = ""
+        for n in range(len(self.written), len(self.written) + 1000):
+            name = join(self.folder, f"{PART_PREFIX}{self.stamp}-{n:05d}{PART_SUFFIX}")
+            if self.fs.get_file_info(name).type == FileType.NotFound:
+                break
+        if self.local:
+            with atomic_file(name) as tmp:
+                pq.write_table(table, str(tmp))
+        else:
+            pq.write_table(table, name, filesystem=self.fs)
+        self.written.append(f"{self.scheme}://{name}" if self.scheme else name)
+        self.pending, self.rows = [], 0
+
+
+# ------------------------------------------------------------------- decoding
+def decode_image(content: bytes, name: str, data: DataConfig, min_size: int) -> np.ndarray:
+    """An image file's bytes as the model reads it (``radar_ad.data.load_image``:
+    its colour mode and resize), as uint8 ``(H, W)`` or ``(H, W, C)``, the
+    exact pixels the model would see (``(H, W[, C])`` uint8 is what
+    ``as_image_array`` reads back without loss). A :class:`DataError` naming
+    ``name`` for anything that is not a usable image."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(content)) as opened:
+                check_pixels(opened, MAX_PIXELS, name)
+                opened.load()
+                array = as_image_array(opened, data, min_size)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DataError(f"{name}: image has more than {MAX_PIXELS} pixels") from None
+    except UnidentifiedImageError:
+        raise DataError(f"not an image file: {name}") from None
+    except DataError as exc:
+        message = first_line(exc)
+        raise DataError(message if name in message else f"{name}: {message}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"cannot read image {name}: {first_line(exc)}") from None
+    pixels = (array * 255 + 0.5).astype(np.uint8)  # exact: the array is uint8 / 255
+    return pixels[0] if pixels.shape[0] == 1 else np.ascontiguousarray(pixels.transpose(1, 2, 0))
+
+
+def read_image(location: str, data: DataConfig, min_size: int) -> np.ndarray:
+    """:func:`decode_image` of a file read through pyarrow.fs (a path or a URI)."""
+    from pyarrow.fs import FileType
+
+    fs, where = filesystem(location)
+    try:
+        with fs.open_input_file(where) as handle:
+            content = handle.read()
+    except OSError as exc:  # only now ask why: one request per image on an object store, not two
+        kind = fs.get_file_info(where).type
+        if kind == FileType.NotFound:
+            raise DataError(f"image not found: {location}") from None
+        if kind == FileType.Directory:
+            raise DataError(f"expected an image file, got a folder: {location}") from None
+        raise DataError(f"cannot read image {location}: {first_line(exc)}") from None
+    if not content:
+        raise DataError(f"empty file (0 bytes): {location}")
+    return decode_image(content, location, data, min_size)
+
+
+def decode_batch(batch: pa.Table, data: DataConfig, min_size: int) -> pa.Table:
+    """Ray Data stage 2: ``path`` -> ``pixels`` (the raw uint8 bytes), ``shape``
+    and ``error`` (null, or why the image cannot be used: its row then has
+    no pixels)."""
+    import pyarrow as pa
+
+    pixels: list[bytes] = []
+    shapes: list[list[int]] = []
+    errors: list[str | None] = []
+    for location in batch.column("path").to_pylist():
+        try:
+            image = read_image(location, data, min_size)
+        except RadarError as exc:
+            pixels.append(b"")
+            shapes.append([])
+            errors.append(first_line(exc))
+            continue
+        pixels.append(image.tobytes())
+        shapes.append(list(image.shape))
+        errors.append(None)
+    return pa.table({"path": batch.column("path"), "pixels": pa.array(pixels, pa.large_binary()),
+                     "shape": pa.array(shapes, pa.list_(pa.int32())), "error": pa.array(errors, pa.string())})
+
+
+# -------------------------------------------------------------------- scoring
+def model_files(model: Path) -> tuple[str, dict[str, bytes]]:
+    """What a worker needs to load ``model`` without a shared file system:
+    the name to load (``""``: the folder itself) and the files' bytes by name."""
+    if model.is_file():
+        return model.name, {model.name: model.read_bytes()}
+    if not (model / CONFIG_FILE).is_file():
+        raise ModelError(f"{model} is not a radar model directory (no {CONFIG_FILE})")
+    names = [name for name in (CONFIG_FILE, WEIGHTS_FILE, CALIBRATION_FILE, CONFORMAL_FILE) if (model / name).is_file()]
+    return "", {name: (model / name).read_bytes() for name in names}
+
+
+def map_stem(location: str) -> str:
+    """The map files' name stem of an image: its own stem and a digest of its
+    full location (unique without coordination between actors, and the
+    same on a rerun)."""
+    stem = PurePosixPath(location.replace("\\", "/")).stem or "image"
+    return f"{stem}-{hashlib.sha256(location.encode()).hexdigest()[:10]}"
+
+
+class Scorer:
+    """Ray Data stage 3, one per actor: loads the model once, then scores
+    batches of decoded images into result rows (:func:`result_schema`).
+
+    ``shipped``: a one-item list holding the ``ObjectRef`` of
+    :func:`model_files`' output (in a list, so that Ray hands it over
+    unresolved and the actor fetches it itself). ``workers_per_node``: the
+    actors that share this actor's machine, whose cores they split."""
+
+    def __init__(self, shipped: list[Any], name: str, *, backend: str | None, device: str | None,
+                 settings: dict[str, Any] | None, workers_per_node: int, out: str, maps: bool) -> None:
+        import ray
+
+        from ..pipeline import Radar
+
+        use_threads(threads_per_worker(workers_per_node))  # before the model: its engine reads the count
+        files: dict[str, bytes] = ray.get(shipped[0])
+        folder = Path(tempfile.mkdtemp(prefix="radar-ad-model-"))
+        # A failure here is kept and raised by the first batch: an actor that dies while it starts is
+        # retried by Ray, with a traceback on the driver's terminal; a batch's error ends the run in one line.
+        self.failure: str | None = None
+        try:
+            for file_name, content in files.items():
+                (folder / file_name).write_bytes(content)
+            self.radar = Radar.load(folder / name if name else folder, device=device, backend=backend,
+                                    settings=settings)
+        except RadarError as exc:
+            self.failure = first_line(exc)
+        except Exception as exc:  # an engine's own error (no CUDA on this machine, a missing library)
+            self.failure = f"{type(exc).__name__}: {first_line(exc)}"
+        finally:  # every engine holds the model in memory once loaded
+            shutil.rmtree(folder, ignore_errors=True)
+        self.out = out
+        self.local = not is_uri(out)
+        self.fs, self.root = filesystem(out)
+        self.maps = maps
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import pyarrow as pa
+
+        if self.failure is not None:
+            raise ModelError(f"a Ray worker could not load the model: {self.failure}")
+        threshold = float(self.radar.decision_.threshold_)
+        locations = batch.column("path").to_pylist()
+        errors: list[str | None] = batch.column("error").to_pylist()
+        usable = [i for i, error in enumerate(errors) if error is None]
+        pixels, shapes = batch.column("pixels"), batch.column("shape")
+        arrays = [np.frombuffer(pixels[i].as_py(), dtype=np.uint8).reshape(shapes[i].as_py()) for i in usable]
+        rows: list[dict[str, Any]] = [self._error_row(location, threshold, error or "")
+                                      for location, error in zip(locations, errors)]
+        for streamed in self.radar.predict_stream(arrays, chunk_size=max(1, len(arrays)), keep_going=True):
+            i = usable[streamed.index]
+            if streamed.prediction is None:
+                rows[i] = self._error_row(locations[i], threshold, streamed.error or "cannot be scored")
+            else:
+                rows[i] = self._result_row(locations[i], streamed.prediction)
+        return pa.Table.from_pylist(rows, schema=result_schema())
+
+    @staticmethod
+    def _error_row(location: str, threshold: float, error: str) -> dict[str, Any]:
+        return {"path": location, "verdict": ERROR_VERDICT, "score": None, "threshold": threshold, "p_value": None,
+                "mask_fraction": None, "maps": [], "error": error}
+
+    def _result_row(self, location: str, prediction: Any) -> dict[str, Any]:
+        row = {"path": location, "verdict": prediction.verdict, "score": float(prediction.score),
+               "threshold": float(prediction.threshold), "p_value": prediction.p_value,
+               "mask_fraction": float(prediction.mask.mean()), "maps": [], "error": None}
+        if self.maps:
+            try:
+                row["maps"] = self._write_maps(prediction, map_stem(location))
+            except OSError as exc:  # the output refused a file: this image's row says so, the next may work
+                return {**self._error_row(location, float(prediction.threshold), ""),
+                        "error": f"cannot write its maps: {exc.strerror or first_line(exc)}"}
+        return row
+
+    def _write_maps(self, prediction: Any, stem: str) -> list[str]:
+        """``maps/<stem>_<kind>.png`` under ``out`` (whole or absent, as the part files)."""
+        names = []
+        for kind, array in prediction_maps(prediction).items():
+            buffer = io.BytesIO()
+            Image.fromarray(array).save(buffer, format="PNG")
+            name = f"{MAPS_DIR}/{stem}_{kind}.png"
+            if self.local:
+                with atomic_file(Path(self.root) / name) as tmp:
+                    tmp.write_bytes(buffer.getvalue())
+            else:
+                with self.fs.open_output_stream(join(self.root, name)) as stream:
+                    stream.write(buffer.getvalue())
+            names.append(name)
+        return names
+
+
+# ------------------------------------------------------------------ the run
+@contextmanager
+def _quiet_ray_data() -> Iterator[None]:
+    """No Ray Data progress bars, log lines or warnings on the driver while it
+    runs (the driver shows its own bar, and a failure becomes one line of
+    ours), restored afterwards."""
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    switches = [name for name in ("enable_progress_bars", "print_on_execution_start") if hasattr(context, name)]
+    saved = [getattr(context, name) for name in switches]
+    loggers = [logging.getLogger(name) for name in ("ray", "ray.data")]
+    levels = [logger.level for logger in loggers]
+    for name in switches:
+        setattr(context, name, False)
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"ray(\.|$)")  # advice on tuning a pool, for Ray's own users
+            yield
+    finally:
+        for name, value in zip(switches, saved):
+            setattr(context, name, value)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+@contextmanager
+def _native_stderr_dropped(unless: bool = False) -> Iterator[None]:
+    """Drop what native code writes straight to file descriptor 2 meanwhile
+    (Python's own errors still raise; ``unless``: keep it)."""
+    if unless:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _connect(ray: ModuleType, address: str | None) -> bool:
+    """Join the cluster at ``address``, or start a local instance on this
+    machine's cores (an instance this process already runs is used as it
+    is). True when this call started or joined one (and should leave it)."""
+    if ray.is_initialized():
+        return False
+    options: dict[str, Any] = {"address": address} if address else {"address": "local", "num_cpus": available_cores()}
+    # Ray's C++ parts log to this process's stderr (e.g. an error-level note on every actor pool Ray Data
+    # starts, ray-project/ray#53727) and to the processes a local instance starts: fatal only, unless the
+    # user asked for more; this process's environment is left as it was
+    saved = os.environ.get(RAY_LOG_LEVEL)
+    os.environ.setdefault(RAY_LOG_LEVEL, "fatal")
+    try:
+        with _native_stderr_dropped(unless=saved is not None):  # where Ray says, at info level, that it read it
+            ray.init(**options, ignore_reinit_error=True, log_to_driver=False, include_dashboard=False,
+                     logging_level=logging.ERROR)
+    except (ConnectionError, RuntimeError, TimeoutError, ValueError) as exc:
+        where = f"at {address}" if address else "on this machine"
+        raise ConfigError(f"address: cannot reach a Ray cluster {where}: {first_line(exc)}",
+                          setting="address") from None
+    finally:
+        if saved is None:
+            os.environ.pop(RAY_LOG_LEVEL, None)
+    return True
+
+
+def _cluster(ray: ModuleType) -> tuple[float, int]:
+    """The cluster's logical CPUs and the number of its machines that have any."""
+    nodes = [node for node in ray.nodes() if node.get("Alive") and node.get("Resources", {}).get("CPU", 0) > 0]
+    return float(ray.cluster_resources().get("CPU", 1.0)), max(1, len(nodes))
+
+
+def _worker_error(exc: BaseException) -> RadarError:
+    """A failure inside Ray (a worker that could not load the model, a batch
+    that raised) as one line: the radar error it carries, else the last
+    error its remote traceback names. Ray hands the worker's exception over
+    as the text of that traceback, not as the object."""
+    text = str(exc)
+    ours = re.findall(r"^radar_ad\.errors\.(\w+): (.+)$", text, flags=re.MULTILINE)
+    if ours:
+        kind, message = ours[-1]
+        error_type = getattr(errors, kind, None)
+        if isinstance(error_type, type) and issubclass(error_type, RadarError):
+            return error_type(message)
+    named = [line for line in re.findall(r"^([\w.]*(?:Error|Exception): .+)$", text, flags=re.MULTILINE)
+             if not line.startswith("ray.")]
+    return ModelError(f"a Ray worker failed: {named[-1] if named else first_line(exc)}")
+
+
+def detect_on_ray(model: str | os.PathLike[str], images: Sequence[str | os.PathLike[str]],
+                  out: str | os.PathLike[str], *, backend: str | None = None, device: str | None = None,
+                  workers: int | None = None, address: str | None = None, maps: bool = True,
+                  batch_size: int = 16, settings: dict[str, Any] | None = None,
+                  progress: bool = True) -> RayDetectSummary:
+    """Score ``images`` (paths or URIs of image files) on a Ray cluster and
+    write their rows to ``out`` (a folder path or a URI): Parquet parts in
+    ``out/results`` (:func:`read_results` reads them) and, with ``maps``,
+    the anomaly map, mask and overlay PNGs in ``out/maps``.
+
+    ``model``: a model directory or an exported file on this machine, read
+    here and shipped to the workers; ``backend``, ``device``, ``settings``:
+    as :meth:`Radar.load`. ``address``: the cluster (default: a local
+    instance on this machine's cores; a running instance of this process is
+    used as it is). ``workers``: scoring actors, 1 to 1024 (default: one per
+    logical CPU of the cluster), each loading the model once and running on
+    its share of its machine's cores. ``batch_size``: images per batch read,
+    decoded and scored together.
+
+    Images that already have a verdict in ``out`` are skipped (a rerun
+    finishes a run); an image that cannot be scored is an error row (tried
+    again on a rerun), never a failed run: ``summary.failed`` counts them.
+    """
+    from ..pipeline import Radar
+
+    ray = require_ray()
+    if not 1 <= batch_size <= MAX_BATCH_IMAGES:
+        raise ConfigError(f"batch_size must be in [1, {MAX_BATCH_IMAGES}], got {batch_size}", setting="batch_size")
+    if workers is not None and not 1 <= workers <= MAX_WORKERS:
+        raise ConfigError(f"workers must be in [1, {MAX_WORKERS}], got {workers}", setting="workers")
+    began = time.perf_counter()
+    model, out = Path(model), normalized(out)
+    # loaded here once so that a bad model, backend or setting is one line now, not an error in every actor
+    radar = Radar.load(model, device="cpu", backend=backend, settings=settings)
+    radar.warn_false_alarms()
+    name, files = model_files(model)
+    _prepare_output(out, maps)
+    wanted = list(dict.fromkeys(normalized(image) for image in images))
+    finished = finished_images(out)
+    todo = [image for image in wanted if image not in finished]
+    summary = RayDetectSummary(out, len(wanted), 0, 0, 0, len(wanted) - len(todo), 0.0, 0)
+    if todo:
+        leave = _connect(ray, address)
+        try:
+            _run(ray, radar, todo, name, files, out, summary, workers=workers, backend=backend, device=device,
+                 settings=settings, maps=maps, batch_size=batch_size, progress=progress)
+        finally:
+            if leave:
+                ray.shutdown()
+    summary.seconds = time.perf_counter() - began
+    return summary
+
+
+def _prepare_output(out: str, maps: bool) -> None:
+    """``out`` as a folder (made if missing) with ``results`` (and, with
+    ``maps``, ``maps``) in it."""
+    from pyarrow.fs import FileType
+
+    fs, root = filesystem(out)
+    try:
+        if fs.get_file_info(root).type == FileType.File:
+            raise DataError(f"out must be a folder, got a file: {out}", setting="out")
+        for folder in (RESULTS_DIR, MAPS_DIR) if maps else (RESULTS_DIR,):
+            fs.create_dir(join(root, folder), recursive=True)
+    except OSError as exc:
+        raise DataError(f"cannot write to {out}: {first_line(exc)}", setting="out") from None
+
+
+def _run(ray: ModuleType, radar: Any, todo: list[str], name: str, files: dict[str, bytes], out: str,
+         summary: RayDetectSummary, *, workers: int | None, backend: str | None, device: str | None,
+         settings: dict[str, Any] | None, maps: bool, batch_size: int, progress: bool) -> None:
+    """Stages 2 to 4 on a connected cluster, counting into ``summary``."""
+    cpus, machines = _cluster(ray)
+    workers = workers or max(1, min(MAX_WORKERS, int(cpus)))
+    # blocks: what the decoding tasks take one at a time, at least one per actor; no more actors than blocks
+    blocks = min(len(todo), max(workers, min(math.ceil(len(todo) / batch_size), MAX_BLOCKS)))
+    actors = summary.workers = min(workers, blocks)
+    # --device cuda: each actor asks Ray for its share of the cluster's GPUs (Ray then gives it its own)
+    gpus = float(ray.cluster_resources().get("GPU", 0)) if device and device.startswith("cuda") else 0.0
+    if device and device.startswith("cuda") and not gpus:
+        raise ConfigError(f"device {device}: the Ray cluster has no GPU", setting="device")
+    gpu_share = {"num_gpus": min(1.0, gpus / actors)} if gpus else {}
+    shipped = [ray.put(files)]
+    parts = _PartWriter(out)
+    try:
+        with _quiet_ray_data():
+            dataset = ray.data.from_items([{"path": image} for image in todo], override_num_blocks=blocks)
+            dataset = dataset.map_batches(decode_batch, batch_format="pyarrow", batch_size=batch_size,
+                                          fn_kwargs={"data": radar.config.data, "min_size": radar.config.patch_size},
+                                          num_cpus=DECODE_CPUS)
+            dataset = dataset.map_batches(
+                Scorer, batch_format="pyarrow", batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors),
+                num_cpus=SCORING_SHARE * cpus / actors, **gpu_share, fn_constructor_args=(shipped, name),
+                fn_constructor_kwargs={"backend": backend, "device": device, "settings": settings,
+                                       "workers_per_node": math.ceil(actors / machines), "out": out, "maps": maps})
+            with progress_bar(total=len(todo), enabled=progress, desc="detecting", unit="img") as bar:
+                for rows in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+                    parts.add(rows)
+                    verdicts = rows.column("verdict").to_pylist()
+                    failed = verdicts.count(ERROR_VERDICT)
+                    summary.failed += failed
+                    summary.scored += len(verdicts) - failed
+                    summary.anomalous += verdicts.count("anomalous")
+                    bar.update(len(verdicts))
+    except RadarError:
+        raise
+    except ray.exceptions.RayError as exc:
+        raise _worker_error(exc) from None
+    finally:  # what was scored is kept, also when the run stops (Ctrl-C, a worker's failure)
+        parts.flush()
+        summary.parts = parts.written
