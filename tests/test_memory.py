@@ -43,15 +43,29 @@ class CheapBackend(NoiseBackend):
         return BackendOutput(torch.tanh(3 * centred) + 0.05 * torch.sin(index.float()).view(-1, 1, 1, 1))
 
 
+# a response that learns from images learns briefly here: these tests are about tiling and memory
+BRIEF_LEARNING = {"inference.segmentation_examples": 16, "inference.segmentation_steps": 3}
+
+
+def learned(response, channels: int = 1):
+    """``response`` after :meth:`Response.learn` on random images through
+    :class:`CheapBackend`, when it learns from images."""
+    if response.learns_from_images:
+        rng = np.random.default_rng(7)
+        images = [rng.random((channels, 90, 100), dtype=np.float32) for _ in range(3)]
+        response.learn(images, lambda batch: noise_map(CheapBackend(), batch, patch_size=28, stride=28))
+    return response
+
+
 def cheap_radar(response: str = "two_sided", channels: int = 1, **overrides: object) -> Radar:
     """A fitted Radar on :class:`CheapBackend`, calibrated on random images."""
     config = RadarConfig().updated({"inference.response": response, "data.grayscale": channels == 1,
-                                    **overrides})
+                                    **BRIEF_LEARNING, **overrides})
     backend = CheapBackend()
     rng = np.random.default_rng(0)
     normal = [torch.from_numpy(rng.random((4, channels, 64, 72), dtype=np.float32)) for _ in range(6)]
     maps = [noise_map(backend, images, patch_size=config.patch_size, stride=config.stride) for images in normal]
-    fitted = RESPONSES.get(response)(config).fit(maps)
+    fitted = learned(RESPONSES.get(response)(config), channels).fit(maps)
     features = torch.cat([fitted(m).features for m in maps]).numpy()
     decision = ImageDecision(config.decision, config.seed).fit(features[:16], features[16:])
     pixels = torch.cat([fitted(m).anomaly_map.flatten() for m in maps]).numpy()
@@ -62,7 +76,7 @@ def cheap_radar(response: str = "two_sided", channels: int = 1, **overrides: obj
 def fitted_response(name: str, settings: dict[str, object] | None = None):
     generator = torch.Generator().manual_seed(1)
     normal = [torch.randn(2, 1, 60, 70, generator=generator) for _ in range(3)]
-    return RESPONSES.get(name)(RadarConfig().updated(settings or {})).fit(normal)
+    return learned(RESPONSES.get(name)(RadarConfig().updated({**BRIEF_LEARNING, **(settings or {})}))).fit(normal)
 
 
 def assert_same(whole, tiled) -> None:

@@ -40,6 +40,9 @@ MAX_DRAWS = 64
 MAX_WINDOW = 4096
 MAX_ESTIMATORS = 10_000
 MAX_NEIGHBORS = 10_000
+# synthetic-defect crops held at once by the segmentation response (~28 KB each at 84 px)
+MAX_SEGMENTATION_EXAMPLES = 20_000
+MAX_HEAD_WIDTH = 256
 
 C = TypeVar("C")
 
@@ -210,7 +213,11 @@ class InferenceConfig:
     of noise energy, the signature of a defect that removes texture; the map
     is smoothed by a Gaussian of ``map_sigma`` px. ``"sobel"`` is the paper's
     response, which only sees added structure; ``"energy"`` is the deficit
-    part alone. ``stride`` ``None`` tiles with the patch size (touching
+    part alone. ``"segmentation"`` is a small convolutional head on the
+    noise map trained on generic synthetic defects pasted into the
+    calibration images (``segmentation_examples`` crops,
+    ``segmentation_steps`` steps, ``segmentation_width`` channels; its map
+    smoothed by ``segmentation_sigma`` px). ``stride`` ``None`` tiles with the patch size (touching
     patches, one network evaluation per pixel). README "Results" gives the
     measurements behind these defaults.
     """
@@ -228,6 +235,10 @@ class InferenceConfig:
     response: str = "two_sided"
     energy_window: int = 9
     map_sigma: float = 8.0
+    segmentation_examples: int = 1500
+    segmentation_steps: int = 500
+    segmentation_width: int = 16
+    segmentation_sigma: float = 2.0
 
     def validate(self) -> None:
         _int_in(self.timestep, 0, MAX_TIMESTEPS - 1, "inference.timestep")
@@ -246,6 +257,11 @@ class InferenceConfig:
         _int_in(self.energy_window, 1, MAX_WINDOW, "inference.energy_window")
         _require(0 <= self.map_sigma <= 64, "inference.map_sigma", "in [0, 64] (0: no smoothing)",
                  self.map_sigma)
+        _int_in(self.segmentation_examples, 1, MAX_SEGMENTATION_EXAMPLES, "inference.segmentation_examples")
+        _int_in(self.segmentation_steps, 1, MAX_STEPS, "inference.segmentation_steps")
+        _int_in(self.segmentation_width, 1, MAX_HEAD_WIDTH, "inference.segmentation_width")
+        _require(0 <= self.segmentation_sigma <= 64, "inference.segmentation_sigma",
+                 "in [0, 64] (0: no smoothing)", self.segmentation_sigma)
 
 
 @settings

@@ -349,6 +349,8 @@ class Radar:
                    info: dict[str, str]) -> Calibration:
         config = self.config
         response: Response = RESPONSES.get(config.inference.response)(config)
+        if response.learns_from_images:
+            response.learn(arrays, self._noise_of, progress)
         chunks: Iterable[list[tuple[list[int], torch.Tensor]]] = self._noise_maps(arrays, progress, "calibrating")
         if response.needs_fit:
             # the response is measured against statistics of these very maps,
@@ -452,6 +454,13 @@ class Radar:
                                                       device=device)))
                 bar.update(sum(len(indices) for indices, _ in groups))
                 yield groups
+
+    def _noise_of(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``(B, C, H, W)`` noise maps of same-size ``(C, H, W)`` images (for
+        a response that learns from images it makes; :meth:`Response.learn`)."""
+        config = self.config
+        return noise_map(self.backend_, images, patch_size=config.patch_size, stride=config.stride,
+                         batch_size=config.inference.batch_size, device=self.backend_.device).cpu()
 
     @staticmethod
     def _respond_in_order(response: Response, groups: list[tuple[list[int], torch.Tensor]],

@@ -16,7 +16,7 @@ runs batched on the GPU and exports to ONNX; tests show it equal to
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar, TypeVar
 
@@ -145,6 +145,10 @@ class ResponseOutput:
 
 S = TypeVar("S", bound="Statistics")
 
+NoiseOf = Callable[[Sequence[torch.Tensor]], torch.Tensor]
+"""The model's one-step noise map of same-size ``(C, H, W)`` images in [0, 1]
+-> ``(B, C, H, W)``: what :meth:`Response.learn` may run on images it makes."""
+
 
 class Statistics:
     """Base of a response's learned numbers (a dataclass of floats), stored
@@ -176,6 +180,7 @@ class Response:
     name: ClassVar[str] = ""
     feature_names: ClassVar[tuple[str, ...]] = ()
     statistics_class: ClassVar[type[Statistics] | None] = None
+    learns_from_images: ClassVar[bool] = False
     statistics_: Any
 
     def __init__(self, config: RadarConfig) -> None:
@@ -187,6 +192,13 @@ class Response:
         """Whether :meth:`fit` must see the calibration noise maps first."""
         return self.statistics_class is not None
 
+    def learn(self, images: Sequence[np.ndarray], noise_of: NoiseOf, progress: bool = False) -> Response:
+        """Before :meth:`fit`, for a response with ``learns_from_images``:
+        learn from the normal calibration images themselves (``(C, H, W)``
+        arrays in [0, 1]) and the noise maps ``noise_of`` gives of images it
+        makes from them (synthetic defects, say). Others learn nothing here."""
+        return self
+
     def fit(self, noise_maps: Sequence[torch.Tensor]) -> Response:
         """Learn normal levels from ``(b, C, H, W)`` noise maps of normal images."""
         return self
@@ -195,8 +207,13 @@ class Response:
         """Anomaly maps and features of whole ``(B, C, H, W)`` noise maps."""
         size = (int(noise_map.shape[-2]), int(noise_map.shape[-1]))
         maps = self.feature_maps(noise_map, size)
-        sums = square_sums(maps, self.inference.window, self.inference.window_stride)
+        sums = square_sums(maps, *self.windows())
         return ResponseOutput(self.anomaly(maps, size), self.features(sums))
+
+    def windows(self) -> tuple[int, int]:
+        """The side and stride of the windows the features are taken over:
+        ``inference.window`` and ``inference.window_stride``."""
+        return self.inference.window, self.inference.window_stride
 
     # The pieces of __call__, which :func:`respond` also runs region by region
     # on a large image. A response that overrides __call__ instead (and
@@ -221,8 +238,8 @@ class Response:
         """``(B, F)`` float64 image features from the feature maps' :class:`SquareSums`."""
         raise NotImplementedError
 
-    def state(self) -> dict[str, float] | None:
-        """What :meth:`fit` learned, as JSON numbers (None: nothing)."""
+    def state(self) -> dict[str, Any] | None:
+        """What :meth:`learn` and :meth:`fit` learned, as JSON (None: nothing)."""
         return None if self.statistics_class is None else self.statistics_.to_dict()
 
     @classmethod
@@ -294,7 +311,7 @@ def respond(response: Response, noise_map: torch.Tensor, tile: int | None = None
     if context is None or height * width <= min_pixels or (height <= tile and width <= tile):
         return response(noise_map)
     feature_halo, map_halo = context
-    window, stride = response.inference.window, response.inference.window_stride
+    window, stride = response.windows()
     # pixels of context before and after a tile: for its anomaly map, and
     # after it for the windows that start in it
     before = feature_halo + map_halo

@@ -83,6 +83,8 @@ QUICK_SETTINGS: dict[str, Any] = {
     "train.batch_size": 32,
     "train.warmup_steps": 10,
     "train.calibration_fraction": 0.3,
+    "inference.segmentation_examples": 64,
+    "inference.segmentation_steps": 20,
 }
 QUICK_RESIZE = 64
 QUICK_SUBSET = 4
