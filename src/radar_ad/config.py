@@ -237,7 +237,7 @@ class InferenceConfig:
     map_sigma: float = 8.0
     segmentation_examples: int = 1500
     segmentation_steps: int = 500
-    segmentation_width: int = 16
+    segmentation_width: int = 32
     segmentation_sigma: float = 2.0
 
     def validate(self) -> None:
