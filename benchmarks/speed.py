@@ -149,7 +149,8 @@ def main() -> int:
               "rounds": args.rounds, "machine": {"cpu_threads": torch.get_num_threads(),
                                                  "platform": platform.platform(), "torch": torch.__version__},
               "rows": rows}
-    args.json.write_text(json.dumps(result, indent=2))
+    # numpy scalars (counts, differences) as plain JSON numbers
+    args.json.write_text(json.dumps(result, indent=2, default=lambda value: value.item()))
     print(f"written: {args.json}")
     return 0
 
