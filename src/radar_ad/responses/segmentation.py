@@ -107,7 +107,7 @@ class SegmentationResponse(Response):
     the same way.
     """
 
-    feature_names = ("window_max_defect",)
+    feature_names = ("max_defect_excess",)
     learns_from_images = True
     head_: SegmentationHead
     normal_level_: float
@@ -151,7 +151,6 @@ class SegmentationResponse(Response):
     def fit(self, noise_maps: Sequence[torch.Tensor]) -> SegmentationResponse:
         if not hasattr(self, "head_"):
             raise ValueError("the segmentation response learns from images first (Response.learn)")
-        self.normal_level_ = 0.0
         probabilities = [self._probability(noise) for noise in noise_maps]
         count = sum(int(p.numel()) for p in probabilities)
         self.normal_level_ = strided_quantiles(probabilities, count, self.pixel_quantile)[0] if count else 0.0
@@ -194,7 +193,8 @@ class SegmentationResponse(Response):
         return window_max_features(sums)[:, 1:]
 
     # the head's weights travel in the model's JSON as a base64 safetensors
-    # blob (no pickle), like every other response's statistics
+    # blob (tensors only, nothing that runs code), like every other
+    # response's statistics
     def state(self) -> dict[str, Any]:
         weights = {k: v.detach().cpu().contiguous() for k, v in self.head_.state_dict().items()}
         return {"normal_level": self.normal_level_, "head": base64.b64encode(save_tensors(weights)).decode("ascii")}
