@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -49,13 +48,12 @@ from sklearn.metrics import roc_auc_score
 
 from radar_ad.bench.harness import validation_split
 from radar_ad.data import as_image_array, evaluation_images, load_mask, training_images
-from radar_ad.defects import paste_defect
 from radar_ad.metrics import pixel_metrics
 from radar_ad.network import build_scheduler
 from radar_ad.noise_map import noise_map, one_step_noise
 from radar_ad.pipeline import Radar, calibration_split
 from radar_ad.response import gaussian_smooth, local_energy, response_map
-from radar_ad.responses.segmentation import SegmentationHead, focal_loss
+from radar_ad.responses.segmentation import SegmentationHead, synthetic_crops, train_head
 
 CELL = 4
 BANK = 40_000
@@ -193,22 +191,9 @@ class Search:
     # ------------------------------------------------------------ heads
     def head(self, inputs: list[str], examples: int, steps: int) -> None:
         config = self.config
-        rng = np.random.default_rng([config.seed, 104_729])
         size = 3 * config.patch_size
-        normal = [self.load(p)[0] for p in self.train]
-        normal = [image for image in normal if min(image.shape) >= size]
-        crops, masks = [], []
-        for _ in range(examples):
-            image = normal[int(rng.integers(len(normal)))]
-            top = int(rng.integers(0, image.shape[0] - size + 1))
-            left = int(rng.integers(0, image.shape[1] - size + 1))
-            crop = image[top:top + size, left:left + size].astype(np.float64)
-            mask = np.zeros((size, size), bool)
-            if rng.random() < 0.7:
-                crop, mask = paste_defect(crop, normal[int(rng.integers(len(normal)))].astype(np.float64), rng)
-            crops.append(torch.from_numpy(crop.astype(np.float32))[None])
-            masks.append(torch.from_numpy(mask))
-        target = torch.stack(masks)[:, None].float()
+        normal = [image for image in (self.load(p) for p in self.train) if min(image.shape[1:]) >= size]
+        crops, target = synthetic_crops(normal, examples, size, np.random.default_rng([config.seed, 104_729]))
         began = time.perf_counter()
         features = torch.cat([self.channel(crops, name) for name in inputs], 1)
         feature_seconds = time.perf_counter() - began
@@ -217,24 +202,14 @@ class Search:
             head = SegmentationHead(16)
             if features.shape[1] != 1:
                 head.layers[0] = torch.nn.Conv2d(features.shape[1], 16, 3, padding=1)
-            generator = torch.Generator().manual_seed(config.seed)
-            optimizer = torch.optim.Adam(head.parameters(), lr=2e-3)
-            for step in range(steps):
-                for group in optimizer.param_groups:
-                    group["lr"] = 2e-3 * 0.5 * (1 + math.cos(math.pi * step / steps))
-                pick = torch.randint(len(features), (16,), generator=generator)
-                loss = focal_loss(head(features[pick]), target[pick])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
+        trained = train_head(head, features, target, steps, config.seed)
         train_seconds = time.perf_counter() - began
-        head.eval()
         began = time.perf_counter()
         scores, maps = [], []
         with torch.inference_mode():
             for image in self.images:
                 x = torch.cat([self.channel([torch.from_numpy(image)], name) for name in inputs], 1)
-                m = gaussian_smooth(torch.sigmoid(head(x)).double(), 2)
+                m = gaussian_smooth(torch.sigmoid(trained(x)).double(), 2)
                 maps.append(m[0, 0].float().numpy())
                 scores.append(float(m.max()))
         seconds = (time.perf_counter() - began) / len(self.images)

@@ -74,6 +74,26 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = FOCAL_
     return ((1 - right) ** gamma * bce).mean()
 
 
+def train_head(head: torch.nn.Module, inputs: torch.Tensor, masks: torch.Tensor, steps: int, seed: int,
+               progress: bool = False) -> torch.nn.Module:
+    """Train ``head`` to segment ``masks`` ``(N, 1, h, w)`` from ``inputs``
+    ``(N, C, h, w)``: focal loss, Adam with a cosine decay to 0, seeded
+    batches of :data:`BATCH`. Returns it in evaluation mode."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(head.parameters(), lr=LEARNING_RATE)
+    head.train()
+    for step in progress_bar(range(steps), enabled=progress, desc="learning synthetic defects", unit="step",
+                             leave=False):
+        for group in optimizer.param_groups:
+            group["lr"] = LEARNING_RATE * 0.5 * (1 + math.cos(math.pi * step / steps))
+        pick = torch.randint(len(inputs), (min(BATCH, len(inputs)),), generator=generator)
+        loss = focal_loss(head(inputs[pick]), masks[pick])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return head.eval()
+
+
 def synthetic_crops(images: Sequence[np.ndarray], n: int, size: int, rng: np.random.Generator,
                     ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """``n`` random ``size`` x ``size`` crops of the ``(C, H, W)`` images, a
@@ -109,7 +129,7 @@ class SegmentationResponse(Response):
 
     feature_names = ("max_defect_excess",)
     learns_from_images = True
-    head_: SegmentationHead
+    head_: torch.nn.Module
     normal_level_: float
 
     def __init__(self, config: RadarConfig) -> None:
@@ -132,27 +152,15 @@ class SegmentationResponse(Response):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             head = SegmentationHead(inference.segmentation_width)
-            generator = torch.Generator().manual_seed(self.seed)
-            optimizer = torch.optim.Adam(head.parameters(), lr=LEARNING_RATE)
-            steps = inference.segmentation_steps
-            head.train()
-            for step in progress_bar(range(steps), enabled=progress, desc="learning synthetic defects",
-                                     unit="step", leave=False):
-                for group in optimizer.param_groups:  # cosine decay to 0
-                    group["lr"] = LEARNING_RATE * 0.5 * (1 + math.cos(math.pi * step / steps))
-                pick = torch.randint(len(noise), (min(BATCH, len(noise)),), generator=generator)
-                loss = focal_loss(head(noise[pick]), masks[pick])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-        self.head_ = head.eval()
+        self.head_ = train_head(head, noise, masks, inference.segmentation_steps, self.seed, progress)
         return self
 
     def fit(self, noise_maps: Sequence[torch.Tensor]) -> SegmentationResponse:
         if not hasattr(self, "head_"):
             raise ValueError("the segmentation response learns from images first (Response.learn)")
-        probabilities = [self._probability(noise) for noise in noise_maps]
-        count = sum(int(p.numel()) for p in probabilities)
+        # streamed: only the quantile's sample of the probabilities is kept
+        count = sum(int(noise.shape[0] * noise.shape[-2] * noise.shape[-1]) for noise in noise_maps)
+        probabilities = (self._probability(noise) for noise in noise_maps)
         self.normal_level_ = strided_quantiles(probabilities, count, self.pixel_quantile)[0] if count else 0.0
         return self
 
