@@ -18,6 +18,11 @@ second, each backend's speed relative to PyTorch measured in the same run
 largest anomaly map difference relative to the pixel threshold and the
 number of differing verdicts. A stride other than a trained model's own
 needs --calibration (normal images) to recalibrate at that stride.
+
+A second table gives the network time of the pyramid: the one-step
+evidence of the same images at the finest level alone and at every level
+the model reads, per backend, and their ratio (the pyramid's cost in units
+of one level's network time).
 """
 
 from __future__ import annotations
@@ -60,6 +65,26 @@ def time_backend(radar: Radar, images: list[Path], batch: int, rounds: int) -> t
             predictions += radar.predict_many(images[i:i + batch])
         per_image.append((time.perf_counter() - start) / len(images))
     return statistics.median(per_image), predictions
+
+
+def time_evidence(radar: Radar, images: list[Path], scales: tuple[int, ...], rounds: int) -> float:
+    """Median seconds per image of the one-step evidence alone at ``scales``."""
+    arrays = [radar_array(radar, image) for image in images]
+    for _ in radar._evidence_chunks(arrays[:2], scales):  # warm-up
+        pass
+    per_image = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in radar._evidence_chunks(arrays, scales):
+            pass
+        per_image.append((time.perf_counter() - start) / len(arrays))
+    return statistics.median(per_image)
+
+
+def radar_array(radar: Radar, image: Path) -> np.ndarray:
+    from radar_ad.data import as_image_array
+
+    return as_image_array(image, radar.config.data, radar.config.patch_size)
 
 
 def main() -> int:
@@ -136,6 +161,17 @@ def main() -> int:
                 "verdicts_differing": sum(a.is_anomalous != b.is_anomalous for a, b in zip(reference, got)),
             }
         rows.append(row)
+    pyramid = {}
+    finest, levels = (model.config.network.scales[0],), tuple(model.config.inference.scales or ())
+    for name in names:
+        try:
+            radar = model.with_backend(name)
+        except RadarError:
+            continue
+        one, every = time_evidence(radar, images, finest, args.rounds), time_evidence(radar, images, levels,
+                                                                                     args.rounds)
+        pyramid[name] = {"finest_level_ms": 1000 * one, "pyramid_ms": 1000 * every, "ratio": every / one,
+                         "scales": list(levels)}
     print("| stride | image | patches | backend | img/s | vs torch | map diff / pixel thr | score diff | "
           "verdicts differing |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -144,7 +180,14 @@ def main() -> int:
             print(f"| {r['stride']} | {r['image']} | {r['patches_per_image']} | {name} | {b['images_per_s']:.2f} | "
                   f"{b['vs_torch']:.2f}x | {b['max_map_diff_rel']:.1e} | {b['max_score_diff']:.1e} | "
                   f"{b['verdicts_differing']} of {len(images)} |")
+    print()
+    print("| backend | network time, finest level (ms/img) | all levels read (ms/img) | pyramid / one level |")
+    print("|---|---|---|---|")
+    for name, p in pyramid.items():
+        print(f"| {name} | {p['finest_level_ms']:.1f} | {p['pyramid_ms']:.1f} ({'/'.join(map(str, p['scales']))}) | "
+              f"{p['ratio']:.2f}x |")
     result = {"model": str(args.model or "untrained default"), "overrides": args.set,
+              "pyramid": pyramid,
               "images": len(images), "batch": args.batch,
               "rounds": args.rounds, "machine": {"cpu_threads": torch.get_num_threads(),
                                                  "platform": platform.platform(), "torch": torch.__version__},

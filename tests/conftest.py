@@ -23,6 +23,19 @@ TINY = {
     # 10 conformal images: p-values down to 1/11, so a 0.1 false-alarm rate can flag
     "train.conformal_size": 10,
     "decision.false_alarm_rate": 0.1,
+    # one level: 200 steps are too few to learn three levels of 64 px
+    # surfaces; the pyramid has its own tests (test_pyramid, test_export,
+    # test_backends, test_memory)
+    "network.scales": [1],
+    # named, not left to calibration: the shared model is the same whatever a
+    # self-validation on tiny data would pick (tests/test_selection.py tests that)
+    "inference.response": "two_sided",
+    "inference.scales": [1],
+    "inference.image_score": "features",
+    # the segmentation head learns briefly: the tests are about behaviour, not its quality
+    "inference.segmentation_examples": 40,
+    "inference.segmentation_steps": 30,
+    "inference.segmentation_crop": 32,
 }
 
 
@@ -41,6 +54,16 @@ def surfaces(tmp_path_factory) -> Path:
 def fitted(surfaces, tmp_path_factory) -> tuple[Radar, Path]:
     radar = Radar(tiny_config()).fit(surfaces, progress=False)
     model_dir = radar.save(tmp_path_factory.mktemp("models") / "tiny")
+    return radar, model_dir
+
+
+@pytest.fixture(scope="session")
+def pyramid_fitted(surfaces, tmp_path_factory) -> tuple[Radar, Path]:
+    """The tiny model on the default pyramid (every level trained and read):
+    for what must hold at every level (backends, export, self-validation)."""
+    radar = Radar(tiny_config(**{"network.scales": [1, 2, 4], "inference.scales": [1, 2, 4]})).fit(
+        surfaces, progress=False)
+    model_dir = radar.save(tmp_path_factory.mktemp("models") / "pyramid")
     return radar, model_dir
 
 

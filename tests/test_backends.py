@@ -23,16 +23,16 @@ TOLERANCE = 1e-3  # float32 kernels of different engines differ in summation ord
 
 
 @pytest.fixture(scope="module", params=BACKENDS.names())
-def backend_radar(request, fitted) -> Radar:
-    radar, _ = fitted
+def backend_radar(request, pyramid_fitted) -> Radar:
+    radar, _ = pyramid_fitted
     try:
         return radar.with_backend(request.param, layers=LAYERS)
     except MissingDependencyError as exc:  # every engine is in the [test] extra; a user's may lack one
         pytest.skip(str(exc))
 
 
-def test_noise_and_activations_match_pytorch_at_any_batch_size(fitted, backend_radar):
-    radar, _ = fitted
+def test_noise_repair_and_activations_match_pytorch_at_any_batch_size_and_level(pyramid_fitted, backend_radar):
+    radar, _ = pyramid_fitted
     reference = radar.with_backend("torch", layers=LAYERS).backend_
     backend = backend_radar.backend_
     assert isinstance(backend, NoiseBackend) and backend.layers == LAYERS
@@ -41,18 +41,21 @@ def test_noise_and_activations_match_pytorch_at_any_batch_size(fitted, backend_r
         generator = torch.Generator().manual_seed(n)
         patches = torch.rand(n, channels, patch, patch, generator=generator)
         index = torch.randint(0, 4096, (n,), generator=generator)
-        expected, got = reference.predict(patches, index), backend.predict(patches, index)
-        assert isinstance(got, BackendOutput) and got.noise.shape == (n, channels, patch, patch)
+        level = torch.randint(0, len(radar.config.network.scales), (n,), generator=generator)
+        expected, got = reference.predict(patches, index, level), backend.predict(patches, index, level)
+        assert isinstance(got, BackendOutput) and got.noise.shape == got.repair.shape == (n, channels, patch, patch)
         assert (got.noise.cpu() - expected.noise.cpu()).abs().max() <= TOLERANCE
-        np.testing.assert_allclose(backend(patches, index).cpu(), got.noise.cpu(), atol=1e-6)
+        assert (got.repair.cpu() - expected.repair.cpu()).abs().max() <= TOLERANCE
+        np.testing.assert_allclose(backend(patches, index, level).cpu(), torch.cat([got.noise, got.repair], 1).cpu(),
+                                   atol=1e-6)
         assert set(got.activations) == set(LAYERS)
         for layer in LAYERS:
             assert got.activations[layer].shape == expected.activations[layer].shape
             assert (got.activations[layer].cpu() - expected.activations[layer].cpu()).abs().max() <= TOLERANCE
 
 
-def test_same_maps_and_verdicts_as_pytorch(fitted, surfaces, backend_radar):
-    radar, _ = fitted
+def test_same_maps_and_verdicts_as_pytorch(pyramid_fitted, surfaces, backend_radar):
+    radar, _ = pyramid_fitted
     paths = [item.path for item in evaluation_images(surfaces)]
     reference, got = radar.predict_many(paths), backend_radar.predict_many(paths)
     for a, b in zip(reference, got):
@@ -67,8 +70,8 @@ def test_describes_itself(backend_radar):
     assert backend_radar.backend_.label
 
 
-def test_cli_detect_gives_the_same_verdicts_on_every_backend(fitted, surfaces, tmp_path):
-    _, model_dir = fitted
+def test_cli_detect_gives_the_same_verdicts_on_every_backend(pyramid_fitted, surfaces, tmp_path):
+    _, model_dir = pyramid_fitted
     onnx_file = Radar.load(model_dir).export(tmp_path / "model.onnx")
     runs = {"torch": [model_dir]}
     for name, backend in BACKENDS.items():

@@ -131,9 +131,9 @@ class CountingUNet(torch.nn.Module):
         self.unet = unet
         self.calls: list[tuple[int, int]] = []
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor):
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor):
         self.calls.append((int(timestep), sample.shape[0]))
-        return self.unet(sample, timestep)
+        return self.unet(sample, timestep, class_labels=class_labels)
 
 
 def test_chains_evaluate_the_network_as_often_as_stated(gray_radar):

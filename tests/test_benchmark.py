@@ -129,9 +129,12 @@ def test_method_rows_come_from_the_registries():
     for response in RESPONSES.names():
         if response != config.inference.response:
             assert names[f"radar_{response}"] == f"RADAR ({response} response)"
-    # the config's own response is the one-class rows' response: no row of its own
+    # the config's own response ("auto": the self-validated choice) is the
+    # one-class rows' response: no row of its own; every registered response
+    # has a row that forces it
     assert f"radar_{config.inference.response}" not in names
-    n_rows = len(ONE_CLASS_MODELS.names()) + len(RESPONSES.names()) - 1
+    assert config.inference.response not in RESPONSES.names()
+    n_rows = len(ONE_CLASS_MODELS.names()) + len(RESPONSES.names())
     assert list(names) == [row.key for row in radar_rows()] + list(BASELINE_METHODS)
     assert len(names) == n_rows + len(BASELINE_METHODS)
     assert BASELINE_METHODS == ("ddpm250", "ddpm25", "ddim10", "onestep", "statistical")

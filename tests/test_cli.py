@@ -80,9 +80,11 @@ def test_version_and_help():
 
 def test_train_detect_evaluate(surfaces, tmp_path):
     config = tmp_path / "config.json"
+    # the default response ("auto": self-validation), with a briefly trained head
+    brief = {key.split(".")[1]: value for key, value in TINY.items() if key.startswith("inference.segmentation")}
     config.write_text(json.dumps({"network": {"block_out_channels": TINY["network.block_out_channels"],
                                               "attention": TINY["network.attention"]},
-                                  "train": {"batch_size": 16}}))
+                                  "train": {"batch_size": 16}, "inference": brief}))
     model = tmp_path / "model"
     result = radar("train", surfaces, "--out", model, "--config", config, "--steps", "4", "-q")
     assert result.returncode == 0, result.stderr
@@ -201,7 +203,7 @@ def test_bad_model_directories(fitted, surfaces, tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     meta = json.loads((model / "radar.json").read_text())
-    meta["format_version"] = 1  # a model from before the two-sided response
+    meta["format_version"] = 3  # a model of radar-ad 0.7: one level, no repair
     (other / "radar.json").write_text(json.dumps(meta))
     for f in ("unet.safetensors", "calibration.safetensors"):
         (other / f).write_bytes((model / f).read_bytes())
@@ -209,7 +211,8 @@ def test_bad_model_directories(fitted, surfaces, tmp_path):
                                     ("evaluate", incomplete, surfaces), ("evaluate", other, surfaces)])
     assert_one_line_error(missing, "model not found")
     assert_one_line_error(partial, "incomplete")
-    assert_one_line_error(old, "format version 1")
+    assert_one_line_error(old, "format version 3")
+    assert "train the model again" in old.stderr
 
 
 def test_evaluate_needs_labelled_data(fitted, tmp_path):
@@ -252,20 +255,6 @@ def test_detect_reads_16bit_rgba_and_palette_images(fitted, surfaces, tmp_path):
         assert scores[name] == pytest.approx(scores["plain"], abs=1e-6)
 
 
-def _as_format_2(model: Path) -> None:
-    """Make a model directory look as radar-ad 0.3 wrote it: format 2, no
-    conformal split, no false-alarm settings."""
-    meta = json.loads((model / "radar.json").read_text())
-    meta["format_version"] = 2
-    del meta["config"]["decision"]["false_alarm_rate"]
-    for key in ("conformal_fraction", "conformal_size"):
-        del meta["config"]["train"][key]
-    meta["image_threshold"] = meta.pop("model_threshold")  # version 2 knew only the one-class threshold
-    del meta["false_alarms"]
-    (model / "radar.json").write_text(json.dumps(meta))
-    (model / "conformal.safetensors").unlink()
-
-
 def test_calibrate_replaces_only_the_conformal_images(fitted, surfaces, tmp_path):
     from radar_ad import Radar
     from radar_ad.pipeline import calibrate_false_alarms
@@ -295,18 +284,32 @@ def test_calibrate_replaces_only_the_conformal_images(fitted, surfaces, tmp_path
     assert second is not None and second != backup and backup.is_file()
 
 
-def test_calibrate_a_format_2_model_from_the_command_line(fitted, surfaces, tmp_path):
+def _without_conformal_images(file: Path) -> None:
+    """Rewrite a conformal file as a model trained with ``train.conformal_size 0`` has it: no rows."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from radar_ad.persistence import CONFORMAL_KEY
+
+    with safe_open(str(file), framework="pt") as handle:
+        metadata = handle.metadata()
+        empty = handle.get_tensor(CONFORMAL_KEY)[:0]
+    save_file({CONFORMAL_KEY: empty}, str(file), metadata=metadata)
+
+
+def test_calibrate_a_model_without_conformal_images_from_the_command_line(fitted, surfaces, tmp_path):
     from radar_ad import Radar
 
     radar_model, model_dir = fitted
     model = tmp_path / "old"
     shutil.copytree(model_dir, model)
-    _as_format_2(model)
-    old = Radar.load(model)  # reads with the rule it was trained with
-    assert old.config.decision.false_alarm_rate is None and old.config.train.conformal_fraction == 0
+    _without_conformal_images(model / "conformal.safetensors")
+    with pytest.warns(UserWarning, match="no image can be flagged"):
+        old = Radar.load(model)
+        old.warn_false_alarms()
     path = sorted((surfaces / "test" / "blob").glob("*.png"))[0]
     prediction = old.predict(path)
-    assert prediction.p_value is None and prediction.threshold == radar_model.decision_.model_threshold_
+    assert prediction.p_value is None and not prediction.is_anomalous
     radar_json = (model / "radar.json").read_bytes()
 
     normal = tmp_path / "normal"
@@ -315,9 +318,10 @@ def test_calibrate_a_format_2_model_from_the_command_line(fitted, surfaces, tmp_
         shutil.copy(image, normal / image.name)
     result = radar("calibrate", model, normal, "-q")
     assert result.returncode == 0, result.stderr
-    assert "12 conformal images" in result.stdout and "had no conformal images before" in result.stdout
+    assert "12 conformal images" in result.stdout and "previous conformal images kept as" in result.stdout
     assert "warning" not in result.stderr  # 12 images reach a p-value of 1/13 <= 0.1
     assert (model / "radar.json").read_bytes() == radar_json and (model / "conformal.safetensors").is_file()
+    assert len(list(model.glob("conformal.*.safetensors"))) == 1  # the empty file it replaced, kept
     out = tmp_path / "out"
     result = radar("detect", model, path, "--out", out, "--false-alarm-rate", "0.5", "--no-maps", "-q")
     assert result.returncode == 0, result.stderr

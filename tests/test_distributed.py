@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from radar_ad import Radar
 from radar_ad.errors import ConfigError
 from radar_ad.network import build_scheduler, build_unet
-from radar_ad.patches import PatchSampler
+from radar_ad.patches import PyramidSampler
 from radar_ad.persistence import WEIGHTS_FILE
 from radar_ad.training import _training_fingerprint, checkpoint_step, fingerprint_changes, rank_seed, train_unet
 
@@ -48,8 +48,8 @@ def _train(config, strategy):
     torch.manual_seed(0)
     unet = build_unet(config.network, 1, config.patch_size)
     images = [torch.rand(1, 40, 40, generator=torch.Generator().manual_seed(i)) for i in range(3)]
-    result = train_unet(unet, build_scheduler(config.network), PatchSampler(images, 28), config, strategy,
-                        progress=False)
+    sampler = PyramidSampler(images, 28, config.network.scales)
+    result = train_unet(unet, build_scheduler(config.network), sampler, config, strategy, progress=False)
     return unet, result
 
 
@@ -69,7 +69,8 @@ def test_bf16_mixed_precision_trains_and_leaves_a_float32_network(fresh_accelera
     assert all(torch.isfinite(torch.tensor(result.loss_history)))
     # the autocast wrapper is gone: inference and calibration run in float32
     with torch.no_grad():
-        out = unet(torch.zeros(1, 1, 28, 28), torch.zeros(1, dtype=torch.long)).sample
+        out = unet(torch.zeros(1, 1, 28, 28), torch.zeros(1, dtype=torch.long),
+                   class_labels=torch.zeros(1, dtype=torch.long)).sample
     assert out.dtype == torch.float32 and not hasattr(unet, "_original_forward")
 
 

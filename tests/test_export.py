@@ -26,8 +26,8 @@ MAP_TOLERANCE = 1e-3
 
 
 @pytest.fixture(scope="module")
-def exported(fitted, tmp_path_factory):
-    radar, _ = fitted
+def exported(pyramid_fitted, tmp_path_factory):
+    radar, _ = pyramid_fitted
     return radar.export(tmp_path_factory.mktemp("onnx") / "tiny.onnx")
 
 
@@ -41,8 +41,8 @@ def assert_parity(reference, other, paths):
         assert a.p_value is not None and a.p_value == pytest.approx(b.p_value)
 
 
-def test_onnx_file_predicts_like_pytorch(fitted, surfaces, exported):
-    radar, _ = fitted
+def test_onnx_file_predicts_like_pytorch(pyramid_fitted, surfaces, exported):
+    radar, _ = pyramid_fitted
     loaded = Radar.load(exported)
     assert loaded.backend == "onnx" and radar.backend == "torch"
     paths = [item.path for item in evaluation_images(surfaces)]
@@ -52,17 +52,17 @@ def test_onnx_file_predicts_like_pytorch(fitted, surfaces, exported):
     assert verdicts == {True, False}
 
 
-def test_onnx_backend_of_a_model_directory(fitted, surfaces):
-    radar, model_dir = fitted
+def test_onnx_backend_of_a_model_directory(pyramid_fitted, surfaces):
+    radar, model_dir = pyramid_fitted
     onnx_radar = Radar.load(model_dir, backend="onnx")
     assert onnx_radar.backend == "onnx"
     assert_parity(radar, onnx_radar, [item.path for item in evaluation_images(surfaces)][:6])
 
 
-def test_file_is_self_describing(fitted, exported):
+def test_file_is_self_describing(pyramid_fitted, exported):
     """Everything a loader needs is in the file's metadata: no pickles, no
     model directory."""
-    radar, _ = fitted
+    radar, _ = pyramid_fitted
     session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
     props = session.get_modelmeta().custom_metadata_map
     meta = json.loads(props[METADATA_KEY])
@@ -74,38 +74,53 @@ def test_file_is_self_describing(fitted, exported):
     conformal = json.loads(props[CONFORMAL_KEY])  # the p-values travel with the file
     np.testing.assert_array_equal(np.array(conformal["features"]), radar.decision_.conformal_features_)
     assert conformal["info"]["source"] == "training split" and meta["false_alarms"]["n_conformal"] == 10
-    assert "index" in json.loads(props[GRAPH_KEY])["inputs"]
-    assert [i.name for i in session.get_inputs()] == ["patches", "index"]
+    graph = json.loads(props[GRAPH_KEY])
+    assert "index" in graph["inputs"] and "level" in graph["inputs"] and "pyramid" in graph
+    assert [i.name for i in session.get_inputs()] == ["patches", "index", "level"]
+    assert [o.name for o in session.get_outputs()] == ["noise", "repair"]
 
 
-def test_graph_alone_reproduces_the_noise_map(fitted, surfaces, exported):
-    """An inferencer without radar-ad: cut patches as the metadata says, run
-    the graph with plain onnxruntime, stitch -> radar's own noise map."""
-    radar, _ = fitted
+def test_graph_alone_reproduces_the_evidence_of_every_level(pyramid_fitted, surfaces, exported):
+    """An inferencer without radar-ad: make each pyramid level and cut
+    patches as the metadata says, run the graph with plain onnxruntime,
+    stitch -> radar's own noise and repair maps."""
+    radar, _ = pyramid_fitted
     image = as_image_array(surfaces / "test" / "good" / "001.png", radar.config.data, 28)
-    _, height, width = image.shape
     patch, stride = radar.config.patch_size, radar.config.stride
-    ys, xs = grid_positions(height, patch, stride).tolist(), grid_positions(width, patch, stride).tolist()
-    patches = np.stack([image[:, y:y + patch, x:x + patch] for y in ys for x in xs]).astype(np.float32)
     session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
-    noise = session.run(["noise"], {"patches": patches, "index": np.arange(len(patches))})[0]
-    stitched = stitch(torch.from_numpy(noise), height, width, stride, border_weights(patch, patch // 7))
-    expected = radar.predict(surfaces / "test" / "good" / "001.png").noise_map
-    np.testing.assert_allclose(stitched[0].numpy(), expected, atol=1e-4)
+    expected = radar._evidence_of([torch.from_numpy(image)])
+    for level, scale in enumerate(radar.config.network.scales):
+        _, height, width = image.shape
+        size = (max(1, round(height / scale)), max(1, round(width / scale)))
+        small = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(image)[None], size)[0].numpy()
+        rows = np.r_[np.arange(size[0]), np.arange(size[0])[::-1]]  # mirrored at the bottom and right edges
+        cols = np.r_[np.arange(size[1]), np.arange(size[1])[::-1]]
+        padded = small[:, np.resize(rows, max(patch, size[0]))][:, :, np.resize(cols, max(patch, size[1]))]
+        ys = grid_positions(padded.shape[1], patch, stride).tolist()
+        xs = grid_positions(padded.shape[2], patch, stride).tolist()
+        patches = np.stack([padded[:, y:y + patch, x:x + patch] for y in ys for x in xs]).astype(np.float32)
+        feed = {"patches": patches, "index": np.arange(len(patches)), "level": np.full(len(patches), level)}
+        for k, name in enumerate(("noise", "repair")):
+            output = session.run([name], feed)[0]
+            stitched = stitch(torch.from_numpy(output), *padded.shape[1:], stride, border_weights(patch, patch // 7))
+            got = stitched[0, :, :size[0], :size[1]].numpy()
+            want = (expected.noise if k == 0 else expected.repair)[level][0].numpy()
+            np.testing.assert_allclose(got, want, atol=1e-4)
 
 
 @pytest.mark.parametrize("batch", [1, 3, 64, 70])
-def test_dynamic_batch(fitted, exported, batch):
+def test_dynamic_batch(pyramid_fitted, exported, batch):
     """diffusers' U-Net takes a Python branch at 64 images; the graph must
     not have baked in the example's batch size."""
-    radar, _ = fitted
+    radar, _ = pyramid_fitted
     session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
     patches = torch.rand(batch, 1, 28, 28, generator=torch.Generator().manual_seed(batch))
     index = torch.arange(batch) * 37
+    level = torch.arange(batch) % len(radar.config.network.scales)
     with torch.inference_mode():
-        expected = radar.backend_(patches, index).numpy()
-    got = session.run(["noise"], {"patches": patches.numpy(), "index": index.numpy()})[0]
-    np.testing.assert_allclose(got, expected, atol=1e-4)
+        expected = radar.backend_(patches, index, level).numpy()
+    got = session.run(["noise", "repair"], {"patches": patches.numpy(), "index": index.numpy(), "level": level.numpy()})
+    np.testing.assert_allclose(np.concatenate(got, 1), expected, atol=1e-4)
 
 
 def test_onnx_model_cannot_be_saved_or_reexported(exported, tmp_path):
@@ -116,8 +131,8 @@ def test_onnx_model_cannot_be_saved_or_reexported(exported, tmp_path):
         loaded.export(tmp_path / "again.onnx")
 
 
-def test_cli_export_and_detect(fitted, surfaces, tmp_path):
-    _, model_dir = fitted
+def test_cli_export_and_detect(pyramid_fitted, surfaces, tmp_path):
+    _, model_dir = pyramid_fitted
     onnx_file = tmp_path / "model.onnx"
     result = run_radar("export", model_dir, "--out", onnx_file)
     assert result.returncode == 0, result.stderr
@@ -133,8 +148,8 @@ def test_cli_export_and_detect(fitted, surfaces, tmp_path):
     assert rows["torch"] == rows["onnx-dir"] == rows["onnx-file"] and len(rows["torch"]) == 2
 
 
-def test_cli_bad_onnx_and_backend(fitted, surfaces, tmp_path):
-    _, model_dir = fitted
+def test_cli_bad_onnx_and_backend(pyramid_fitted, surfaces, tmp_path):
+    _, model_dir = pyramid_fitted
     image = surfaces / "test" / "good" / "000.png"
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"not a model")

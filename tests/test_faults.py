@@ -34,7 +34,7 @@ from radar_ad.config import RadarConfig
 from radar_ad.data import as_image_array
 from radar_ad.errors import ConfigError, DataError, ModelError, NonFiniteError
 from radar_ad.files import TEMPORARY_MARKER, remove_stale_temporaries, temporary_dir
-from radar_ad.patches import PatchSampler
+from radar_ad.patches import PatchSampler, PyramidSampler
 from radar_ad.persistence import CONFIG_FILE, WEIGHTS_FILE
 from radar_ad.pipeline import train_model
 
@@ -486,6 +486,9 @@ def test_training_patches_cost_each_images_own_pixels():
     assert sampler.buffer.numel() == 2 * 2000 * 40  # padded: 2 x 2000 x 2000
     patches = sampler.sample(64, torch.Generator().manual_seed(0))
     assert patches.shape == (64, 1, 28, 28)
+    # every pyramid level likewise (the coarse levels mirrored up to the patch where narrower)
+    pyramid = PyramidSampler(images, 28, (1, 2, 4))
+    assert [level.buffer.numel() for level in pyramid.levels] == [2 * 2000 * 40, 2 * 1000 * 28, 2 * 500 * 28]
 
 
 def test_model_files_share_one_mode(fitted, tmp_path):

@@ -10,7 +10,7 @@ import torch
 
 from radar_ad import Radar
 from radar_ad.network import build_scheduler, build_unet
-from radar_ad.patches import PatchSampler
+from radar_ad.patches import PyramidSampler
 from radar_ad.training import train_unet
 
 from conftest import tiny_config
@@ -31,8 +31,8 @@ def test_mixed_precision_training_on_cuda_lowers_the_loss(precision):
         unet = build_unet(config.network, 1, config.patch_size)
         images = [torch.rand(1, 48, 48, generator=torch.Generator().manual_seed(i)) for i in range(4)]
         strategy = AccelerateStrategy(mixed_precision=precision)
-        result = train_unet(unet, build_scheduler(config.network), PatchSampler(images, 28), config, strategy,
-                            progress=False)
+        sampler = PyramidSampler(images, 28, config.network.scales)
+        result = train_unet(unet, build_scheduler(config.network), sampler, config, strategy, progress=False)
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
     assert strategy.device.type == "cuda"

@@ -16,67 +16,66 @@ import pytest
 import torch
 
 import radar_ad.response as response_module
+import radar_ad.responses.segmentation as segmentation_module
 from radar_ad import Radar, RadarConfig
 from radar_ad.backend import BackendOutput, NoiseBackend
-from radar_ad.decision import ImageDecision
-from radar_ad.noise_map import border_weights, noise_map
+from radar_ad.noise_map import border_weights, noise_map, one_step_evidence
 from radar_ad.patches import stitch, tile
-from radar_ad.pipeline import Calibration
 from radar_ad.registry import RESPONSES
-from radar_ad.response import respond
+from radar_ad.response import Response, build_response, respond
 
 RESPONSE_NAMES = RESPONSES.names()
+# the responses computed on one noise map (per level), which respond() tiles
+MAP_RESPONSES = tuple(name for name in RESPONSE_NAMES if issubclass(RESPONSES.get(name), Response))
 # settings that move every context a tile needs: filters, energy window,
 # smoothing radius, feature windows that overlap and do not tile the image
 ODD = {"inference.blur_ksize": 3, "inference.sobel_ksize": 7, "inference.energy_window": 15,
        "inference.map_sigma": 3.5, "inference.window": 33, "inference.window_stride": 7}
+# a response that learns from images learns briefly here: these tests are about tiling and memory
+BRIEF_LEARNING = {"inference.segmentation_examples": 8, "inference.segmentation_steps": 3,
+                  "inference.segmentation_crop": 32}
 
 
 class CheapBackend(NoiseBackend):
     """A stand-in for the network (the memory and the tiling do not depend
-    on it): a nonlinear function of each patch and its grid position."""
+    on it): a nonlinear function of each patch, its grid position and level."""
 
     name = "cheap"
 
-    def predict(self, patches: torch.Tensor, index: torch.Tensor) -> BackendOutput:
+    def predict(self, patches: torch.Tensor, index: torch.Tensor, level: torch.Tensor) -> BackendOutput:
         centred = patches - patches.mean((2, 3), keepdim=True)
-        return BackendOutput(torch.tanh(3 * centred) + 0.05 * torch.sin(index.float()).view(-1, 1, 1, 1))
+        shift = 0.05 * torch.sin(index.float()) + 0.1 * level.float()
+        return BackendOutput(torch.tanh(3 * centred) + shift.view(-1, 1, 1, 1), 0.5 * centred)
 
 
-# a response that learns from images learns briefly here: these tests are about tiling and memory
-BRIEF_LEARNING = {"inference.segmentation_examples": 16, "inference.segmentation_steps": 3}
-
-
-def learned(response, channels: int = 1):
-    """``response`` after :meth:`Response.learn` on random images through
-    :class:`CheapBackend`, when it learns from images."""
-    if response.learns_from_images:
-        rng = np.random.default_rng(7)
-        images = [rng.random((channels, 90, 100), dtype=np.float32) for _ in range(3)]
-        response.learn(images, lambda batch: noise_map(CheapBackend(), batch, patch_size=28, stride=28))
-    return response
+def settled(response: str, channels: int = 1, **overrides: object) -> RadarConfig:
+    """A config that names its response, levels and image score (nothing left to choose)."""
+    return RadarConfig().updated({"inference.response": response, "inference.scales": [1, 2, 4],
+                                  "inference.image_score": "features", "data.grayscale": channels == 1,
+                                  **BRIEF_LEARNING, **overrides})
 
 
 def cheap_radar(response: str = "two_sided", channels: int = 1, **overrides: object) -> Radar:
-    """A fitted Radar on :class:`CheapBackend`, calibrated on random images."""
-    config = RadarConfig().updated({"inference.response": response, "data.grayscale": channels == 1,
-                                    **BRIEF_LEARNING, **overrides})
-    backend = CheapBackend()
+    """A Radar on :class:`CheapBackend`, calibrated on random images by the pipeline itself."""
     rng = np.random.default_rng(0)
-    normal = [torch.from_numpy(rng.random((4, channels, 64, 72), dtype=np.float32)) for _ in range(6)]
-    maps = [noise_map(backend, images, patch_size=config.patch_size, stride=config.stride) for images in normal]
-    fitted = learned(RESPONSES.get(response)(config), channels).fit(maps)
-    features = torch.cat([fitted(m).features for m in maps]).numpy()
-    decision = ImageDecision(config.decision, config.seed).fit(features[:16], features[16:])
-    pixels = torch.cat([fitted(m).anomaly_map.flatten() for m in maps]).numpy()
-    calibration = Calibration(fitted, decision, float(np.quantile(pixels, 0.99)))
-    return Radar(config)._learned(None, backend, channels, {}, calibration)
+    shape = (64, 72) if channels == 1 else (64, 72, channels)
+    normal = [(rng.random(shape) * 255).astype(np.uint8) for _ in range(24)]
+    config = settled(response, channels, **overrides)
+    radar = Radar(config)._learned(None, CheapBackend(), channels, {}, None, "the network")
+    return radar.calibrate(normal[:16], conformal=normal[16:])
 
 
-def fitted_response(name: str, settings: dict[str, object] | None = None):
+def evidence_of(config: RadarConfig, images) -> object:
+    scales = config.network.scales
+    return one_step_evidence(CheapBackend(), list(images), scales, list(range(len(scales))),
+                             patch_size=config.patch_size, stride=config.stride)
+
+
+def fitted_response(name: str, settings: dict[str, object] | None = None) -> Response:
+    """A map-level response fitted on random noise maps."""
     generator = torch.Generator().manual_seed(1)
     normal = [torch.randn(2, 1, 60, 70, generator=generator) for _ in range(3)]
-    return learned(RESPONSES.get(name)(RadarConfig().updated({**BRIEF_LEARNING, **(settings or {})}))).fit(normal)
+    return RESPONSES.get(name)(RadarConfig().updated({**BRIEF_LEARNING, **(settings or {})})).fit(normal)
 
 
 def assert_same(whole, tiled) -> None:
@@ -86,7 +85,7 @@ def assert_same(whole, tiled) -> None:
 
 
 @pytest.mark.parametrize("settings", [{}, ODD], ids=["defaults", "odd"])
-@pytest.mark.parametrize("name", RESPONSE_NAMES)
+@pytest.mark.parametrize("name", MAP_RESPONSES)
 def test_tiled_response_equals_the_whole_image(name, settings):
     response = fitted_response(name, settings)
     generator = torch.Generator().manual_seed(2)
@@ -100,7 +99,7 @@ def test_tiled_response_equals_the_whole_image(name, settings):
             assert_same(whole, respond(response, maps, tile=size, min_pixels=0))
 
 
-@pytest.mark.parametrize("name", RESPONSE_NAMES)
+@pytest.mark.parametrize("name", MAP_RESPONSES)
 def test_tiles_of_a_thin_image_clip_kernels_to_the_whole_image(name):
     """Image sides below the window and the smoothing radius clip them to
     the image, not to a tile."""
@@ -114,11 +113,30 @@ def test_streamed_noise_map_equals_tile_then_stitch():
     images = torch.rand(3, 2, 90, 61, generator=torch.Generator().manual_seed(4))
     patches = tile(images, 28, 14)
     index = torch.arange(patches.shape[0] // 3).repeat(3)
-    expected = stitch(backend(patches, index), 90, 61, 14, border_weights(28, 4))
+
+    def predict(patches: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return backend(patches, index, torch.ones_like(index))
+
+    expected = stitch(predict(patches, index), 90, 61, 14, border_weights(28, 4))
+    assert expected.shape == (3, 4, 90, 61)  # noise and repair of each channel
     for batch_size in (7, 1000):
-        assert torch.equal(noise_map(backend, images, patch_size=28, stride=14, batch_size=batch_size), expected)
-        assert torch.equal(noise_map(backend, list(images), patch_size=28, stride=14, batch_size=batch_size),
+        assert torch.equal(noise_map(predict, images, patch_size=28, stride=14, batch_size=batch_size), expected)
+        assert torch.equal(noise_map(predict, list(images), patch_size=28, stride=14, batch_size=batch_size),
                            expected)
+
+
+def test_the_heads_tiles_equal_the_whole_image(monkeypatch):
+    config = settled("segmentation")
+    rng = np.random.default_rng(3)
+    images = [rng.random((1, 70, 80), dtype=np.float32) for _ in range(3)]
+    response = build_response(config).learn(images, lambda batch: evidence_of(config, batch))
+    evidence = evidence_of(config, torch.rand(2, 1, 231, 317, generator=torch.Generator().manual_seed(2)))
+    monkeypatch.setattr(segmentation_module, "TILED_ABOVE", 10**12)
+    whole = response(evidence)
+    monkeypatch.setattr(segmentation_module, "TILED_ABOVE", 0)
+    for size in (64, 100):  # tiles of a multiple of the head's pooling, and not
+        monkeypatch.setattr(segmentation_module, "TILE", size)
+        assert_same(whole, response(evidence))
 
 
 @pytest.mark.parametrize("name", RESPONSE_NAMES)
@@ -127,10 +145,12 @@ def test_predict_in_tiles_equals_predict_whole(name, monkeypatch):
     radar = cheap_radar(name)
     image = (np.random.default_rng(5).random((300, 410)) * 255).astype(np.uint8)
     image[100:160, 200:260] //= 4
-    monkeypatch.setattr(response_module, "TILED_ABOVE", 10**12)
+    for module in (response_module, segmentation_module):
+        monkeypatch.setattr(module, "TILED_ABOVE", 10**12)
     whole = radar.predict_many([image, image[:, ::-1].copy()])
-    monkeypatch.setattr(response_module, "TILED_ABOVE", 0)
-    monkeypatch.setattr(response_module, "TILE", 64)
+    for module in (response_module, segmentation_module):
+        monkeypatch.setattr(module, "TILED_ABOVE", 0)
+        monkeypatch.setattr(module, "TILE", 64)
     tiled = radar.predict_many([image, image[:, ::-1].copy()])
     for a, b in zip(whole, tiled):
         assert np.array_equal(a.noise_map, b.noise_map)
@@ -141,17 +161,20 @@ def test_predict_in_tiles_equals_predict_whole(name, monkeypatch):
 
 
 # Peak memory of predicting one 2000 x 2000 grayscale image, beyond what the
-# process held before. What a Prediction must hold is 13 bytes a pixel (image
-# and noise map float32, anomaly map float32, mask bool); the stitching sums'
-# weights and the decoded input add 8 more while it runs, one response tile a
-# constant (~60 MB). Before streaming and tiles this was ~470 bytes a pixel.
-BYTES_PER_PIXEL_BOUND = 60
+# process held before. What a Prediction must hold is 17 bytes a pixel (image
+# float32, noise and repair map float32, anomaly map float32, mask bool);
+# the evidence's coarser levels add 2.5, the stitching sums' weights and the
+# decoded input 8 more while it runs, one response tile a constant (~60 MB).
+# The segmentation head also holds every level's log local noise energy (4
+# bytes a pixel at the finest level, 1.25 at the coarser ones) and, while the
+# energy is computed, the box filter's float32 temporaries (about 12 more).
+BYTES_PER_PIXEL_BOUND = {"two_sided": 60, "segmentation": 85}
 MEASURE = textwrap.dedent("""
     import gc, json, resource, sys
     import numpy as np
     sys.path.insert(0, sys.argv[1])
     from test_memory import cheap_radar
-    radar = cheap_radar()
+    radar = cheap_radar(sys.argv[2])
     radar.predict(np.zeros((64, 64), np.uint8))  # warm-up
     image = (np.random.default_rng(0).random((2000, 2000)) * 255).astype(np.uint8)
     gc.collect()
@@ -171,12 +194,13 @@ MEASURE = textwrap.dedent("""
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
-def test_memory_of_a_large_image_is_bounded_per_pixel():
+@pytest.mark.parametrize("name", ["two_sided", "segmentation"])
+def test_memory_of_a_large_image_is_bounded_per_pixel(name):
     # one thread: on a shared machine, waiting for a busy second core makes
     # each of the tiles' many small operations slow; memory is the same
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", MEASURE, str(Path(__file__).parent)], capture_output=True,
+    done = subprocess.run([sys.executable, "-c", MEASURE, str(Path(__file__).parent), name], capture_output=True,
                           text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
     measured = json.loads(done.stdout.strip().splitlines()[-1])
-    assert measured["bytes_per_pixel"] < BYTES_PER_PIXEL_BOUND, measured
+    assert measured["bytes_per_pixel"] < BYTES_PER_PIXEL_BOUND[name], measured

@@ -1,23 +1,28 @@
-"""The segmentation response: a head learned from synthetic defects finds
-real-looking ones, is seeded, and round-trips through the model's JSON."""
+"""The segmentation response: a head on the image and every level's one-step
+evidence, learned from synthetic defects, finds real-looking ones, is
+seeded, round-trips through the model's JSON, and runs behind every backend."""
 
 from __future__ import annotations
 
+import base64
 import json
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load, save
 
 from radar_ad import Radar, RadarConfig
-from radar_ad.noise_map import noise_map
-from radar_ad.registry import RESPONSES
+from radar_ad.backend import BackendOutput, NoiseBackend
+from radar_ad.noise_map import one_step_evidence
+from radar_ad.registry import BACKENDS
 from radar_ad.responses.segmentation import SegmentationResponse
 
-# 48 px crops (3 patches of 16 px), a narrow head: a few seconds of learning
-SETTINGS = {"inference.response": "segmentation", "patch_size": 16, "network.block_out_channels": [16, 32],
-            "network.attention": [False, False], "inference.segmentation_examples": 300,
-            "inference.segmentation_steps": 200, "inference.segmentation_width": 8}
+# 16 px patches at three levels, a narrow head: a few seconds of learning
+SETTINGS = {"inference.response": "segmentation", "inference.scales": [1, 2, 4], "inference.image_score": "features",
+            "patch_size": 16, "network.block_out_channels": [16, 32], "network.attention": [False, False],
+            "inference.segmentation_examples": 80, "inference.segmentation_steps": 150,
+            "inference.segmentation_width": 8, "inference.segmentation_crop": 40}
 
 
 def _texture(seed: int, shape=(96, 112)) -> np.ndarray:
@@ -28,19 +33,27 @@ def _texture(seed: int, shape=(96, 112)) -> np.ndarray:
         np.float32)
 
 
-def _noise_of(images) -> torch.Tensor:
-    """A stand-in for the network's noise map: a fixed local function of
-    the image (its departure from the patch mean), tiled like the real one."""
-    def predict(patches: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        return (patches - patches.mean((2, 3), keepdim=True)) * 10
-    return noise_map(predict, images, patch_size=16, stride=16)
+class LocalBackend(NoiseBackend):
+    """A stand-in for the network: the noise is a fixed local function of
+    the patch (its departure from the patch mean), the repair pulls a patch
+    back to its mean; the same at every level."""
+
+    name = "local"
+
+    def predict(self, patches: torch.Tensor, index: torch.Tensor, level: torch.Tensor) -> BackendOutput:
+        centred = patches - patches.mean((2, 3), keepdim=True)
+        return BackendOutput(centred * 10, -centred)
+
+
+def _evidence(images):
+    return one_step_evidence(LocalBackend(), [torch.as_tensor(image) for image in images], (1, 2, 4), (0, 1, 2),
+                             patch_size=16, stride=16)
 
 
 @pytest.fixture(scope="module")
 def response() -> SegmentationResponse:
     config = RadarConfig().updated(SETTINGS)
-    learned = RESPONSES.get("segmentation")(config).learn([_texture(i) for i in range(6)], _noise_of)
-    return learned.fit([_noise_of([torch.from_numpy(_texture(40 + i)) for i in range(4)])])
+    return SegmentationResponse(config).learn([_texture(i) for i in range(6)], _evidence)
 
 
 def test_a_dark_pit_and_a_crack_light_up_and_normal_texture_does_not(response):
@@ -48,32 +61,29 @@ def test_a_dark_pit_and_a_crack_light_up_and_normal_texture_does_not(response):
     pit, crack = _texture(20), _texture(21)
     rows, cols = np.mgrid[:96, :112]
     pit[0][(rows - 40) ** 2 + (cols - 60) ** 2 <= 16] *= 0.4
-    for shift in (0, 1):  # never seen: a straight diagonal crack, 2 px wide
+    for shift in (0, 1):  # a straight diagonal crack, 2 px wide
         crack[0, np.arange(20, 80), np.arange(30, 90) + shift] *= 0.3
-    noise = _noise_of([torch.from_numpy(x) for x in normal + [pit, crack]])
-    output = response(noise)
+    output = response(_evidence(normal + [pit, crack]))
     assert output.anomaly_map.shape == (5, 96, 112) and output.features.shape == (5, 1)
-    floor = max(2 * float(output.features[:3].max()), 0.005)
-    assert float(output.features[3]) > floor and float(output.features[4]) > floor
+    assert float(output.features[3:].min()) > float(output.features[:3].max())
     # and the map marks the pit's place above almost all of the normal texture
     assert output.anomaly_map[3, 38:43, 58:63].mean() > torch.quantile(output.anomaly_map[:3].flatten(), 0.99)
 
 
 def test_seeded_and_round_trips_through_json(response):
-    noise = _noise_of([torch.from_numpy(_texture(30))])
-    again = SegmentationResponse(RadarConfig().updated(SETTINGS)).learn(
-        [_texture(i) for i in range(6)], _noise_of).fit([_noise_of([torch.from_numpy(_texture(40 + i))
-                                                                     for i in range(4)])])
-    assert torch.equal(again(noise).anomaly_map, response(noise).anomaly_map)
+    evidence = _evidence([_texture(30)])
+    again = SegmentationResponse(RadarConfig().updated(SETTINGS)).learn([_texture(i) for i in range(6)], _evidence)
+    assert torch.equal(again(evidence).anomaly_map, response(evidence).anomaly_map)
     state = json.loads(json.dumps(response.state()))
     restored = SegmentationResponse.from_state(RadarConfig().updated(SETTINGS), state)
-    assert torch.equal(restored(noise).anomaly_map, response(noise).anomaly_map)
+    assert torch.equal(restored(evidence).anomaly_map, response(evidence).anomaly_map)
 
 
 @pytest.mark.parametrize("state, message", [
-    (None, "must be an object with normal_level, head"),
-    ({"normal_level": 0.5, "head": "not base64!"}, "cannot be read"),
-    ({"normal_level": 0.5, "head": "AAAA"}, "cannot be read"),
+    (None, "must be an object with channels, head"),
+    ({"channels": 1, "head": "not base64!"}, "cannot be read"),
+    ({"channels": 1, "head": "AAAA"}, "cannot be read"),
+    ({"channels": 9, "head": "AAAA"}, "cannot be read"),
 ])
 def test_a_broken_state_is_refused_in_one_line(state, message):
     with pytest.raises(ValueError, match=message):
@@ -82,33 +92,32 @@ def test_a_broken_state_is_refused_in_one_line(state, message):
 
 def test_non_finite_weights_are_refused(response):
     state = response.state()
-    import base64
-
-    from safetensors.torch import load, save
     weights = load(base64.b64decode(state["head"]))
-    weights["layers.0.weight"][0, 0, 0, 0] = float("nan")
+    weights["out.weight"][0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         SegmentationResponse.from_state(RadarConfig().updated(SETTINGS),
-                                        {"normal_level": 0.5, "head": base64.b64encode(save(weights)).decode()})
+                                        {"channels": 1, "head": base64.b64encode(save(weights)).decode()})
 
 
-def test_fit_before_learning_is_refused():
+def test_answering_before_learning_is_refused():
     with pytest.raises(ValueError, match="learns from images first"):
-        SegmentationResponse(RadarConfig()).fit([])
+        SegmentationResponse(RadarConfig().updated(SETTINGS)).respond(_evidence([_texture(0)]))
 
 
-def test_a_model_with_it_saves_loads_and_exports_the_head(fitted, surfaces, tmp_path):
+def test_a_model_with_it_saves_loads_exports_and_gives_every_backend_the_same_verdicts(fitted, surfaces, tmp_path):
     radar, _ = fitted
     normal = sorted((surfaces / "train" / "good").glob("*.png"))
-    twin = radar.with_settings({"inference.response": "segmentation", "inference.segmentation_examples": 64,
-                                "inference.segmentation_steps": 30}).calibrate(normal[:24], conformal=normal[24:36])
-    images = sorted((surfaces / "test").rglob("*.png"))[:4]
+    twin = radar.with_settings({"inference.response": "segmentation", "inference.image_score": "max",
+                                "inference.segmentation_examples": 40, "inference.segmentation_steps": 30,
+                                "inference.segmentation_crop": 48}).calibrate(normal[:24], conformal=normal[24:36])
+    images = sorted((surfaces / "test").rglob("*.png"))
     expected = twin.predict_many(images)
     loaded = Radar.load(twin.save(tmp_path / "model"))
     for a, b in zip(expected, loaded.predict_many(images)):
         assert a.score == b.score and np.array_equal(a.anomaly_map, b.anomaly_map)
     exported = Radar.load(twin.export(tmp_path / "model.onnx"))
-    assert exported.backend == "onnx"
-    for a, b in zip(expected, exported.predict_many(images)):
-        assert a.verdict == b.verdict and b.score == pytest.approx(a.score, rel=1e-3, abs=1e-6)
-        np.testing.assert_allclose(b.anomaly_map, a.anomaly_map, rtol=0, atol=1e-4)
+    others = [exported] + [twin.with_backend(name) for name in BACKENDS.names() if name != "torch"]
+    for other in others:
+        for a, b in zip(expected, other.predict_many(images)):
+            assert a.verdict == b.verdict and b.score == pytest.approx(a.score, rel=1e-3, abs=1e-6)
+            np.testing.assert_allclose(b.anomaly_map, a.anomaly_map, rtol=0, atol=1e-4)

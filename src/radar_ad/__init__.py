@@ -1,7 +1,7 @@
 """radar-ad: real-time, reconstruction-free anomaly detection and segmentation
 with diffusion models (the RADAR method)."""
 
-__version__ = "0.7.0"
+__version__ = "0.8.0"
 
 from .config import RadarConfig  # noqa: E402
 from .errors import RadarError  # noqa: E402

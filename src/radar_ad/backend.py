@@ -1,5 +1,6 @@
 """Inference backends: the engine that runs the per-patch part of the method
-(one forward noising step + one U-Net evaluation) on a batch of patches.
+(one forward noising step + one U-Net evaluation) on a batch of patches of
+one or more pyramid levels.
 
 Every backend implements :class:`NoiseBackend` and is registered in
 :data:`~radar_ad.registry.BACKENDS`. The PyTorch backend (:class:`TorchBackend`)
@@ -66,10 +67,12 @@ def process_threads() -> int | None:
 @dataclass
 class BackendOutput:
     """``noise`` ``(N, C, p, p)``: the predicted noise of each patch;
+    ``repair`` ``(N, C, p, p)``: its one-step repair x0_hat - x;
     ``activations``: the asked-for network modules' outputs, by name,
     ``(N, ...)`` each."""
 
     noise: torch.Tensor
+    repair: torch.Tensor
     activations: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
@@ -77,7 +80,7 @@ class BackendOutput:
 class ModelFile:
     """What an exported model file holds: its metadata (as ``radar.json``),
     the calibration features, the backend that runs its graph and the
-    conformal features (``None`` in a file of model format 2)."""
+    conformal features (``None`` when the file holds none)."""
 
     metadata: dict[str, Any]
     calibration_features: np.ndarray
@@ -88,11 +91,13 @@ class ModelFile:
 class NoiseBackend:
     """The interface every backend implements.
 
-    - ``__call__(patches, index)``: patches ``(N, C, p, p)`` in [0, 1] and their
-      grid positions ``(N,)`` -> predicted noise ``(N, C, p, p)`` (what the
-      noise map stitches);
-    - :meth:`predict`: the same, plus the activations of ``layers`` (the
-      network modules named when the backend was built);
+    - ``__call__(patches, index, level)``: patches ``(N, C, p, p)`` in [0, 1],
+      their grid positions ``(N,)`` and pyramid levels ``(N,)`` (indices into
+      ``network.scales``) -> ``(N, 2C, p, p)``: the predicted noise, then the
+      repair (what the evidence maps stitch);
+    - :meth:`predict`: the same as a :class:`BackendOutput`, plus the
+      activations of ``layers`` (the network modules named when the backend
+      was built);
     - :meth:`describe`: what ``/model`` and reports show;
     - :meth:`with_noise_settings`: the backend for a config whose noise
       settings (seed, timestep, draws) changed, or a :class:`ConfigError`.
@@ -110,10 +115,11 @@ class NoiseBackend:
     device: torch.device = torch.device("cpu")
     layers: tuple[str, ...] = ()
 
-    def __call__(self, patches: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        return self.predict(patches, index).noise
+    def __call__(self, patches: torch.Tensor, index: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        output = self.predict(patches, index, level)
+        return torch.cat([output.noise, output.repair], 1)
 
-    def predict(self, patches: torch.Tensor, index: torch.Tensor) -> BackendOutput:
+    def predict(self, patches: torch.Tensor, index: torch.Tensor, level: torch.Tensor) -> BackendOutput:
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
@@ -159,14 +165,15 @@ class TorchBackend(NoiseBackend):
         except AttributeError as exc:
             raise ConfigError(f"unknown network layer: {exc}") from None
 
-    def __call__(self, patches: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    def __call__(self, patches: torch.Tensor, index: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            return self.noise(patches.to(self.device), index.to(self.device))
+            return torch.cat(self.noise(patches.to(self.device), index.to(self.device), level.to(self.device)), 1)
 
-    def predict(self, patches: torch.Tensor, index: torch.Tensor) -> BackendOutput:
+    def predict(self, patches: torch.Tensor, index: torch.Tensor, level: torch.Tensor) -> BackendOutput:
         with torch.inference_mode():
-            noise, *activations = self.module(patches.to(self.device), index.to(self.device))
-        return BackendOutput(noise, dict(zip(self.layers, activations)))
+            noise, repair, *activations = self.module(patches.to(self.device), index.to(self.device),
+                                                      level.to(self.device))
+        return BackendOutput(noise, repair, dict(zip(self.layers, activations)))
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "parameters": sum(p.numel() for p in self.unet.parameters())}

@@ -22,6 +22,10 @@ from .errors import ConfigError
 from .registry import ONE_CLASS_MODELS, RESPONSES, choices
 
 FEATURE_NORMS = ("rms", "sum")
+# How the image score is read: "auto" (chosen at calibration, radar_ad.selection),
+# the response's features through the one-class model, or a statistic of the anomaly map.
+IMAGE_SCORES = ("auto", "features", "max", "robust_max")
+AUTO = "auto"
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 NON_FINITE_POLICIES = ("error", "anomalous")
 # Upper bounds of the numeric settings: far above any real use, low enough that
@@ -31,6 +35,7 @@ MAX_SEED = 2**32 - 1
 MAX_PATCH_SIZE = 512
 MAX_RESIZE = 16_384
 MAX_LEVELS = 6
+MAX_SCALE = 64
 MAX_CHANNELS = 1024
 MAX_LAYERS_PER_BLOCK = 8
 MAX_TIMESTEPS = 10_000
@@ -40,9 +45,13 @@ MAX_DRAWS = 64
 MAX_WINDOW = 4096
 MAX_ESTIMATORS = 10_000
 MAX_NEIGHBORS = 10_000
-# synthetic-defect crops held at once by the segmentation response (~28 KB each at 84 px)
+# synthetic defective images the segmentation head learns from, and its crops'
+# pixels in all (crops of evidence are held at once, float16, a few channels each)
 MAX_SEGMENTATION_EXAMPLES = 20_000
+MAX_HEAD_PIXELS = 2**26
 MAX_HEAD_WIDTH = 256
+MAX_HEAD_CROP = 1024
+MAX_SELECTION_COPIES = 64
 
 C = TypeVar("C")
 
@@ -60,6 +69,13 @@ def _int_in(value: Any, low: int, high: int, name: str, note: str = "") -> None:
 def _optional_int_in(value: Any, low: int, high: int, name: str, meaning: str) -> None:
     if value is not None:
         _int_in(value, low, high, name, f" or null ({meaning})")
+
+
+def _check_scales(scales: Any, name: str) -> None:
+    _require(isinstance(scales, tuple) and 1 <= len(scales) <= MAX_LEVELS and all(
+        isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= MAX_SCALE for s in scales)
+        and list(scales) == sorted(set(scales)), name,
+        f"a list of 1 to {MAX_LEVELS} increasing integers in [1, {MAX_SCALE}] (downsampling factors)", scales)
 
 
 def _frozen_setattr(self: Any, name: str, value: Any) -> None:
@@ -111,6 +127,12 @@ class NetworkConfig:
     does not say where or how wide. The default (widths 16/32/32, attention
     at the coarsest level only) was chosen for speed at equal quality (README,
     "Real time").
+
+    ``scales``: the levels of the image pyramid the network learns, as
+    downsampling factors (1 is the working resolution, 2 half of it ...),
+    each level a class label of the one network. ``repair``: a second output
+    per image channel, trained on synthetic defects (``train.defect_share``)
+    to point from a defective patch back to its normal self.
     """
 
     section: ClassVar[str] = "network"
@@ -123,8 +145,12 @@ class NetworkConfig:
     beta_schedule: str = "linear"
     beta_start: float = 1e-4
     beta_end: float = 0.02
+    scales: tuple[int, ...] = (1, 2, 4)
+    repair: bool = True
 
     def validate(self) -> None:
+        _check_scales(self.scales, "network.scales")
+        _require(isinstance(self.repair, bool), "network.repair", "true or false", self.repair)
         _require(1 <= len(self.block_out_channels) <= MAX_LEVELS and all(
             isinstance(c, int) and not isinstance(c, bool) and 0 < c <= MAX_CHANNELS
             for c in self.block_out_channels),
@@ -161,6 +187,12 @@ class TrainConfig:
     one-class model and the pixel threshold; the network trains on what is
     left (on everything but the conformal images with
     ``calibrate_on_training``, the paper's protocol).
+
+    ``defect_share``: the share of training patches that carry a synthetic
+    defect (:mod:`radar_ad.defects`), for a network with a repair output:
+    the noise target stays the noise added to the defective patch, the
+    repair target is the way back to the defect-free patch. 0 trains the
+    plain DDPM objective.
     """
 
     section: ClassVar[str] = "train"
@@ -176,9 +208,12 @@ class TrainConfig:
     calibrate_on_training: bool = False
     conformal_fraction: float = 0.2
     conformal_size: int | None = None
+    defect_share: float = 0.25
 
     def validate(self) -> None:
         _int_in(self.steps, 1, MAX_STEPS, "train.steps")
+        _require(0 <= self.defect_share <= 0.9, "train.defect_share", "in [0, 0.9] (0: no synthetic defects)",
+                 self.defect_share)
         _int_in(self.batch_size, 1, MAX_BATCH_SIZE, "train.batch_size")
         _require(0 < self.learning_rate <= 1, "train.learning_rate", "in (0, 1]", self.learning_rate)
         _require(0 <= self.weight_decay <= 1, "train.weight_decay", "in [0, 1]", self.weight_decay)
@@ -198,28 +233,45 @@ class TrainConfig:
 
 @settings
 class InferenceConfig:
-    """The one-step noise map, the response map and the image features.
+    """The one-step evidence, the response map and the image score.
 
     ``timestep`` is 0-based as in diffusers: 0 is the paper's first forward
-    step x_1. ``draws`` averages the predicted noise over K seeded noise draws.
-    ``feature_norm`` "rms" divides each L2 norm by the square root of its pixel
-    count, so scores of images of different sizes are comparable; "sum" is the
-    paper's raw L2 norm (both apply to the ``"sobel"`` response only).
+    step x_1; every pyramid level is noised to it. ``draws`` averages the
+    predicted noise over K seeded noise draws. ``scales``: the pyramid
+    levels the evidence is computed on (a subset of ``network.scales``;
+    null: chosen at calibration among the network's first level, its first
+    two ... all of them, by :mod:`radar_ad.selection`; a response that sees
+    every level at once always gets all of them). ``stride`` ``None`` tiles
+    each level with the patch size (touching patches, one network
+    evaluation per pixel).
 
-    ``response`` names a registered response (:mod:`radar_ad.responses`):
-    ``"two_sided"`` (the default) standardises the Sobel response and the
-    local noise energy (in ``energy_window`` px windows) against the normal
-    calibration images and scores both an excess of structure and a deficit
-    of noise energy, the signature of a defect that removes texture; the map
-    is smoothed by a Gaussian of ``map_sigma`` px. ``"sobel"`` is the paper's
-    response, which only sees added structure; ``"energy"`` is the deficit
-    part alone. ``"segmentation"`` is a small convolutional head on the
-    noise map trained on generic synthetic defects pasted into the
-    calibration images (``segmentation_examples`` crops,
-    ``segmentation_steps`` steps, ``segmentation_width`` channels; its map
-    smoothed by ``segmentation_sigma`` px). ``stride`` ``None`` tiles with the patch size (touching
-    patches, one network evaluation per pixel). README "Results" gives the
-    measurements behind these defaults.
+    ``response`` names a registered response (:mod:`radar_ad.responses`),
+    or ``"auto"`` (the default): the candidate responses are scored on
+    synthetic defects pasted into held-out normal calibration images and
+    the best is kept (:mod:`radar_ad.selection`; the choice and its
+    synthetic AUROC go into the model file). ``"two_sided"`` standardises
+    the Sobel response and the local noise energy (in ``energy_window`` px
+    windows) of each level against the normal calibration images and scores
+    both an excess of structure and a deficit of noise energy; its map is
+    smoothed by a Gaussian of ``map_sigma`` px. ``"sobel"`` is the paper's
+    response, ``"energy"`` the deficit part alone. ``"segmentation"`` is a
+    small convolutional head on the image and every level's noise and
+    repair, trained on ``segmentation_examples`` synthetic defective copies
+    of calibration images (``segmentation_steps`` steps on
+    ``segmentation_crop`` px crops, ``segmentation_width`` channels; its map
+    smoothed by ``segmentation_sigma`` px). ``feature_norm`` "rms" divides
+    each L2 norm by the square root of its pixel count, so scores of images
+    of different sizes are comparable; "sum" is the paper's raw L2 norm
+    (both for the ``"sobel"`` response only).
+
+    ``image_score``: how an image's score is read. ``"features"``: the
+    response's image features through the one-class model; ``"max"``: the
+    largest mean of the anomaly map over ``score_window`` px squares;
+    ``"robust_max"``: the same on the map standardised by its own median and
+    median absolute deviation (a surface's overall finish cancels);
+    ``"auto"``: chosen at calibration with the response.
+    ``selection_copies`` defective copies of each self-validation image are
+    made. README "Results" gives the measurements behind these defaults.
     """
 
     section: ClassVar[str] = "inference"
@@ -232,13 +284,18 @@ class InferenceConfig:
     window: int = 20
     window_stride: int = 20
     feature_norm: str = "rms"
-    response: str = "two_sided"
+    response: str = AUTO
+    scales: tuple[int, ...] | None = None
+    image_score: str = AUTO
+    score_window: int = 11
     energy_window: int = 9
     map_sigma: float = 8.0
-    segmentation_examples: int = 1500
-    segmentation_steps: int = 500
-    segmentation_width: int = 32
+    segmentation_examples: int = 480
+    segmentation_steps: int = 800
+    segmentation_width: int = 16
+    segmentation_crop: int = 96
     segmentation_sigma: float = 2.0
+    selection_copies: int = 2
 
     def validate(self) -> None:
         _int_in(self.timestep, 0, MAX_TIMESTEPS - 1, "inference.timestep")
@@ -253,15 +310,31 @@ class InferenceConfig:
         _int_in(self.window_stride, 1, MAX_WINDOW, "inference.window_stride")
         _require(self.feature_norm in FEATURE_NORMS, "inference.feature_norm", choices(FEATURE_NORMS),
                  self.feature_norm)
-        RESPONSES.check(self.response)
+        _require(self.response == AUTO or (isinstance(self.response, str) and self.response in RESPONSES.names()),
+                 "inference.response", f"{AUTO} (chosen at calibration) or {RESPONSES.choices()}", self.response)
+        if self.scales is not None:
+            _check_scales(self.scales, "inference.scales")
+        _require(self.image_score in IMAGE_SCORES, "inference.image_score", choices(IMAGE_SCORES),
+                 self.image_score)
+        _int_in(self.score_window, 1, MAX_WINDOW, "inference.score_window")
         _int_in(self.energy_window, 1, MAX_WINDOW, "inference.energy_window")
         _require(0 <= self.map_sigma <= 64, "inference.map_sigma", "in [0, 64] (0: no smoothing)",
                  self.map_sigma)
         _int_in(self.segmentation_examples, 1, MAX_SEGMENTATION_EXAMPLES, "inference.segmentation_examples")
         _int_in(self.segmentation_steps, 1, MAX_STEPS, "inference.segmentation_steps")
         _int_in(self.segmentation_width, 1, MAX_HEAD_WIDTH, "inference.segmentation_width")
+        _int_in(self.segmentation_crop, 8, MAX_HEAD_CROP, "inference.segmentation_crop")
+        _require(self.segmentation_examples * self.segmentation_crop**2 <= MAX_HEAD_PIXELS,
+                 "inference.segmentation_examples", f"at most {MAX_HEAD_PIXELS} / segmentation_crop^2 (the head's "
+                 "examples are held in memory at once)", self.segmentation_examples)
         _require(0 <= self.segmentation_sigma <= 64, "inference.segmentation_sigma",
                  "in [0, 64] (0: no smoothing)", self.segmentation_sigma)
+        _int_in(self.selection_copies, 1, MAX_SELECTION_COPIES, "inference.selection_copies")
+
+    @property
+    def resolved(self) -> bool:
+        """Whether nothing is left for calibration to choose (no ``"auto"``, scales named)."""
+        return AUTO not in (self.response, self.image_score) and self.scales is not None
 
 
 @settings
@@ -332,6 +405,11 @@ class RadarConfig:
         _require(self.inference.timestep < self.network.num_train_timesteps,
                  "inference.timestep", f"< network.num_train_timesteps "
                  f"({self.network.num_train_timesteps})", self.inference.timestep)
+        _require(self.inference.scales is None or set(self.inference.scales) <= set(self.network.scales),
+                 "inference.scales", f"levels of network.scales {list(self.network.scales)}", self.inference.scales)
+        _require((self.train.defect_share > 0) == self.network.repair, "train.defect_share",
+                 "above 0 for a network with a repair output, 0 without one (network.repair: false)",
+                 self.train.defect_share)
         _require(self.stride <= self.patch_size, "inference.stride",
                  f"<= patch_size ({self.patch_size}) so patches cover the image",
                  self.inference.stride)
@@ -402,7 +480,10 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
             if not isinstance(value, dict):
                 raise ConfigError(f"{prefix + name} must be an object")
             kwargs[name] = _build(type(current), value, f"{prefix}{name}.")
-        elif isinstance(current, tuple):
+        elif isinstance(current, tuple) or (current is None and "tuple" in str(known[name].type)):
+            if value is None and current is None:
+                kwargs[name] = None
+                continue
             if not isinstance(value, (list, tuple)):
                 raise ConfigError(f"{prefix + name} must be a list, got {value!r}")
             kwargs[name] = tuple(value)

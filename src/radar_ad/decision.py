@@ -100,6 +100,8 @@ class OneClassModel:
 
     name: ClassVar[str] = ""
     abbreviation: ClassVar[str] = ""
+    # its score keeps growing beyond the calibration features (no range term needed)
+    extrapolates: ClassVar[bool] = False
 
     def __init__(self, config: DecisionConfig, seed: int = 0) -> None:
         self.config = config
@@ -115,6 +117,30 @@ class OneClassModel:
     threshold_: float
 
 
+class FeatureScore(OneClassModel):
+    """The one image feature is the anomaly score itself (a map statistic,
+    ``inference.image_score`` ``max`` or ``robust_max``): nothing to fit;
+    the contamination threshold is the calibration scores' ``1 -
+    contamination`` quantile."""
+
+    name = "score"
+    extrapolates = True
+
+    def fit(self, features: np.ndarray) -> FeatureScore:
+        if features.shape[1] != 1:
+            raise DataError(f"a feature that is the score must be one column, got {features.shape[1]}")
+        self.threshold_ = float(np.quantile(features[:, 0], 1 - self.config.contamination))
+        return self
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        return np.asarray(features[:, 0], dtype=np.float64)
+
+
+def one_class_class(name: str) -> type[OneClassModel]:
+    """A registered one-class model, or :class:`FeatureScore` for ``"score"``."""
+    return FeatureScore if name == FeatureScore.name else ONE_CLASS_MODELS.get(name)
+
+
 class ImageDecision:
     """Anomaly score and verdict for image features.
 
@@ -125,7 +151,9 @@ class ImageDecision:
     threshold_`` exactly when the p-value is at most the rate), or, with the
     rate null, the one-class model's own threshold (``model_threshold_``;
     for features inside the calibration range ``score > threshold_`` is then
-    exactly the one-class model's verdict).
+    exactly the one-class model's verdict). ``model``: the one-class model's
+    name (default the config's; ``"score"`` when the one feature is the
+    score itself, which needs no range term).
 
     The range term is there because an IsolationForest cannot extrapolate:
     every point beyond its data lands in the same leaves as the most extreme
@@ -135,9 +163,10 @@ class ImageDecision:
     normal images, in either direction.
     """
 
-    def __init__(self, config: DecisionConfig, seed: int = 0) -> None:
+    def __init__(self, config: DecisionConfig, seed: int = 0, model: str | None = None) -> None:
         self.config = config
         self.seed = seed
+        self.model = model or config.one_class_model
 
     def fit(self, features: np.ndarray, conformal_features: np.ndarray | None = None) -> ImageDecision:
         """Fit on ``(N, F)`` features of normal calibration images; score the
@@ -152,8 +181,7 @@ class ImageDecision:
         self.scaler_ = StandardScaler().fit(features)
         scaled = self.scaler_.transform(features)
         self.range_ = (scaled.min(axis=0), scaled.max(axis=0))
-        model_class = ONE_CLASS_MODELS.get(self.config.one_class_model)
-        self.model_: OneClassModel = model_class(self.config, self.seed).fit(scaled)
+        self.model_: OneClassModel = one_class_class(self.model)(self.config, self.seed).fit(scaled)
         self.model_threshold_ = float(self.model_.threshold_)
         self.calibration_features_ = features
         return self.with_conformal(conformal_features)
@@ -197,9 +225,11 @@ class ImageDecision:
         scores = np.full(len(features), np.nan)
         if finite.any():
             scaled = self.scaler_.transform(features[finite])
-            low, high = self.range_
-            outside = np.clip(scaled - high, 0, None) + np.clip(low - scaled, 0, None)
-            scores[finite] = self.model_.score(scaled) + outside.sum(axis=1)
+            scores[finite] = self.model_.score(scaled)
+            if not self.model_.extrapolates:
+                low, high = self.range_
+                outside = np.clip(scaled - high, 0, None) + np.clip(low - scaled, 0, None)
+                scores[finite] += outside.sum(axis=1)
         return scores
 
     def is_anomalous(self, scores: np.ndarray) -> np.ndarray:

@@ -1,7 +1,11 @@
 """Image features from response maps: the paper's two (global and largest
-window L2 norm of the Sobel response), and the largest window RMS of each
-part of a multi-part response. Each response (:mod:`radar_ad.responses`)
-says which of these it uses.
+window L2 norm of the Sobel response), the largest window RMS of each
+part of a multi-part response, and the map statistics that can be an
+image's score on their own (:func:`map_scores`: the largest local mean of
+the anomaly map, raw or standardised within the image). Each response
+(:mod:`radar_ad.responses`) says which features it gives; the setting
+``inference.image_score`` says whether those or a map statistic score the
+image.
 
 ``feature_norm="rms"`` (the default) divides each L2 norm by the square root
 of the number of pixels it sums over: the global feature becomes the
@@ -114,3 +118,33 @@ def window_means(squared: torch.Tensor, window: int, stride: int) -> torch.Tenso
     ``window`` windows, each side clipped to the image when it is smaller."""
     height, width = squared.shape[-2:]
     return F.avg_pool2d(squared, (min(window, height), min(window, width)), stride=stride).flatten(1)
+
+
+MAP_SCORES = ("max", "robust_max")
+
+
+def map_score_name(rule: str, window: int) -> str:
+    """The feature name of a map statistic, e.g. ``robust_max_mean_11px``."""
+    return f"{rule}_mean_{window}px"
+
+
+def map_scores(anomaly_map: torch.Tensor, rule: str, window: int) -> torch.Tensor:
+    """``(B, H, W)`` anomaly maps -> ``(B, 1)`` float64 image scores.
+
+    ``"max"``: the largest mean of the map over ``window`` x ``window``
+    squares (stride 1; each side clipped to the image), so one hot pixel
+    counts less than a defect-sized patch of them. ``"robust_max"``: the same
+    on the map standardised by its own median and median absolute deviation,
+    so that a surface whose whole map runs high (its finish, its lighting)
+    does not outscore a local defect on a quiet one."""
+    if rule not in MAP_SCORES:
+        raise ValueError(f"rule must be one of {', '.join(MAP_SCORES)}, got {rule!r}")
+    maps = anomaly_map.double()
+    if rule == "robust_max":
+        flat = maps.flatten(1)
+        median = flat.median(1).values
+        spread = (flat - median[:, None]).abs().median(1).values.clamp_min(1e-9)
+        maps = (maps - median[:, None, None]) / spread[:, None, None]
+    height, width = int(maps.shape[-2]), int(maps.shape[-1])
+    means = F.avg_pool2d(maps[:, None], (min(window, height), min(window, width)), stride=1)
+    return means.flatten(1).amax(1, keepdim=True)

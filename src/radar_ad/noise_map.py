@@ -1,25 +1,31 @@
-"""One forward noising step and one network evaluation -> predicted-noise map.
+"""One forward noising step and one network evaluation per patch and level -> the one-step evidence.
 
 This is the whole of RADAR's use of the diffusion model: no reverse chain, no
-reconstruction. The image is tiled into patches, each patch is noised to
-timestep ``t`` with seeded noise, and the U-Net's noise prediction is stitched
-into a full-size map.
+reconstruction. Each level of the image pyramid (:mod:`radar_ad.pyramid`) is
+tiled into patches, each patch is noised to timestep ``t`` with seeded
+noise, and the U-Net's output is stitched into full-size maps of that
+level: the predicted noise and the one-step repair x0_hat - x (the network's
+estimate of the clean patch from the same evaluation, less the patch).
 
-:class:`OneStepNoise` is the per-patch part (noising + prediction) as one
-torch module; it is what ``radar export`` writes to ONNX, so the exported
-graph and the Python path compute the same function. :func:`noise_map` does
-the tiling and stitching around any such patch predictor.
+:class:`OneStepNoise` is the per-patch part (noising + prediction + repair)
+as one torch module; it is what ``radar export`` writes to ONNX, so the
+exported graph and the Python path compute the same function.
+:func:`noise_map` does the tiling and stitching around any such patch
+predictor; :func:`one_step_evidence` runs it on every level and returns an
+:class:`Evidence`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from diffusers import UNet2DModel
 
 from .patches import grid_positions
+from .pyramid import downsample, level_size, pad_to
 
 # Seeded noise is drawn once per model for this many patch positions; the
 # patch at grid position i of an image gets draw ``i % NOISE_BANK_SIZE``, so
@@ -28,7 +34,11 @@ NOISE_BANK_SIZE = 1024
 _DRAW_SEED_STEP = 7919
 
 PatchPredictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""``(patches (N, C, p, p) in [0, 1], grid index (N,) int64) -> noise (N, C, p, p)``"""
+"""``(patches (N, C, p, p) in [0, 1], grid index (N,) int64) -> maps (N, K, p, p)``"""
+
+LevelPredictor = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``(patches (N, C, p, p), grid index (N,), level (N,) int64) -> (N, 2C, p, p)``:
+the predicted noise, then the repair (a backend's ``__call__``)."""
 
 
 def noise_bank(seed: int, draws: int, channels: int, patch_size: int,
@@ -44,12 +54,16 @@ def noise_bank(seed: int, draws: int, channels: int, patch_size: int,
 
 
 class OneStepNoise(torch.nn.Module):
-    """eps_theta(sqrt(abar) x + sqrt(1 - abar) noise, t), averaged over the
-    noise draws, for clean patches x.
+    """For clean patches x of pyramid level ``level``: the predicted noise
+    eps_theta(x_t, t, level) of x_t = sqrt(abar) x + sqrt(1 - abar) noise,
+    and the repair x0_hat - x, where x0_hat = (x_t - sqrt(1 - abar) eps_theta)
+    / sqrt(abar) plus the network's repair output when it has one; both
+    averaged over the noise draws, in the network's [-1, 1] units.
 
-    Inputs are what a camera pipeline has: patches in [0, 1] and their grid
-    position (which selects the seeded noise). Keeping the scaling, the
-    noising and the timestep inside the module keeps them inside the export.
+    Inputs are what a camera pipeline has: patches in [0, 1], their grid
+    position (which selects the seeded noise) and their level. Keeping the
+    scaling, the noising and the timestep inside the module keeps them
+    inside the export.
     """
 
     def __init__(self, unet: UNet2DModel, timestep: int, abar: float, bank: torch.Tensor) -> None:
@@ -60,14 +74,22 @@ class OneStepNoise(torch.nn.Module):
         self.bank: torch.Tensor
         self.register_buffer("bank", bank, persistent=False)
 
-    def forward(self, patches: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    def forward(self, patches: torch.Tensor, index: torch.Tensor,
+                level: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         draws, size = self.bank.shape[:2]
+        channels = patches.shape[1]
         noise = self.bank[:, index % size]  # (D, N, C, p, p)
         noisy = self.abar**0.5 * (patches * 2 - 1) + (1 - self.abar) ** 0.5 * noise
         noisy = noisy.reshape(-1, *patches.shape[1:])
         t = torch.tensor(self.timestep, dtype=torch.long, device=patches.device)
-        eps = self.unet(noisy, t).sample
-        return eps.reshape(draws, -1, *patches.shape[1:]).mean(0)
+        output = self.unet(noisy, t, class_labels=level.repeat(draws)).sample
+        eps = output[:, :channels]
+        # x0_hat - x from the same evaluation: the noise the network did not explain, scaled back
+        repair = ((1 - self.abar) / self.abar) ** 0.5 * (noise.reshape(eps.shape) - eps)
+        if output.shape[1] > channels:
+            repair = repair + output[:, channels:]
+        return (eps.reshape(draws, -1, *patches.shape[1:]).mean(0),
+                repair.reshape(draws, -1, *patches.shape[1:]).mean(0))
 
 
 class NoiseAndActivations(torch.nn.Module):
@@ -84,7 +106,7 @@ class NoiseAndActivations(torch.nn.Module):
         for layer in self.layers:
             noise.unet.get_submodule(layer)  # AttributeError names an unknown layer
 
-    def forward(self, patches: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(self, patches: torch.Tensor, index: torch.Tensor, level: torch.Tensor) -> tuple[torch.Tensor, ...]:
         captured: dict[str, torch.Tensor] = {}
 
         def keeper(layer: str) -> Callable[..., None]:
@@ -95,13 +117,13 @@ class NoiseAndActivations(torch.nn.Module):
         handles = [self.noise.unet.get_submodule(layer).register_forward_hook(keeper(layer))
                    for layer in self.layers]
         try:
-            eps = self.noise(patches, index)
+            eps, repair = self.noise(patches, index, level)
         finally:
             for handle in handles:
                 handle.remove()
         draws = int(self.noise.bank.shape[0])
-        return (eps, *(captured[layer].reshape(draws, -1, *captured[layer].shape[1:]).mean(0)
-                       for layer in self.layers))
+        return (eps, repair, *(captured[layer].reshape(draws, -1, *captured[layer].shape[1:]).mean(0)
+                               for layer in self.layers))
 
 
 def one_step_noise(unet: UNet2DModel, *, timestep: int, alphas_cumprod: torch.Tensor, seed: int,
@@ -124,9 +146,9 @@ def border_weights(patch_size: int, margin: int) -> torch.Tensor:
 @torch.inference_mode()
 def noise_map(predict: PatchPredictor, images: torch.Tensor | Sequence[torch.Tensor], *, patch_size: int,
               stride: int, batch_size: int = 256, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Predicted-noise map ``(B, C, H, W)`` of same-size images in [0, 1]:
-    a ``(B, C, H, W)`` tensor or a sequence of ``(C, H, W)`` tensors (not
-    copied into one stack).
+    """Stitched ``(B, K, H, W)`` maps of what ``predict`` gives per patch,
+    for same-size images in [0, 1]: a ``(B, C, H, W)`` tensor or a sequence
+    of ``(C, H, W)`` tensors (not copied into one stack).
 
     Patches go to ``predict`` ``batch_size`` at a time on ``device``. Patch
     borders (a margin of patch_size // 7 pixels) are down-weighted when
@@ -142,13 +164,13 @@ def noise_map(predict: PatchPredictor, images: torch.Tensor | Sequence[torch.Ten
     :func:`~radar_ad.patches.stitch`).
     """
     batch = len(images)
-    channels, height, width = (int(n) for n in images[0].shape[-3:])
+    height, width = (int(n) for n in images[0].shape[-2:])
     rows = grid_positions(height, patch_size, stride)
     cols = grid_positions(width, patch_size, stride)
     per_image = len(rows) * len(cols)
     offsets = torch.arange(patch_size)
     weights = border_weights(patch_size, patch_size // 7)
-    total = torch.zeros(batch, channels, height * width, dtype=images[0].dtype, device=device)
+    total: torch.Tensor | None = None
     count = torch.zeros(height * width, dtype=images[0].dtype)
     for start in range(0, batch * per_image, batch_size):
         which = torch.arange(start, min(start + batch_size, batch * per_image))
@@ -158,12 +180,86 @@ def noise_map(predict: PatchPredictor, images: torch.Tensor | Sequence[torch.Ten
         owned = [(b, image_of == b) for b in image_of.unique().tolist()]
         patches = torch.cat([images[b][:, top[mine].to(images[b].device), left[mine].to(images[b].device)]
                              for b, mine in owned], dim=1)  # (C, n, p, p), image-major
-        noise = predict(patches.transpose(0, 1).contiguous().to(device), index.to(device))
-        noise = noise.to(total.dtype) * weights.to(total)
+        predicted = predict(patches.transpose(0, 1).contiguous().to(device), index.to(device))
+        channels = int(predicted.shape[1])
+        if total is None:
+            total = torch.zeros(batch, channels, height * width, dtype=images[0].dtype, device=device)
+        predicted = predicted.to(total.dtype) * weights.to(total)
         flat = top * width + left  # (n, p, p): where each patch pixel goes
         for b, mine in owned:
             total[b].index_add_(1, flat[mine].reshape(-1).to(device),
-                                noise[mine.to(device)].transpose(0, 1).reshape(channels, -1))
+                                predicted[mine.to(device)].transpose(0, 1).reshape(channels, -1))
             if b == 0:  # the weights' sums are the same for every image
                 count.index_add_(0, flat[mine].reshape(-1), weights.expand(int(mine.sum()), -1, -1).reshape(-1))
-    return total.div_(count.to(device)).reshape(batch, channels, height, width)
+    assert total is not None  # every image has at least one patch
+    return total.div_(count.to(device)).reshape(batch, -1, height, width)
+
+
+@dataclass
+class Evidence:
+    """The one-step evidence of ``B`` same-size images: ``image`` ``(B, C,
+    H, W)`` in [0, 1] and, for each level of ``scales`` (downsampling
+    factors, finest first), ``noise[k]`` and ``repair[k]`` ``(B, C, h_k,
+    w_k)``: the predicted noise and the repair x0_hat - x at that level's
+    own resolution."""
+
+    image: torch.Tensor
+    scales: tuple[int, ...]
+    noise: list[torch.Tensor]
+    repair: list[torch.Tensor]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(H, W)`` of the finest level (the image)."""
+        return int(self.image.shape[-2]), int(self.image.shape[-1])
+
+    def __len__(self) -> int:
+        return int(self.image.shape[0])
+
+    def level(self, scale: int) -> int:
+        """The position of ``scale`` in :attr:`scales` (``ValueError`` when absent)."""
+        if scale not in self.scales:
+            raise ValueError(f"no evidence at scale {scale} (levels: {list(self.scales)})")
+        return self.scales.index(scale)
+
+    def select(self, scales: Sequence[int]) -> Evidence:
+        """The evidence of these levels only."""
+        keep = [self.level(scale) for scale in scales]
+        return Evidence(self.image, tuple(scales), [self.noise[k] for k in keep], [self.repair[k] for k in keep])
+
+    def items(self, indices: Sequence[int]) -> Evidence:
+        """The evidence of images ``indices`` of the batch."""
+        pick = torch.as_tensor(list(indices), dtype=torch.long)
+        return Evidence(self.image[pick.to(self.image.device)], self.scales,
+                        [n[pick.to(n.device)] for n in self.noise], [r[pick.to(r.device)] for r in self.repair])
+
+    def to(self, device: torch.device | str) -> Evidence:
+        return Evidence(self.image.to(device), self.scales, [n.to(device) for n in self.noise],
+                        [r.to(device) for r in self.repair])
+
+
+def one_step_evidence(predict: LevelPredictor, images: Sequence[torch.Tensor], scales: Sequence[int],
+                      levels: Sequence[int], *, patch_size: int, stride: int, batch_size: int = 256,
+                      device: torch.device | str = "cpu") -> Evidence:
+    """:class:`Evidence` of same-size ``(C, H, W)`` images in [0, 1] at each
+    of ``scales``, whose class labels in the network are ``levels``.
+
+    A level smaller than a patch is mirrored up to the patch size
+    (:func:`~radar_ad.pyramid.pad_to`) and its maps cut back to the level's
+    size, so any image the finest level can tile has every level."""
+    first = images[0]
+    channels, height, width = (int(n) for n in first.shape[-3:])
+    noise, repair = [], []
+    for scale, level in zip(scales, levels):
+        rows, cols = level_size(height, width, scale)
+        pyramid_level = [pad_to(downsample(image, scale), patch_size) for image in images]
+
+        def predict_level(patches: torch.Tensor, index: torch.Tensor, level: int = level) -> torch.Tensor:
+            return predict(patches, index, torch.full_like(index, level))
+
+        maps = noise_map(predict_level, pyramid_level, patch_size=patch_size, stride=stride,
+                         batch_size=batch_size, device=device)[..., :rows, :cols]
+        noise.append(maps[:, :channels])
+        repair.append(maps[:, channels:])
+    image = torch.stack([torch.as_tensor(image) for image in images]).to(device)
+    return Evidence(image, tuple(scales), noise, repair)

@@ -1,7 +1,8 @@
 """Random patch sampling for training; tiling and stitching for inference.
 
 Training draws patches uniformly from the paper's stride-1 patch set without
-materialising it (a 255 px image alone has 51,984 of them). Inference tiles
+materialising it (a 255 px image alone has 51,984 of them), on every level
+of the image pyramid (:class:`PyramidSampler`). Inference tiles
 an image on a strided grid that always includes the last row and column of
 positions, so any image size is covered, and stitches by averaging overlaps.
 All of it is index arithmetic on tensors: no Python loop over patches.
@@ -10,6 +11,8 @@ All of it is index arithmetic on tensors: no Python loop over patches.
 from __future__ import annotations
 
 import torch
+
+from .pyramid import downsample, pad_to
 
 
 def grid_positions(length: int, patch: int, stride: int) -> torch.Tensor:
@@ -110,3 +113,39 @@ class PatchSampler:
         plane = (height * width)[:, None, None, None]
         index = base + channel * plane + rows * width[:, None, None, None] + cols  # (count, C, p, p)
         return self.buffer[index].float() / 255.0
+
+
+class PyramidSampler:
+    """Patches of every pyramid level of a list of images, with their level.
+
+    Level ``k`` holds each image downsampled by ``scales[k]``
+    (:func:`~radar_ad.pyramid.downsample`; mirrored up to the patch size
+    where smaller, as inference does); each draw picks the level uniformly,
+    then a patch uniformly from that level's stride-1 patch set
+    (:class:`PatchSampler`), so the coarse levels are seen as often as the
+    finest although they hold far fewer patches.
+    """
+
+    def __init__(self, images: list[torch.Tensor], patch: int, scales: tuple[int, ...]) -> None:
+        if not images:
+            raise ValueError("no images to sample patches from")
+        self.scales = tuple(scales)
+        self.levels = [PatchSampler([pad_to(downsample(image, scale), patch) for image in images], patch)
+                       for scale in self.scales]
+        self.channels = self.levels[0].channels
+        self.patch = patch
+
+    @property
+    def n_patches(self) -> int:
+        """Size of the stride-1 patch set of every level together."""
+        return sum(level.n_patches for level in self.levels)
+
+    def sample(self, count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(patches (count, C, p, p) float in [0, 1], levels (count,) int64)``."""
+        levels = torch.randint(len(self.levels), (count,), generator=generator)
+        patches = torch.empty(count, self.channels, self.patch, self.patch)
+        for k, sampler in enumerate(self.levels):
+            chosen = levels == k
+            if chosen.any():
+                patches[chosen] = sampler.sample(int(chosen.sum()), generator)
+        return patches, levels

@@ -8,7 +8,6 @@ This module moves bytes and checks formats; ``Radar.save`` and
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import re
@@ -29,9 +28,10 @@ from .errors import DataError, ModelError, first_line
 from .files import atomic_file, move_into_place, save_tensors, temporary_dir, unique_stem, usual_permissions
 
 FORMAT = "radar-ad"
-FORMAT_VERSION = 3
-# version 2 (radar-ad 0.2, 0.3): no conformal split; read with the contamination rule
-READABLE_VERSIONS = (2, 3)
+FORMAT_VERSION = 4
+# version 4 (radar-ad 0.8): a network of every pyramid level with a repair output, the
+# self-validation's record; versions 2 and 3 hold a one-level network and are trained again
+READABLE_VERSIONS = (4,)
 CONFIG_FILE = "radar.json"
 WEIGHTS_FILE = "unet.safetensors"
 CALIBRATION_FILE = "calibration.safetensors"
@@ -63,13 +63,6 @@ def check_metadata(meta: Any, where: str) -> dict[str, Any]:
         raise ModelError(f"{where} has model format version {version!r}; "
                          f"this radar-ad ({__version__}) reads versions "
                          f"{', '.join(map(str, READABLE_VERSIONS))}; train the model again with it")
-    if version == 2 and isinstance(meta.get("config"), dict):
-        meta = copy.deepcopy(meta)
-        config = meta["config"]
-        if isinstance(config.get("decision"), dict):
-            config["decision"].setdefault("false_alarm_rate", None)
-        if isinstance(config.get("train"), dict):
-            config["train"].setdefault("conformal_fraction", 0.0)
     return meta
 
 
@@ -162,7 +155,7 @@ def replace_conformal(model_dir: Path, conformal: Conformal) -> Path | None:
     """Replace a model directory's conformal features, and nothing else,
     atomically; the previous file stays beside it as
     ``conformal.<UTC time>.safetensors``, whose path is returned (``None``
-    when there was none: a model of format 2)."""
+    when there was none)."""
     read_model_dir(model_dir)  # a whole, readable model, or a ModelError
     final = model_dir / CONFORMAL_FILE
     with atomic_file(final) as tmp:
@@ -181,7 +174,7 @@ def replace_conformal(model_dir: Path, conformal: Conformal) -> Path | None:
 
 
 def read_conformal(path: Path) -> Conformal | None:
-    """A model directory's conformal features, or ``None`` (format 2)."""
+    """A model directory's conformal features, or ``None`` when its conformal file is missing."""
     file = path / CONFORMAL_FILE
     if not file.is_file():
         return None

@@ -1,11 +1,14 @@
 """``Radar``: the method's orchestration, built from parts a reader can name.
 
 Fitting reads like the method: load normal images -> hold out calibration
-and conformal images -> train the patch diffusion network -> one-step noise
-maps of the held-out images (the backend) -> the response fitted on the
-calibration maps -> image features -> one-class decision and pixel threshold
-fitted on the calibration images, scored on the conformal ones for p-values.
-Prediction runs the same stages on a new image.
+and conformal images -> train the patch diffusion network on every pyramid
+level -> whatever the config leaves open (response, levels, image score)
+chosen by self-validation on synthetic defects in the calibration images
+(:mod:`radar_ad.selection`) -> the one-step evidence of the held-out images
+(the backend, every level) -> the response learned and fitted on the
+calibration evidence -> image features -> one-class decision and pixel
+threshold fitted on the calibration images, scored on the conformal ones for
+p-values. Prediction runs the same stages on a new image.
 
 A fitted ``Radar`` is made of:
 
@@ -15,8 +18,8 @@ A fitted ``Radar`` is made of:
   ONNX Runtime, OpenVINO ... built from it; :mod:`radar_ad.backend`);
 - ``calibration_``: what was learned from normal held-out images
   (:class:`Calibration`: the fitted response, the one-class decision with
-  its conformal scores, and the pixel threshold), or ``None`` after a
-  settings change that needs a new one.
+  its conformal scores, the pixel threshold and the self-validation's
+  record), or ``None`` after a settings change that needs a new one.
 
 Settings are immutable: :meth:`Radar.with_settings` returns a new model;
 when the change affects the maps, that model asks for :meth:`Radar.calibrate`
@@ -53,8 +56,8 @@ from .errors import (
     first_line,
 )
 from .network import build_scheduler, build_unet, pick_device
-from .noise_map import noise_map
-from .patches import PatchSampler
+from .noise_map import Evidence, one_step_evidence
+from .patches import PyramidSampler
 from .persistence import (
     FORMAT,
     FORMAT_VERSION,
@@ -68,8 +71,9 @@ from .persistence import (
     write_model_dir,
 )
 from .progress import progress_bar
-from .registry import BACKENDS, RESPONSES
-from .response import Response, respond
+from .registry import BACKENDS
+from .response import EvidenceResponse, build_response, restore_response
+from .selection import choose
 from .training import DeviceStrategy, check_checkpoint_dir, images_digest, is_checkpoint_dir, train_unet
 
 ImageLike = Any  # a path, a PIL image or a numpy array
@@ -89,14 +93,15 @@ TRAINED_SETTINGS = ("network.", "train.", "patch_size", "data.grayscale")
 class Prediction:
     """The result for one image.
 
-    ``noise_map``: ``(C, H, W)`` predicted noise; ``anomaly_map``: ``(H, W)``
+    ``noise_map``: ``(C, H, W)`` predicted noise of the finest pyramid
+    level the model reads; ``anomaly_map``: ``(H, W)``
     the response map (the pixel-level score); ``mask``: ``(H, W)`` bool,
     ``anomaly_map > pixel_threshold``; ``features``: the image features;
     ``image``: ``(C, H, W)`` in [0, 1], the input as the model saw it (after
     any resize), so maps and image line up pixel for pixel. ``p_value``: the
     conformal p-value of ``score`` (small = unlike the normal images; with
     ``decision.false_alarm_rate`` alpha the verdict is ``p_value <= alpha``),
-    ``None`` for a model without conformal images (format 2).
+    ``None`` for a model without conformal images.
     """
 
     score: float
@@ -119,12 +124,15 @@ class Prediction:
 @dataclass(frozen=True)
 class Calibration:
     """What a model learned from normal held-out images; ``conformal_info``
-    says where its conformal images came from."""
+    says where its conformal images came from, ``selection`` how the
+    self-validation chose the response, levels and image score (``None``
+    when the config named them all)."""
 
-    response: Response
+    response: EvidenceResponse
     decision: ImageDecision
     pixel_threshold: float
     conformal_info: dict[str, str] = field(default_factory=dict)
+    selection: dict[str, Any] | None = None
 
 
 @dataclass
@@ -216,7 +224,7 @@ class Radar:
         return self.network_.unet
 
     @property
-    def response_(self) -> Response:
+    def response_(self) -> EvidenceResponse:
         self.check_fitted()
         return self.calibration_.response  # type: ignore[union-attr]
 
@@ -247,6 +255,12 @@ class Radar:
         """Learn from normal images: a folder, an MVTec category (its
         ``train/good``), or a sequence of images. Returns ``self``.
 
+        Settings the config leaves to calibration (``inference.response``
+        ``"auto"``, ``inference.scales`` null, ``inference.image_score``
+        ``"auto"``) are chosen by self-validation (:mod:`radar_ad.selection`):
+        afterwards ``config`` names what was chosen, and
+        :meth:`selection` says how.
+
         ``strategy`` runs the training loop elsewhere than on this model's
         device (e.g. data-parallel over several processes); see
         :class:`~radar_ad.training.DeviceStrategy`. Only its main process
@@ -261,7 +275,8 @@ class Radar:
             torch.manual_seed(config.seed)
             unet = build_unet(config.network, channels, config.patch_size)
         scheduler = build_scheduler(config.network)
-        sampler = PatchSampler([torch.from_numpy(images[i]) for i in split.train], config.patch_size)
+        sampler = PyramidSampler([torch.from_numpy(images[i]) for i in split.train], config.patch_size,
+                                 config.network.scales)
         result = train_unet(unet, scheduler, sampler, config, strategy or device,
                             checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None,
                             resume=resume, progress=progress, images=images_digest(images))
@@ -295,7 +310,8 @@ class Radar:
         changed a setting that shapes the maps, or when the line's normal look
         drifts. The conformal images are ``conformal`` when given, else a
         seeded ``train.conformal_fraction`` share of ``images`` that the rest
-        is fitted without. Returns ``self``."""
+        is fitted without. Settings left to calibration are chosen again
+        (:meth:`fit`). Returns ``self``."""
         self.check_fitted(calibrated=False)
         arrays = [as_image_array(im, self.config.data, self.config.patch_size) for im in images]
         if conformal is None:
@@ -323,7 +339,7 @@ class Radar:
         if not arrays:
             raise DataError("no normal images to calibrate the false-alarm rate on")
         features = self._features(calibration.response, arrays, progress, "scoring normal images")
-        decision = ImageDecision(self.config.decision, self.config.seed).fit(
+        decision = ImageDecision(self.config.decision, self.config.seed, calibration.decision.model).fit(
             calibration.decision.calibration_features_, features)
         self.calibration_ = replace(calibration, decision=decision, conformal_info=self._stamp(source))
         self.warn_false_alarms()
@@ -340,23 +356,31 @@ class Radar:
         if line:
             warnings.warn(line, stacklevel=3)
 
-    def _features(self, response: Response, arrays: list[np.ndarray], progress: bool, desc: str) -> np.ndarray:
-        features = [feats for groups in self._noise_maps(arrays, progress, desc)
+    def _features(self, response: EvidenceResponse, arrays: list[np.ndarray], progress: bool,
+                  desc: str) -> np.ndarray:
+        features = [feats for groups in self._evidence_chunks(arrays, response.scales, progress, desc)
                     for _, _, feats in self._respond_in_order(response, groups)]
         return np.stack(features) if features else np.zeros((0, len(response.feature_names)))
 
     def _calibrate(self, arrays: list[np.ndarray], conformal: list[np.ndarray], progress: bool,
                    info: dict[str, str]) -> Calibration:
+        learned: EvidenceResponse | None = None
+        record: dict[str, Any] | None = None
+        if not self.config.inference.resolved:
+            selection = choose(self.config, arrays, self._evidence_many, self._evidence_of, progress)
+            self.config = self.config.updated(selection.chosen.settings())
+            learned, record = selection.response, selection.record()
         config = self.config
-        response: Response = RESPONSES.get(config.inference.response)(config)
-        if response.learns_from_images:
-            response.learn(arrays, self._noise_of, progress)
-        chunks: Iterable[list[tuple[list[int], torch.Tensor]]] = self._noise_maps(arrays, progress, "calibrating")
+        response = learned or build_response(config)
+        if response.learns_from_images and learned is None:
+            response.learn(arrays, self._evidence_of, progress)
+        chunks: Iterable[list[tuple[list[int], Evidence]]] = self._evidence_chunks(arrays, response.scales, progress,
+                                                                                   "calibrating")
         if response.needs_fit:
             # the response is measured against statistics of these very maps,
             # so they are all computed (and held, float32) first
-            chunks = [[(indices, noise.cpu()) for indices, noise in groups] for groups in chunks]
-            response.fit([noise for groups in chunks for _, noise in groups])
+            chunks = [[(indices, evidence.to("cpu")) for indices, evidence in groups] for groups in chunks]
+            response.fit([evidence for groups in chunks for _, evidence in groups])
         maps, features = [], []
         for groups in chunks:
             for _, anomaly, feats in self._respond_in_order(response, groups):
@@ -364,9 +388,24 @@ class Radar:
                 features.append(feats)
         # the conformal images only get scored: nothing above saw them
         conformal_features = self._features(response, conformal, progress, "scoring conformal images")
-        decision = ImageDecision(config.decision, config.seed).fit(np.stack(features), conformal_features)
+        decision = ImageDecision(config.decision, config.seed, response.one_class_model).fit(
+            np.stack(features), conformal_features)
         return Calibration(response, decision, pixel_threshold(maps, config.decision.pixel_quantile),
-                           {**self._stamp(info["source"]), **info})
+                           {**self._stamp(info["source"]), **info}, record)
+
+    def selection(self) -> dict[str, Any] | None:
+        """How calibration chose the settings the config left open: what was
+        asked, every candidate's image and pixel AUROC on synthetic defects
+        in held-out calibration images, the choice (``None`` when the config
+        named them all)."""
+        self.check_fitted()
+        return self.calibration_.selection  # type: ignore[union-attr]
+
+    def requested_config(self) -> RadarConfig:
+        """The config as it was given, before calibration chose what it left
+        open (``config`` itself when it named everything)."""
+        record = self.selection()
+        return self.config if record is None else self.config.updated(record["requested"])
 
     def _load_training_images(self, source: Any, progress: bool) -> list[np.ndarray]:
         items = training_images(source) if isinstance(source, (str, Path)) else list(source)
@@ -411,7 +450,8 @@ class Radar:
         needs = [key for key in changed if key not in FREE_SETTINGS]
         if needs and calibration is not None and all(key in DECISION_SETTINGS for key in needs):
             decision = calibration.decision
-            calibration = replace(calibration, decision=ImageDecision(config.decision, config.seed).fit(
+            model = None if calibration.response.image_score == "features" else calibration.decision.model
+            calibration = replace(calibration, decision=ImageDecision(config.decision, config.seed, model).fit(
                 decision.calibration_features_, decision.conformal_features_))
         elif needs:
             calibration, stale = None, needs[0]
@@ -434,10 +474,15 @@ class Radar:
                              self.channels_, self.training_, self.calibration_, self.stale_setting_)
 
     # ------------------------------------------------------------- predict
-    def _noise_maps(self, images: list[np.ndarray], progress: bool = False, desc: str = "analysing",
-                    ) -> Iterator[list[tuple[list[int], torch.Tensor]]]:
-        """Per chunk of images: (indices into ``images``, ``(b, C, H, W)``
-        noise maps) for each group of equal-size images, which share batches."""
+    def _levels(self, scales: Sequence[int]) -> list[int]:
+        """The network's class labels of pyramid ``scales``."""
+        return [self.config.network.scales.index(scale) for scale in scales]
+
+    def _evidence_chunks(self, images: list[np.ndarray], scales: Sequence[int], progress: bool = False,
+                         desc: str = "analysing") -> Iterator[list[tuple[list[int], Evidence]]]:
+        """Per chunk of images: (indices into ``images``, their
+        :class:`~radar_ad.noise_map.Evidence` at ``scales``) for each group
+        of equal-size images, which share batches."""
         config = self.config
         device = self.backend_.device
         with progress_bar(total=len(images), enabled=progress, desc=desc, unit="img") as bar:
@@ -448,30 +493,41 @@ class Radar:
                 groups = []
                 for indices in by_shape.values():
                     batch = [torch.from_numpy(images[i]) for i in indices]  # no stacked copy
-                    groups.append((indices, noise_map(self.backend_, batch, patch_size=config.patch_size,
-                                                      stride=config.stride,
-                                                      batch_size=config.inference.batch_size,
-                                                      device=device)))
+                    groups.append((indices, one_step_evidence(
+                        self.backend_, batch, scales, self._levels(scales), patch_size=config.patch_size,
+                        stride=config.stride, batch_size=config.inference.batch_size, device=device)))
                 bar.update(sum(len(indices) for indices, _ in groups))
                 yield groups
 
-    def _noise_of(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
-        """``(B, C, H, W)`` noise maps of same-size ``(C, H, W)`` images (for
-        a response that learns from images it makes; :meth:`Response.learn`)."""
+    def _evidence_of(self, images: Sequence[torch.Tensor]) -> Evidence:
+        """The evidence of same-size ``(C, H, W)`` images at every level of
+        the network, on the CPU (for a response that learns from images it
+        makes; :meth:`EvidenceResponse.learn`)."""
         config = self.config
-        return noise_map(self.backend_, images, patch_size=config.patch_size, stride=config.stride,
-                         batch_size=config.inference.batch_size, device=self.backend_.device).cpu()
+        scales = config.network.scales
+        return one_step_evidence(self.backend_, images, scales, self._levels(scales), patch_size=config.patch_size,
+                                 stride=config.stride, batch_size=config.inference.batch_size,
+                                 device=self.backend_.device).to("cpu")
+
+    def _evidence_many(self, images: Sequence[np.ndarray], desc: str) -> list[Evidence]:
+        """One :class:`Evidence` per image (every level of the network, on the CPU), in order."""
+        found: dict[int, Evidence] = {}
+        for groups in self._evidence_chunks(list(images), self.config.network.scales, False, desc):
+            for indices, evidence in groups:
+                for j, i in enumerate(indices):
+                    found[i] = evidence.items([j]).to("cpu")
+        return [found[i] for i in range(len(images))]
 
     @staticmethod
-    def _respond_in_order(response: Response, groups: list[tuple[list[int], torch.Tensor]],
+    def _respond_in_order(response: EvidenceResponse, groups: list[tuple[list[int], Evidence]],
                           ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """(noise map, anomaly map, features) per image of a chunk, in input
-        order. A large image's response is computed in tiles (:func:`respond`)."""
+        """(noise map of the finest level read, anomaly map, features) per
+        image of a chunk, in input order."""
         results: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        for indices, noise in groups:
-            output = respond(response, noise)
+        for indices, evidence in groups:
+            output = response(evidence)
             for j, i in enumerate(indices):
-                results[i] = (noise[j].cpu().numpy(), output.anomaly_map[j].cpu().numpy(),
+                results[i] = (evidence.noise[0][j].cpu().numpy(), output.anomaly_map[j].cpu().numpy(),
                               output.features[j].cpu().numpy())
         return [results[i] for i in sorted(results)]
 
@@ -485,7 +541,8 @@ class Radar:
         self.check_fitted()
         calibration: Calibration = self.calibration_  # type: ignore[assignment]
         arrays = [as_image_array(im, self.config.data, self.config.patch_size) for im in images]
-        analysed = [result for groups in self._noise_maps(arrays, progress, "detecting")
+        analysed = [result for groups in self._evidence_chunks(arrays, calibration.response.scales, progress,
+                                                               "detecting")
                     for result in self._respond_in_order(calibration.response, groups)]
         if not analysed:
             return []
@@ -538,6 +595,7 @@ class Radar:
             "pixel_threshold": calibration.pixel_threshold,
             "feature_names": list(calibration.response.feature_names),
             "response_statistics": calibration.response.state(),
+            "selection": calibration.selection,
             "training": self.training_,
         }
 
@@ -653,15 +711,20 @@ class Radar:
                              where)
         try:
             config = RadarConfig.from_dict(meta["config"])
-            response = RESPONSES.get(config.inference.response).from_state(config, meta.get("response_statistics"))
+            if not config.inference.resolved:
+                raise ValueError("its inference.response, scales and image_score must be chosen (not auto)")
+            response = restore_response(config, meta.get("response_statistics"))
             width = len(response.feature_names)
             if np.ndim(calibration_features) != 2 or np.shape(calibration_features)[1] != width:
                 raise ValueError(f"the calibration features have shape {np.shape(calibration_features)}; the "
                                  f"{config.inference.response} response makes {width} per image")
-            decision = ImageDecision(config.decision, config.seed).fit(
+            decision = ImageDecision(config.decision, config.seed, response.one_class_model).fit(
                 np.asarray(calibration_features, dtype=np.float64), None if conformal is None else conformal.features)
+            selection = meta.get("selection")
+            if selection is not None and not isinstance(selection, dict):
+                raise ValueError("selection must be an object or null")
             calibration = Calibration(response, decision, float(meta["pixel_threshold"]),
-                                      {} if conformal is None else dict(conformal.info))
+                                      {} if conformal is None else dict(conformal.info), selection)
             channels = int(meta["channels"])
         except (ConfigError, DataError, KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"cannot load model from {where}: {first_line(exc)}") from None
@@ -678,8 +741,11 @@ def _check_graph(radar: Radar, path: Path) -> None:
     together from two models) is refused on loading, not on the first image."""
     patch, channels = radar.config.patch_size, radar.channels_
     try:
-        output = radar.backend_.predict(torch.zeros(1, channels, patch, patch), torch.zeros(1, dtype=torch.int64))
-        ok = tuple(output.noise.shape) == (1, channels, patch, patch) and bool(torch.isfinite(output.noise).all())
+        levels = torch.arange(len(radar.config.network.scales))
+        output = radar.backend_.predict(torch.zeros(len(levels), channels, patch, patch),
+                                        torch.zeros(len(levels), dtype=torch.int64), levels)
+        ok = all(tuple(part.shape) == (len(levels), channels, patch, patch) and bool(torch.isfinite(part).all())
+                 for part in (output.noise, output.repair))
     except Exception:  # the runtimes raise their own unexported types
         ok = False
     if not ok:
@@ -717,8 +783,8 @@ def calibrate_false_alarms(model_dir: str | Path, normal: str | Path, *, device:
     the normal images in ``normal`` (a folder, or an MVTec category's
     ``train/good``), keeping the network, the response, the one-class model
     and the pixel threshold. The previous conformal file stays beside the new
-    one as a backup, whose path is returned (``None`` for a format 2 model,
-    which had none). Returns the recalibrated model too."""
+    one as a backup, whose path is returned (``None`` for a model that had
+    none). Returns the recalibrated model too."""
     model_dir = Path(model_dir)
     if model_dir.is_file():
         raise ModelError(f"{model_dir} is an exported file; calibrate the model directory it was "

@@ -1,11 +1,25 @@
-"""From the predicted-noise map to the pixel anomaly map: the response stage.
+"""From the one-step evidence to the pixel anomaly map: the response stage.
 
-A response turns ``(B, C, H, W)`` predicted-noise maps into ``(B, H, W)``
-pixel anomaly maps and ``(B, F)`` image features, after learning what it needs
-from the noise maps of normal calibration images. Responses are plug-ins
+A response turns the one-step evidence of a batch of images
+(:class:`~radar_ad.noise_map.Evidence`: the image and, per pyramid level,
+the predicted noise and the repair) into ``(B, H, W)`` pixel anomaly maps
+at the finest level and ``(B, F)`` image features, after learning what it
+needs from normal calibration images. Responses are plug-ins
 (:data:`~radar_ad.registry.RESPONSES`; one module each in
-``radar_ad/responses/``) built on :class:`Response` and on the filters here:
-the paper's blur + Sobel, local noise energy, Gaussian smoothing.
+``radar_ad/responses/``) of two kinds:
+
+- a :class:`Response` reads one noise map (the paper's kind: blur + Sobel,
+  local noise energy ...); :class:`LevelFusion` runs one per pyramid level,
+  each with its own normal statistics, upsamples their maps to the finest
+  level and keeps the largest, and passes every level's features on;
+- an :class:`EvidenceResponse` reads the whole evidence at once (a head
+  that sees the image and every level).
+
+Either way :class:`EvidenceResponse` is what the pipeline holds, and it
+reads the image score as ``inference.image_score`` says (the response's own
+features for the one-class model, or a statistic of the anomaly map,
+:func:`~radar_ad.features.map_scores`). :func:`build_response` builds it
+from the config.
 
 A torch implementation (separable convolutions, OpenCV's default
 BORDER_REFLECT_101 border) rather than a call into OpenCV, so the same code
@@ -24,8 +38,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import RadarConfig
-from .features import SquareSums, square_sums
+from .config import AUTO, RadarConfig
+from .features import SquareSums, map_score_name, map_scores, square_sums
+from .noise_map import Evidence
+from .pyramid import upsample
+from .registry import RESPONSES
 
 # OpenCV's fixed kernels for ksize <= 7 with sigma <= 0 (getGaussianKernel).
 _SMALL_GAUSSIANS = {
@@ -145,9 +162,10 @@ class ResponseOutput:
 
 S = TypeVar("S", bound="Statistics")
 
-NoiseOf = Callable[[Sequence[torch.Tensor]], torch.Tensor]
-"""The model's one-step noise map of same-size ``(C, H, W)`` images in [0, 1]
--> ``(B, C, H, W)``: what :meth:`Response.learn` may run on images it makes."""
+EvidenceOf = Callable[[Sequence[torch.Tensor]], Evidence]
+"""The model's one-step :class:`~radar_ad.noise_map.Evidence` of same-size
+``(C, H, W)`` images in [0, 1] (on the CPU): what
+:meth:`EvidenceResponse.learn` may run on images it makes."""
 
 
 class Statistics:
@@ -167,7 +185,8 @@ class Statistics:
 
 
 class Response:
-    """Base of every registered response.
+    """Base of a response that reads one noise map (run on each pyramid
+    level by :class:`LevelFusion`).
 
     ``__init__`` stores the settings; :meth:`fit` learns from normal
     calibration noise maps and returns ``self``; ``__call__`` maps noise maps
@@ -175,12 +194,13 @@ class Response:
     their dataclass in ``statistics_class`` and sets ``statistics_`` in
     :meth:`fit`; they round-trip through :meth:`state` and :meth:`from_state`
     (JSON numbers, stored in the model file as ``response_statistics``).
+    ``candidate``: the ``"auto"`` response considers it.
     """
 
     name: ClassVar[str] = ""
     feature_names: ClassVar[tuple[str, ...]] = ()
     statistics_class: ClassVar[type[Statistics] | None] = None
-    learns_from_images: ClassVar[bool] = False
+    candidate: ClassVar[bool] = False
     statistics_: Any
 
     def __init__(self, config: RadarConfig) -> None:
@@ -191,13 +211,6 @@ class Response:
     def needs_fit(self) -> bool:
         """Whether :meth:`fit` must see the calibration noise maps first."""
         return self.statistics_class is not None
-
-    def learn(self, images: Sequence[np.ndarray], noise_of: NoiseOf, progress: bool = False) -> Response:
-        """Before :meth:`fit`, for a response with ``learns_from_images``:
-        learn from the normal calibration images themselves (``(C, H, W)``
-        arrays in [0, 1]) and the noise maps ``noise_of`` gives of images it
-        makes from them (synthetic defects, say). Others learn nothing here."""
-        return self
 
     def fit(self, noise_maps: Sequence[torch.Tensor]) -> Response:
         """Learn normal levels from ``(b, C, H, W)`` noise maps of normal images."""
@@ -253,9 +266,197 @@ class Response:
             raise ValueError(f"the {cls.name} response stores no statistics, got {state!r}")
         return response
 
-    def describe(self) -> str:
+    @classmethod
+    def describe(cls) -> str:
         """How the map is computed, for an exported model's metadata."""
-        return (self.__doc__ or self.name).strip().split("\n\n")[0]
+        return (cls.__doc__ or cls.name).strip().split("\n\n")[0]
+
+
+class EvidenceResponse:
+    """What the pipeline holds: one-step evidence -> anomaly maps and image
+    features, with the image score ``image_score`` says.
+
+    ``__init__`` stores the settings (the pyramid ``scales`` it reads and the
+    ``image_score`` rule; by default the config's, which must then be
+    resolved); :meth:`learn` (for a response that ``learns_from_images``)
+    and :meth:`fit` learn from normal calibration images; ``__call__`` gives
+    the anomaly map and the image features (:attr:`feature_names`). A
+    subclass implements :meth:`respond` (the map and its own features), and
+    the state methods when it learns anything. ``all_levels``: it reads every
+    level of the network at once. ``candidate``: ``"auto"`` considers it.
+    """
+
+    name: ClassVar[str] = ""
+    response_feature_names: ClassVar[tuple[str, ...]] = ()
+    learns_from_images: ClassVar[bool] = False
+    all_levels: ClassVar[bool] = True
+    candidate: ClassVar[bool] = False
+
+    def __init__(self, config: RadarConfig, scales: Sequence[int] | None = None,
+                 image_score: str | None = None) -> None:
+        inference = config.inference
+        self.config = config
+        self.inference = inference
+        self.pixel_quantile = config.decision.pixel_quantile
+        chosen = scales if scales is not None else (config.network.scales if self.all_levels
+                                                     else inference.scales or config.network.scales)
+        self.scales = tuple(chosen)
+        self.image_score = image_score or inference.image_score
+        if self.image_score == AUTO:
+            raise ValueError("image_score is 'auto': the selection resolves it before a response is built")
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """The image features ``__call__`` gives: the response's own, or the
+        one map statistic of ``image_score``."""
+        if self.image_score == "features":
+            return self.level_feature_names()
+        return (map_score_name(self.image_score, self.inference.score_window),)
+
+    def level_feature_names(self) -> tuple[str, ...]:
+        """The names of :meth:`respond`'s features."""
+        return self.response_feature_names
+
+    @property
+    def one_class_model(self) -> str:
+        """The one-class model of the image decision: the configured one on
+        the response's features; ``"score"`` (the statistic is the score)
+        for a map statistic."""
+        return self.config.decision.one_class_model if self.image_score == "features" else "score"
+
+    @property
+    def needs_fit(self) -> bool:
+        """Whether :meth:`fit` must see the calibration evidence first."""
+        return False
+
+    def learn(self, images: Sequence[np.ndarray], evidence_of: EvidenceOf,
+              progress: bool = False) -> EvidenceResponse:
+        """Before :meth:`fit`, for a response with ``learns_from_images``:
+        learn from the normal calibration images themselves (``(C, H, W)``
+        arrays in [0, 1]) and the evidence ``evidence_of`` gives of images it
+        makes from them (synthetic defects, say). Others learn nothing here."""
+        return self
+
+    def fit(self, evidence: Sequence[Evidence]) -> EvidenceResponse:
+        """Learn normal levels from the evidence of normal images."""
+        return self
+
+    def without(self, kinds: Sequence[str]) -> EvidenceResponse:
+        """This response as it would be had it never learned from synthetic
+        defects of ``kinds`` (:data:`radar_ad.defects.KINDS`): itself, for a
+        response that learns nothing from them."""
+        return self
+
+    def respond(self, evidence: Evidence) -> ResponseOutput:
+        """The anomaly maps and the response's own features (:meth:`level_feature_names`)."""
+        raise NotImplementedError
+
+    def __call__(self, evidence: Evidence) -> ResponseOutput:
+        output = self.respond(evidence)
+        if self.image_score == "features":
+            return output
+        return ResponseOutput(output.anomaly_map, map_scores(output.anomaly_map, self.image_score,
+                                                             self.inference.score_window))
+
+    def state(self) -> dict[str, Any] | None:
+        """What :meth:`learn` and :meth:`fit` learned, as JSON (None: nothing)."""
+        return None
+
+    @classmethod
+    def from_state(cls, config: RadarConfig, state: Any) -> EvidenceResponse:
+        """A fitted response from :meth:`state`'s output; ``ValueError`` for anything else."""
+        if state is not None:
+            raise ValueError(f"the {cls.name} response stores no statistics, got {state!r}")
+        return cls(config)
+
+    @classmethod
+    def describe(cls) -> str:
+        """How the map is computed, for an exported model's metadata."""
+        return (cls.__doc__ or cls.name).strip().split("\n\n")[0]
+
+
+class LevelFusion(EvidenceResponse):
+    """A :class:`Response` computed on each level's noise map with its own
+    normal statistics; the anomaly map is the largest of the levels' maps
+    (each upsampled to the finest level); the features are every level's,
+    named ``name@scale`` beyond the first level."""
+
+    all_levels = False
+
+    def __init__(self, config: RadarConfig, scales: Sequence[int] | None = None, image_score: str | None = None,
+                 response: type[Response] | None = None) -> None:
+        super().__init__(config, scales, image_score)
+        self.response = response or RESPONSES.get(config.inference.response)
+        self.levels_ = [self.response(config) for _ in self.scales]
+
+    def level_feature_names(self) -> tuple[str, ...]:
+        return tuple(name if scale == 1 else f"{name}@{scale}" for scale in self.scales
+                     for name in self.response.feature_names)
+
+    @property
+    def needs_fit(self) -> bool:
+        return self.response.statistics_class is not None
+
+    def fit(self, evidence: Sequence[Evidence]) -> LevelFusion:
+        for level, response in zip(self.scales, self.levels_):
+            response.fit([item.noise[item.level(level)] for item in evidence])
+        return self
+
+    def respond_levels(self, evidence: Evidence) -> list[ResponseOutput]:
+        """Each level's output, its anomaly map at the level's resolution."""
+        return [respond(response, evidence.noise[evidence.level(level)])
+                for level, response in zip(self.scales, self.levels_)]
+
+    @staticmethod
+    def fuse(outputs: Sequence[ResponseOutput], size: tuple[int, int]) -> ResponseOutput:
+        """One output from the levels': the largest upsampled map, every level's features."""
+        anomaly: torch.Tensor | None = None
+        for output in outputs:
+            level_map = upsample(output.anomaly_map[:, None], size)[:, 0]
+            anomaly = level_map if anomaly is None else torch.maximum(anomaly, level_map)
+        assert anomaly is not None
+        return ResponseOutput(anomaly, torch.cat([output.features for output in outputs], 1))
+
+    def respond(self, evidence: Evidence) -> ResponseOutput:
+        return self.fuse(self.respond_levels(evidence), evidence.size)
+
+    def state(self) -> dict[str, Any] | None:
+        if self.response.statistics_class is None:
+            return None
+        return {"levels": {str(level): response.state() for level, response in zip(self.scales, self.levels_)}}
+
+    @classmethod
+    def restore(cls, config: RadarConfig, response: type[Response], state: Any) -> LevelFusion:
+        """A fitted fusion of ``response`` from :meth:`state`'s output."""
+        fusion = cls(config, response=response)
+        if response.statistics_class is None:
+            if state is not None:
+                raise ValueError(f"the {response.name} response stores no statistics, got {state!r}")
+            return fusion
+        levels = state.get("levels") if isinstance(state, dict) else None
+        if not isinstance(levels, dict) or set(levels) != {str(level) for level in fusion.scales}:
+            raise ValueError(f"response_statistics must be an object with levels {list(fusion.scales)}")
+        fusion.levels_ = [response.from_state(config, levels[str(level)]) for level in fusion.scales]
+        return fusion
+
+
+def build_response(config: RadarConfig, name: str | None = None, scales: Sequence[int] | None = None,
+                   image_score: str | None = None) -> EvidenceResponse:
+    """The pipeline's response for ``config`` (or the named response,
+    scales and image score): a registered :class:`EvidenceResponse`, or a
+    :class:`LevelFusion` of a registered :class:`Response`."""
+    entry = RESPONSES.get(name or config.inference.response)
+    if isinstance(entry, type) and issubclass(entry, Response):
+        return LevelFusion(config, scales, image_score, response=entry)
+    return entry(config, scales, image_score)
+
+
+def restore_response(config: RadarConfig, state: Any) -> EvidenceResponse:
+    """The fitted response of a model file, from its config and ``response_statistics``."""
+    entry = RESPONSES.get(config.inference.response)
+    if isinstance(entry, type) and issubclass(entry, Response):
+        return LevelFusion.restore(config, entry, state)
+    return entry.from_state(config, state)
 
 
 class RunningMoments:

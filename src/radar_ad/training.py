@@ -1,10 +1,15 @@
 """Training the patch diffusion network, in three parts:
 
 - the loss step (:func:`diffusion_loss`): the standard DDPM epsilon
-  objective, noising with the diffusers scheduler's ``add_noise``;
-- the loop (:func:`train_unet`): patch and timestep draws, AdamW with
-  warm-up + cosine learning rate, optional EMA, progress, checkpoints and
-  resume;
+  objective, noising with the diffusers scheduler's ``add_noise``, for
+  patches of every pyramid level (the level is the network's class label);
+  with a repair output, plus the repair of patches that carry a synthetic
+  defect (:func:`with_synthetic_defects`): defect-aware training, so that
+  the one-step evaluation of a defect points back to the normal patch
+  instead of being whatever an unseen input happens to give;
+- the loop (:func:`train_unet`): patch, level, defect and timestep draws,
+  AdamW with warm-up + cosine learning rate, optional EMA, progress,
+  checkpoints and resume;
 - the device strategy (:class:`DeviceStrategy`): where tensors live, how the
   backward pass runs and which process writes checkpoints. The default runs
   on one device; a distributed launcher plugs in its own without touching
@@ -24,15 +29,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 from safetensors import SafetensorError, safe_open
 
 from .config import RadarConfig
+from .defects import VISIBLE, paste_into
 from .errors import ConfigError, DataError, ModelError, NonFiniteError
 from .files import atomic_file, save_tensors
-from .patches import PatchSampler
+from .patches import PyramidSampler
 from .progress import progress_bar
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -125,12 +132,47 @@ def fingerprint_changes(saved: dict, current: dict, prefix: str = "") -> list[st
     return changes
 
 
-def diffusion_loss(unet: UNet2DModel, scheduler: DDPMScheduler, clean: torch.Tensor, timesteps: torch.Tensor,
-                   noise: torch.Tensor) -> torch.Tensor:
-    """The DDPM loss step: ``|| noise - eps_theta(add_noise(clean, noise, t), t) ||^2``
-    for clean patches ``(N, C, p, p)`` in [-1, 1]."""
-    noisy = scheduler.add_noise(clean, noise, timesteps)
-    return F.mse_loss(unet(noisy, timesteps).sample, noise)
+def diffusion_loss(unet: UNet2DModel, scheduler: DDPMScheduler, patches: torch.Tensor, timesteps: torch.Tensor,
+                   noise: torch.Tensor, levels: torch.Tensor, repair: torch.Tensor | None = None) -> torch.Tensor:
+    """The DDPM loss step: ``|| noise - eps_theta(add_noise(x, noise, t), t, level) ||^2``
+    for patches x ``(N, C, p, p)`` in [-1, 1] of pyramid ``levels`` ``(N,)``.
+
+    ``repair`` ``(N, C, p, p)``: the repair target of a network with a
+    repair output (the defect-free patch less the input; 0 where the patch
+    is normal), added as a squared error weighted by abar_t, so it counts
+    where the patch is still visible under the noise. The noise term then
+    counts the normal patches only: the noise prediction never learns a
+    defect as normal, so on one it stays "whatever an unseen input gives",
+    the paper's signal, while the repair learns the way back."""
+    noisy = scheduler.add_noise(patches, noise, timesteps)
+    output = unet(noisy, timesteps, class_labels=levels).sample
+    channels = patches.shape[1]
+    if repair is None:
+        return F.mse_loss(output[:, :channels], noise)
+    normal = (repair == 0).flatten(1).all(1).to(output.dtype)  # (N,): patches without a synthetic defect
+    per_patch = (output[:, :channels] - noise).pow(2).flatten(1).mean(1)
+    loss = (per_patch * normal).sum() / normal.sum().clamp_min(1)
+    weight = scheduler.alphas_cumprod.to(output)[timesteps].view(-1, 1, 1, 1)
+    return loss + ((output[:, channels:] - repair) ** 2 * weight).mean()
+
+
+def with_synthetic_defects(patches: torch.Tensor, share: float,
+                           generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(inputs, repair)`` for clean patches ``(N, C, p, p)`` in [0, 1]: a
+    ``share`` of them (drawn from ``generator``) carry a synthetic defect
+    (:func:`~radar_ad.defects.paste_into`, up to the patch in extent, foreign
+    texture from another patch of the batch); ``repair`` is ``2 * (clean -
+    input)``, the way back to the clean patch in the network's [-1, 1] units."""
+    count, size = int(patches.shape[0]), int(patches.shape[-1])
+    # one draw of the torch generator seeds the step's numpy draws: a resumed run repeats them
+    rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=generator)))
+    inputs = patches.clone()
+    clean = patches.numpy()
+    for i in np.nonzero(rng.random(count) < share)[0].tolist():
+        other = clean[(i + 1 + int(rng.integers(max(1, count - 1)))) % count]
+        defective, _ = paste_into(clean[i], other, rng, largest=size, visible=VISIBLE)
+        inputs[i] = torch.from_numpy(defective)
+    return inputs, (patches - inputs) * 2
 
 
 def rank_seed(seed: int, rank: int) -> int:
@@ -205,7 +247,7 @@ class DeviceStrategy:
 def train_unet(
     unet: UNet2DModel,
     scheduler: DDPMScheduler,
-    sampler: PatchSampler,
+    sampler: PyramidSampler,
     config: RadarConfig,
     device: torch.device | DeviceStrategy,
     *,
@@ -248,14 +290,19 @@ def train_unet(
     bar = progress_bar(total=train.steps, initial=start, enabled=progress and strategy.is_main, desc="training",
                        unit="step")
     loss_value = float("nan")
+    repairs = config.network.repair
     for step in range(start, train.steps):
-        patches = sampler.sample(batch, generator) * 2 - 1
+        patches, levels = sampler.sample(batch, generator)
+        repair = torch.zeros_like(patches)
+        if train.defect_share > 0:
+            patches, repair = with_synthetic_defects(patches, train.defect_share, generator)
         timesteps = torch.randint(0, max_t, (batch,), generator=generator)
         noise = torch.randn(patches.shape, generator=generator)
-        patches, timesteps, noise = strategy.to_device(patches, timesteps, noise)
+        patches, timesteps, noise, levels, repair = strategy.to_device(patches * 2 - 1, timesteps, noise, levels,
+                                                                       repair)
         for group in prepared.param_groups:
             group["lr"] = learning_rate(step, config)
-        loss = diffusion_loss(model, scheduler, patches, timesteps, noise)
+        loss = diffusion_loss(model, scheduler, patches, timesteps, noise, levels, repair if repairs else None)
         global_loss = strategy.mean(loss.detach().float())  # every process stops together on a non-finite one
         if not torch.isfinite(global_loss):
             raise NonFiniteError(_diverged(float(global_loss), step, checkpoint_dir))

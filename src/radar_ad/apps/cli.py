@@ -118,6 +118,19 @@ def train(
     typer.echo(f"model written to {out} ({info['n_train']} training + {info['n_calibration']} "
                f"calibration + {info['n_conformal']} conformal images, {info['steps']} steps in "
                f"{info['seconds']:.0f} s, final loss {info['final_loss']:.4f}); {radar.false_alarms()['rule']}")
+    typer.echo(_selection_line(radar))
+
+
+def _selection_line(radar: Any) -> str:
+    """What the model reads an image with, and, when calibration chose it, its synthetic-defect AUROC."""
+    from ..selection import describe_record
+
+    inference = radar.config.inference
+    record = radar.selection()
+    if record is None:
+        return (f"response {inference.response} on scales {'/'.join(map(str, inference.scales))}, image score "
+                f"{inference.image_score} (as configured)")
+    return describe_record(record)
 
 
 def _distributed_strategy(mixed_precision: str | None, device: str | None) -> Any:
@@ -165,7 +178,7 @@ def calibrate(
                + (f"{threshold:.6f}" if threshold != float("inf") else "none (nothing can be flagged)")
                + f"; {facts['rule']}")
     typer.echo(f"previous conformal images kept as {backup}" if backup else
-               "the model had no conformal images before (format 2); radar.json is unchanged")
+               "the model had no conformal images before; radar.json is unchanged")
 
 
 NON_FINITE_HELP = ("An image whose score is not a number (a broken image or model): error (an error row, "

@@ -1,11 +1,12 @@
 """The ONNX Runtime backend and the ``.onnx`` model file.
 
 The exported graph is :class:`~radar_ad.noise_map.OneStepNoise`: patches in
-[0, 1] and their grid positions in, predicted noise out (plus any asked-for
-network activations), with the scaling, the seeded noise bank, the one
-forward noising step and the timestep inside. Tiling, stitching, the
-response and the features stay in the torch code every backend shares (they
-depend on the image size and cost a small share of a 256 px image's time).
+[0, 1], their grid positions and pyramid levels in, predicted noise and
+repair out (plus any asked-for network activations), with the scaling, the
+seeded noise bank, the one forward noising step and the timestep inside.
+The pyramid, tiling, stitching, the response (a learned head included: its
+weights travel in the metadata) and the image score stay in the torch code
+every backend shares, so every backend gives the same verdicts.
 The file's metadata carries everything else a loader needs: config,
 thresholds, the response's normal statistics and the calibration features
 the one-class model is refitted on, so one ``.onnx`` file is a complete model.
@@ -37,6 +38,8 @@ CONFORMAL_KEY = "conformal"
 GRAPH_KEY = "graph"
 LAYERS_KEY = "activation_layers"
 NOISE_OUTPUT = "noise"
+REPAIR_OUTPUT = "repair"
+INPUTS = ("patches", "index", "level")
 # Largest |difference| allowed between a backend's graph and PyTorch on the
 # parity check (float32 noise predictions are O(1)).
 PARITY_TOLERANCE = 1e-3
@@ -54,14 +57,14 @@ def onnx_bytes(network: TorchBackend, layers: tuple[str, ...] = ()) -> bytes:
     require("onnx", "onnx", "the ONNX export")
     module = copy.deepcopy(TorchBackend.from_network(network, layers).module).to("cpu").eval()
     patch, channels = network.config.patch_size, network.channels
-    example = (torch.rand(2, channels, patch, patch), torch.arange(2))
-    outputs = [NOISE_OUTPUT, *map(activation_output, layers)]
+    example = (torch.rand(2, channels, patch, patch), torch.arange(2), torch.zeros(2, dtype=torch.int64))
+    outputs = [NOISE_OUTPUT, REPAIR_OUTPUT, *map(activation_output, layers)]
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer chatter about diffusers' Python branches
         torch.onnx.export(module, example, buffer,  # type: ignore[arg-type]  # a file object is accepted
-                          input_names=["patches", "index"], output_names=outputs, opset_version=OPSET, dynamo=False,
-                          dynamic_axes={name: {0: "n"} for name in ["patches", "index", *outputs]})
+                          input_names=list(INPUTS), output_names=outputs, opset_version=OPSET, dynamo=False,
+                          dynamic_axes={name: {0: "n"} for name in [*INPUTS, *outputs]})
     return buffer.getvalue()
 
 
@@ -70,19 +73,26 @@ def graph_description(config: dict[str, Any], channels: int) -> dict[str, Any]:
     and how the patches are cut and stitched."""
     radar_config = RadarConfig.from_dict(config)
     patch, stride = radar_config.patch_size, radar_config.stride
-    response = RESPONSES.get(radar_config.inference.response)(radar_config)
+    response = RESPONSES.get(radar_config.inference.response)
     return {
         "inputs": {
             "patches": f"(N, {channels}, {patch}, {patch}) float32 in [0, 1]",
-            "index": "(N,) int64: the patch's position in its image's grid, row-major "
+            "index": "(N,) int64: the patch's position in its level's grid, row-major "
                      "(it selects the seeded noise)",
+            "level": f"(N,) int64: the patch's pyramid level, an index into the scales "
+                     f"{list(radar_config.network.scales)}",
         },
-        "outputs": {NOISE_OUTPUT: "(N, C, p, p) float32: predicted noise"},
+        "outputs": {NOISE_OUTPUT: "(N, C, p, p) float32: predicted noise",
+                    REPAIR_OUTPUT: "(N, C, p, p) float32: the one-step repair x0_hat - x, in [-1, 1] units"},
+        "pyramid": f"level s: the image area-averaged to round(H/s) x round(W/s), mirrored at the bottom and "
+                   f"right up to {patch} px where smaller; the evidence uses the scales "
+                   f"{list(radar_config.inference.scales or radar_config.network.scales)}",
         "grid": f"top-left offsets 0, {stride}, 2*{stride}, ... plus H-{patch} (and W-{patch}) "
                 "so the far edges are covered",
         "stitch": f"weighted mean of overlapping patches; weight 1e-3 in the outer "
                   f"{patch // 7} px of each patch, 1 inside",
         "response": f"{response.name}: {' '.join(response.describe().split())}",
+        "image_score": radar_config.inference.image_score,
     }
 
 
@@ -98,8 +108,10 @@ def check_parity(network: TorchBackend, other: NoiseBackend) -> float:
     for n in (1, 5, 70):
         patches = torch.rand(n, channels, patch, patch, generator=generator)
         index = torch.randint(0, 5000, (n,), generator=generator)
-        expected, got = reference.predict(patches, index), other.predict(patches, index)
-        pairs = [(expected.noise, got.noise), *((expected.activations[k], got.activations[k]) for k in other.layers)]
+        level = torch.randint(0, len(network.config.network.scales), (n,), generator=generator)
+        expected, got = reference.predict(patches, index, level), other.predict(patches, index, level)
+        pairs = [(expected.noise, got.noise), (expected.repair, got.repair),
+                 *((expected.activations[k], got.activations[k]) for k in other.layers)]
         worst = max(worst, *(float((b.cpu() - a.cpu()).abs().max()) for a, b in pairs))
     if worst > PARITY_TOLERANCE:
         raise ModelError(f"the {other.name} graph differs from PyTorch by {worst:.2e} "
@@ -120,8 +132,8 @@ def read_metadata(props: dict[str, str], path: Path, backend: NoiseBackend) -> M
             stored = json.loads(props[CONFORMAL_KEY])
             conformal = Conformal(np.asarray(stored["features"], dtype=np.float64).reshape(-1, calibration.shape[1]),
                                   {str(k): str(v) for k, v in stored["info"].items()})
-        elif meta["format_version"] >= 3:
-            raise ValueError(f"no {CONFORMAL_KEY} in the metadata of a format {meta['format_version']} file")
+        else:
+            raise ValueError(f"no {CONFORMAL_KEY} in the metadata")
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise ModelError(f"cannot load model from {path}: {first_line(exc)}") from None
     return ModelFile(meta, calibration, backend, conformal)
@@ -175,12 +187,13 @@ class OnnxBackend(GraphBackend):
     def metadata_props(self) -> dict[str, str]:
         return dict(self.session.get_modelmeta().custom_metadata_map)
 
-    def predict(self, patches: torch.Tensor, index: torch.Tensor) -> BackendOutput:
+    def predict(self, patches: torch.Tensor, index: torch.Tensor, level: torch.Tensor) -> BackendOutput:
         feed = {"patches": patches.detach().cpu().float().numpy(),
-                "index": index.detach().cpu().to(torch.int64).numpy()}
-        names = [NOISE_OUTPUT, *map(activation_output, self.layers)]
-        noise, *activations = (torch.from_numpy(a) for a in self.session.run(names, feed))
-        return BackendOutput(noise, dict(zip(self.layers, activations)))
+                "index": index.detach().cpu().to(torch.int64).numpy(),
+                "level": level.detach().cpu().to(torch.int64).numpy()}
+        names = [NOISE_OUTPUT, REPAIR_OUTPUT, *map(activation_output, self.layers)]
+        noise, repair, *activations = (torch.from_numpy(a) for a in self.session.run(names, feed))
+        return BackendOutput(noise, repair, dict(zip(self.layers, activations)))
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "onnxruntime": require("onnxruntime", "onnx", "the ONNX backend").__version__}

@@ -11,7 +11,7 @@ import torch
 from ..backend import BackendOutput, ModelFile, process_threads
 from ..errors import ModelError, first_line, require
 from ..registry import BACKENDS
-from .onnx import NOISE_OUTPUT, GraphBackend, activation_output, read_layers, read_metadata
+from .onnx import NOISE_OUTPUT, REPAIR_OUTPUT, GraphBackend, activation_output, read_layers, read_metadata
 
 
 @BACKENDS.register("openvino")
@@ -39,12 +39,13 @@ class OpenVinoBackend(GraphBackend):
         self.device = torch.device("cpu")
         self.version = ov.__version__
 
-    def predict(self, patches: torch.Tensor, index: torch.Tensor) -> BackendOutput:
+    def predict(self, patches: torch.Tensor, index: torch.Tensor, level: torch.Tensor) -> BackendOutput:
         results = self.compiled({"patches": patches.detach().cpu().float().numpy(),
-                                 "index": index.detach().cpu().to(torch.int64).numpy()})
-        noise, *activations = (torch.from_numpy(results[self.compiled.output(name)].copy())
-                               for name in [NOISE_OUTPUT, *map(activation_output, self.layers)])
-        return BackendOutput(noise, dict(zip(self.layers, activations)))
+                                 "index": index.detach().cpu().to(torch.int64).numpy(),
+                                 "level": level.detach().cpu().to(torch.int64).numpy()})
+        noise, repair, *activations = (torch.from_numpy(results[self.compiled.output(name)].copy())
+                                       for name in [NOISE_OUTPUT, REPAIR_OUTPUT, *map(activation_output, self.layers)])
+        return BackendOutput(noise, repair, dict(zip(self.layers, activations)))
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "openvino": self.version}

@@ -37,7 +37,7 @@ from ..config import RadarConfig
 from ..decision import ImageDecision, is_anomalous, pixel_threshold
 from ..errors import DataError, NotFittedError, require
 from ..features import FEATURE_NAMES, image_features, window_means
-from ..network import build_scheduler
+from ..network import build_scheduler, predict_noise
 from ..noise_map import border_weights
 from ..patches import stitch, tile
 from ..pipeline import IMAGES_PER_PASS, Radar  # IMAGES_PER_PASS: images whose patches share U-Net batches
@@ -188,12 +188,12 @@ class ReconstructionBaseline(Baseline):
         return anomaly, feats
 
     def _predict_noise(self, x: torch.Tensor, timestep: int) -> torch.Tensor:
-        """eps_theta(x, t) for ``(M, C, p, p)``, ``inference.batch_size`` at a time."""
+        """eps_theta(x, t) for ``(M, C, p, p)`` patches of the finest pyramid
+        level, ``inference.batch_size`` at a time."""
         size = self.config.inference.batch_size
-        t = torch.tensor(int(timestep), dtype=torch.long, device=x.device)
         eps = torch.empty_like(x)
         for start in range(0, x.shape[0], size):
-            eps[start:start + size] = self.unet(x[start:start + size], t).sample
+            eps[start:start + size] = predict_noise(self.unet, x[start:start + size], int(timestep))
         return eps
 
     def _checked(self, image: np.ndarray) -> np.ndarray:

@@ -83,8 +83,9 @@ QUICK_SETTINGS: dict[str, Any] = {
     "train.batch_size": 32,
     "train.warmup_steps": 10,
     "train.calibration_fraction": 0.3,
-    "inference.segmentation_examples": 64,
+    "inference.segmentation_examples": 32,
     "inference.segmentation_steps": 20,
+    "inference.segmentation_crop": 32,
 }
 QUICK_RESIZE = 64
 QUICK_SUBSET = 4
@@ -423,7 +424,6 @@ class HeldOut(NamedTuple):
     conformal: list[np.ndarray]
 
 
-
 class Predictor(Protocol):
     def predict(self, images: list[np.ndarray]) -> list[Any]:
         """Objects with ``score``, ``is_anomalous`` and ``anomaly_map``."""
@@ -459,11 +459,18 @@ class MethodSpec:
 
 def method_specs(radar: Radar, methods: Sequence[str]) -> list[MethodSpec]:
     """The selected methods in table order, all on ``radar``'s network."""
-    config = radar.config
+    config, requested = radar.config, radar.requested_config()
     draws = config.inference.draws
     specs = []
-    for row in radar_rows(config):
-        def fit_radar(held_out: HeldOut, settings: dict[str, Any] = row.settings) -> Predictor:
+    for row in radar_rows(requested):
+        # a row that names a response changes what was asked for (its scales
+        # and image score stay "auto" where they were), not what calibration
+        # resolved them to; another one-class model keeps the resolved maps
+        names_response = any(key.startswith("inference.") for key in row.settings)
+        target = (requested if names_response else config).updated(row.settings)
+        changes = {key: _setting(target, key) for key in config.changes(target)} if row.settings else {}
+
+        def fit_radar(held_out: HeldOut, settings: dict[str, Any] = changes) -> Predictor:
             return _RadarPredictor(radar_variant(radar, settings, held_out)[0])
 
         specs.append(MethodSpec(row.key, row.name, False, draws, True, False, radar.backend, fit_radar))
@@ -674,10 +681,10 @@ def benchmark_dataset(source: DatasetSource, config: RadarConfig, options: Bench
                                     leave=False)]
     held_out = HeldOut(loaded[:len(calibration_files)], loaded[len(calibration_files):])
     calibration = held_out.calibration
-    if radar.config != config:
+    if radar.requested_config() != config:
         # a cached network trained with the same settings: other inference
         # or decision settings only need a new calibration or one-class model
-        changes = {key: _setting(config, key) for key in radar.config.changes(config)}
+        changes = {key: _setting(config, key) for key in radar.requested_config().changes(config)}
         radar, recalibrated = radar_variant(radar, changes, held_out)
         log(f"{source.name}: " + ("recalibrating the cached model for this run's inference settings" if recalibrated
                                   else "refitting the cached model's one-class model for this run's settings"))

@@ -1,17 +1,22 @@
-"""The segmentation response: what a defect does to the predicted noise,
-learned from synthetic defects.
+"""The segmentation response: a head that sees what DRAEM's discriminative
+network sees, on the single step's evidence, learned from synthetic defects.
 
-The hand-made responses measure the noise map against normal levels; on
-stochastic textures (magnetic tiles) normal images differ in finish and
-lighting more than a defect differs from its own surroundings, and those
-levels cannot tell the two apart. This response learns the difference
-instead: generic synthetic defects (:mod:`radar_ad.defects`: foreign texture
-in Perlin-noise regions, pits, thin cracks, chipped borders) are pasted into
-crops of the normal calibration images, the model's own one-step noise map
-of each crop is computed, and a small dilated convolutional head is trained
-to segment the defects from the noise map alone (DRAEM's idea, on the
-single step's evidence rather than a reconstruction). Inference stays one
-network evaluation per patch plus the head.
+The hand-made responses measure one noise map against normal levels; on
+stochastic textures normal images differ in finish and lighting more than a
+defect differs from its own surroundings, and those levels cannot tell the
+two apart. This response learns the difference instead. Its input, per
+pixel of the finest level: the image itself, and for every pyramid level the
+predicted noise and the one-step repair x0_hat - x of the same evaluation
+(coarse levels upsampled), each channel standardised by its spread on
+normal images, and the log local energy of every level's noise (the
+evidence of the two-sided response: a defect that removes texture leaves
+a deficit there). Generic synthetic defects (:mod:`radar_ad.defects`: changes
+of brightness, contrast, blur and texture in irregular regions from a few
+pixels to a third of the image, crisp to soft, faint to strong) are pasted
+into the normal calibration images, the model's own evidence of each copy
+is computed, and a small U-Net-shaped head (two poolings) is trained to
+segment the defects with a focal loss. Inference stays one network
+evaluation per patch and level, plus the head.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import base64
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,41 +35,93 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from ..config import RadarConfig
-from ..defects import paste_defect
-from ..features import SquareSums, window_max_features
+from ..defects import KINDS, VISIBLE, paste_into
+from ..noise_map import Evidence
 from ..progress import progress_bar
+from ..pyramid import upsample_region
 from ..registry import RESPONSES
-from ..response import NoiseOf, Response, gaussian_smooth, smoothing_radius, strided_quantiles
+from ..response import EvidenceOf, EvidenceResponse, ResponseOutput, gaussian_smooth, local_energy, smoothing_radius
 
-DILATIONS = (1, 2, 4, 8, 16)
-DEFECTIVE_SHARE = 0.7  # of the synthetic crops; the rest stay normal
-CROP_PATCHES = 3  # a crop is 3 x 3 patches (or the smallest image's side)
-BATCH = 16
+NORMAL_SHARE = 0.25  # of the crops the head learns from: from normal images
+NORMAL = "normal"  # the kind of a crop without a defect
+CROPS_PER_EXAMPLE = 2  # one around the defect, one anywhere
+BATCH = 12
 LEARNING_RATE = 2e-3
 FOCAL_GAMMA = 2.0
-NOISE_CHUNK = 64  # crops per noise_of call
+STATISTICS_IMAGES = 16  # normal images whose evidence sets the input standardisation
+# Tiles of the head's output on a large image, and the context each needs
+# (the head's reach, a multiple of its pooling factor 4 so tiles stay aligned).
+TILE = 256
+TILED_ABOVE = 512 * 512
+HEAD_REACH = 32
+
+
+def stack_channels(channels: int, levels: int) -> int:
+    """The head's input channels: the image, then per level the noise and
+    repair of each channel and the local noise energy."""
+    return channels * (1 + 2 * levels) + levels
+
+
+def level_energies(evidence: Evidence, window: int) -> list[torch.Tensor]:
+    """Per level, ``(B, 1, h, w)`` float32: the log local energy of the
+    predicted noise (:func:`~radar_ad.response.local_energy`, ``window``
+    px), at the level's own resolution."""
+    return [local_energy(noise, window)[:, None].float() for noise in evidence.noise]
+
+
+def evidence_stack(evidence: Evidence, energies: Sequence[torch.Tensor], rows: tuple[int, int] | None = None,
+                   cols: tuple[int, int] | None = None) -> torch.Tensor:
+    """``(B, K, r, c)`` float32: the image, then each level's noise, repair
+    and local noise energy upsampled to the finest level, for the region
+    ``rows`` x ``cols`` of the finest level (default: all of it)."""
+    height, width = evidence.size
+    rows, cols = rows or (0, height), cols or (0, width)
+    parts = [evidence.image[..., rows[0]:rows[1], cols[0]:cols[1]].float()]
+    for noise, repair, energy in zip(evidence.noise, evidence.repair, energies):
+        parts += [upsample_region(level.float(), (height, width), rows, cols) for level in (noise, repair, energy)]
+    return torch.cat(parts, 1)
 
 
 class SegmentationHead(torch.nn.Module):
-    """``(N, 1, H, W)`` noise of one channel -> ``(N, 1, H, W)`` defect
-    logit: 3 x 3 convolutions dilated 1, 2, 4, 8, 16 (a 31 px reach on each
-    side), batch norm (a fixed affine map in evaluation, so the output at a
-    pixel depends on its neighbourhood only) and ReLU, then a 1 x 1
-    convolution."""
+    """``(N, K, H, W)`` evidence stack -> ``(N, 1, H, W)`` defect logit.
 
-    def __init__(self, width: int) -> None:
+    Each input channel is standardised by fixed numbers (``shift``,
+    ``scale``: its mean and spread on normal images); then two 3 x 3
+    convolutions at full, half and quarter resolution (batch norm, a fixed
+    affine map in evaluation, and ReLU), bilinear upsampling, skip
+    connections, and a 1 x 1 convolution: a reach of about 20 px at full
+    resolution, beside the coarse levels' own context."""
+
+    def __init__(self, in_channels: int, width: int) -> None:
         super().__init__()
-        layers: list[torch.nn.Module] = []
-        previous = 1
-        for dilation in DILATIONS:
-            layers += [torch.nn.Conv2d(previous, width, 3, padding=dilation, dilation=dilation),
-                       torch.nn.BatchNorm2d(width), torch.nn.ReLU()]
-            previous = width
-        layers.append(torch.nn.Conv2d(width, 1, 1))
-        self.layers = torch.nn.Sequential(*layers)
+        self.shift: torch.Tensor
+        self.scale: torch.Tensor
+        self.register_buffer("shift", torch.zeros(in_channels))
+        self.register_buffer("scale", torch.ones(in_channels))
 
-    def forward(self, noise: torch.Tensor) -> torch.Tensor:
-        return self.layers(noise)
+        def block(inputs: int, outputs: int) -> torch.nn.Sequential:
+            return torch.nn.Sequential(torch.nn.Conv2d(inputs, outputs, 3, padding=1),
+                                       torch.nn.BatchNorm2d(outputs), torch.nn.ReLU())
+
+        self.down_full = torch.nn.Sequential(block(in_channels, width), block(width, width))
+        self.down_half = torch.nn.Sequential(block(width, 2 * width), block(2 * width, 2 * width))
+        self.down_quarter = torch.nn.Sequential(block(2 * width, 2 * width), block(2 * width, 2 * width))
+        self.up_half = block(4 * width, 2 * width)
+        self.up_full = block(3 * width, width)
+        self.out = torch.nn.Conv2d(width, 1, 1)
+
+    @staticmethod
+    def _up(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        doubled = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+        return doubled[..., :like.shape[-2], :like.shape[-1]]
+
+    def forward(self, stack: torch.Tensor) -> torch.Tensor:
+        x = (stack - self.shift.view(1, -1, 1, 1)) / self.scale.view(1, -1, 1, 1)
+        full = self.down_full(x)
+        half = self.down_half(F.max_pool2d(full, 2, ceil_mode=True))
+        quarter = self.down_quarter(F.max_pool2d(half, 2, ceil_mode=True))
+        half = self.up_half(torch.cat([half, self._up(quarter, half)], 1))
+        return self.out(self.up_full(torch.cat([full, self._up(half, full)], 1)))
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = FOCAL_GAMMA) -> torch.Tensor:
@@ -77,8 +135,8 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = FOCAL_
 def train_head(head: torch.nn.Module, inputs: torch.Tensor, masks: torch.Tensor, steps: int, seed: int,
                progress: bool = False) -> torch.nn.Module:
     """Train ``head`` to segment ``masks`` ``(N, 1, h, w)`` from ``inputs``
-    ``(N, C, h, w)``: focal loss, Adam with a cosine decay to 0, seeded
-    batches of :data:`BATCH`. Returns it in evaluation mode."""
+    ``(N, K, h, w)`` (any float type): focal loss, Adam with a cosine decay
+    to 0, seeded batches of :data:`BATCH`. Returns it in evaluation mode."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(head.parameters(), lr=LEARNING_RATE)
     head.train()
@@ -87,138 +145,193 @@ def train_head(head: torch.nn.Module, inputs: torch.Tensor, masks: torch.Tensor,
         for group in optimizer.param_groups:
             group["lr"] = LEARNING_RATE * 0.5 * (1 + math.cos(math.pi * step / steps))
         pick = torch.randint(len(inputs), (min(BATCH, len(inputs)),), generator=generator)
-        loss = focal_loss(head(inputs[pick]), masks[pick])
+        loss = focal_loss(head(inputs[pick].float()), masks[pick].float())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     return head.eval()
 
 
-def synthetic_crops(images: Sequence[np.ndarray], n: int, size: int, rng: np.random.Generator,
-                    ) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """``n`` random ``size`` x ``size`` crops of the ``(C, H, W)`` images, a
-    :data:`DEFECTIVE_SHARE` of them with a synthetic defect (from the
-    channel mean, the change added to every channel): ``(crops, masks (n, 1,
-    size, size) float)``."""
-    crops, masks = [], []
-    for _ in range(n):
-        image = images[int(rng.integers(len(images)))]
-        top = int(rng.integers(0, image.shape[1] - size + 1))
-        left = int(rng.integers(0, image.shape[2] - size + 1))
-        crop = image[:, top:top + size, left:left + size].astype(np.float64)
-        mask = np.zeros((size, size), bool)
-        if rng.random() < DEFECTIVE_SHARE:
-            gray = crop.mean(0)
-            other = images[int(rng.integers(len(images)))].mean(0)
-            defective, mask = paste_defect(gray, other, rng)
-            crop = np.clip(crop + (defective - gray)[None], 0, 1)
-        crops.append(torch.from_numpy(crop.astype(np.float32)))
-        masks.append(torch.from_numpy(mask))
-    return crops, torch.stack(masks)[:, None].float()
+@dataclass
+class Examples:
+    """What the head learns from: ``inputs`` ``(N, K, c, c)`` float16
+    evidence crops, ``masks`` ``(N, 1, c, c)`` bool, each crop's defect kind
+    (``"normal"`` without one) and the input standardisation (shift, scale)."""
+
+    inputs: torch.Tensor
+    masks: torch.Tensor
+    kinds: list[str]
+    standardisation: tuple[torch.Tensor, torch.Tensor]
+
+
+def _crop_at(size: tuple[int, int], crop: int, rng: np.random.Generator,
+             around: np.ndarray | None = None) -> tuple[int, int]:
+    """The top-left corner of a ``crop`` square inside ``size``: one that
+    holds a random pixel of ``around`` (a bool mask) when given, else anywhere."""
+    height, width = size
+    if around is not None and around.any():
+        ys, xs = np.nonzero(around)
+        pick = int(rng.integers(len(ys)))
+        top = int(ys[pick]) - int(rng.integers(crop))
+        left = int(xs[pick]) - int(rng.integers(crop))
+    else:
+        top, left = int(rng.integers(height - crop + 1)), int(rng.integers(width - crop + 1))
+    return int(np.clip(top, 0, height - crop)), int(np.clip(left, 0, width - crop))
 
 
 @RESPONSES.register("segmentation")
-class SegmentationResponse(Response):
-    """P = sigmoid of a small dilated CNN on the predicted noise (the
-    largest P over the channels), trained on generic synthetic defects
-    pasted into the calibration images (seeded); map = Gaussian
-    (segmentation_sigma px) of P; feature = the largest value of P's excess
-    over normal_level (its high quantile on the calibration images), smoothed
-    the same way.
+class SegmentationResponse(EvidenceResponse):
+    """P = sigmoid of a small U-Net-shaped head on the image and every
+    pyramid level's predicted noise, one-step repair and log local noise
+    energy (energy_window px; upsampled to the finest level, standardised on
+    normal images), trained on generic
+    synthetic defects pasted into normal calibration images (seeded);
+    map = Gaussian (segmentation_sigma px) of P; feature = the map's largest value.
     """
 
-    feature_names = ("max_defect_excess",)
+    response_feature_names = ("max_defect_probability",)
     learns_from_images = True
-    head_: torch.nn.Module
-    normal_level_: float
+    all_levels = True
+    candidate = True
+    head_: SegmentationHead
 
-    def __init__(self, config: RadarConfig) -> None:
-        super().__init__(config)
+    def __init__(self, config: RadarConfig, scales: Sequence[int] | None = None,
+                 image_score: str | None = None) -> None:
+        super().__init__(config, scales, image_score)
         self.seed = config.seed
-        self.patch_size = config.patch_size
+        self.channels_ = 1 if config.data.grayscale else 3
 
-    def learn(self, images: Sequence[np.ndarray], noise_of: NoiseOf, progress: bool = False) -> SegmentationResponse:
-        inference = self.inference
-        size = min(CROP_PATCHES * self.patch_size, *(min(image.shape[1:]) for image in images))
-        rng = np.random.default_rng([self.seed, 104_729])
-        crops, masks = synthetic_crops(images, inference.segmentation_examples, size, rng)
-        noise = torch.cat([noise_of(crops[start:start + NOISE_CHUNK]).float()
-                           for start in range(0, len(crops), NOISE_CHUNK)])
-        del crops
-        # one head for every channel: each channel's noise is an example of its own
-        channels = int(noise.shape[1])
-        noise = noise.reshape(-1, 1, size, size)
-        masks = masks.repeat_interleave(channels, 0)
+    def _new_head(self) -> SegmentationHead:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            head = SegmentationHead(inference.segmentation_width)
-        self.head_ = train_head(head, noise, masks, inference.segmentation_steps, self.seed, progress)
+            return SegmentationHead(stack_channels(self.channels_, len(self.scales)),
+                                    self.inference.segmentation_width)
+
+    def learn(self, images: Sequence[np.ndarray], evidence_of: EvidenceOf,
+              progress: bool = False) -> SegmentationResponse:
+        inference = self.inference
+        self.channels_ = int(images[0].shape[0])
+        crop = min(inference.segmentation_crop, *(min(image.shape[1:]) for image in images))
+        rng = np.random.default_rng([self.seed, 104_729])
+        inputs: list[torch.Tensor] = []
+        masks: list[torch.Tensor] = []
+        kinds: list[str] = []
+
+        def keep(stack: torch.Tensor, mask: np.ndarray, around: np.ndarray | None, kind: str) -> None:
+            top, left = _crop_at(mask.shape, crop, rng, around)
+            inputs.append(stack[:, top:top + crop, left:left + crop].half())
+            masks.append(torch.from_numpy(mask[top:top + crop, left:left + crop]))
+            kinds.append(kind)
+
+        # the input standardisation, from normal images' evidence
+        normal = [int(i) for i in rng.permutation(len(images))[:STATISTICS_IMAGES]]
+        sample = []
+        for i in normal:
+            stack = self._stack(self._evidence(evidence_of, images[i]))[0]
+            sample.append(stack.flatten(1)[:, ::7])
+            keep(stack, np.zeros(stack.shape[1:], bool), None, NORMAL)
+        pooled = torch.cat(sample, 1).double()
+        standardisation = pooled.mean(1).float(), pooled.std(1).clamp_min(1e-6).float()
+        n_normal = round(NORMAL_SHARE * inference.segmentation_examples)
+        for index in progress_bar(range(inference.segmentation_examples), enabled=progress,
+                                  desc="synthetic defects", unit="img", leave=False):
+            image = images[int(rng.integers(len(images)))]
+            if index < n_normal:
+                stack = self._stack(self._evidence(evidence_of, image))[0]
+                keep(stack, np.zeros(stack.shape[1:], bool), None, NORMAL)
+                continue
+            other = images[int(rng.integers(len(images)))]
+            kind = KINDS[int(rng.integers(len(KINDS)))]
+            defective, mask = paste_into(image, other, rng, kind, visible=VISIBLE)
+            stack = self._stack(self._evidence(evidence_of, defective))[0]
+            for crop_index in range(CROPS_PER_EXAMPLE):
+                keep(stack, mask, mask if crop_index == 0 else None, kind)
+        self.examples_ = Examples(torch.stack(inputs), torch.stack(masks)[:, None], kinds, standardisation)
+        self.head_ = self._trained(self.examples_, inference.segmentation_steps, progress)
         return self
 
-    def fit(self, noise_maps: Sequence[torch.Tensor]) -> SegmentationResponse:
-        if not hasattr(self, "head_"):
-            raise ValueError("the segmentation response learns from images first (Response.learn)")
-        # streamed: only the quantile's sample of the probabilities is kept
-        count = sum(int(noise.shape[0] * noise.shape[-2] * noise.shape[-1]) for noise in noise_maps)
-        probabilities = (self._probability(noise) for noise in noise_maps)
-        self.normal_level_ = strided_quantiles(probabilities, count, self.pixel_quantile)[0] if count else 0.0
-        return self
+    def _trained(self, examples: Examples, steps: int, progress: bool = False,
+                 without: Sequence[str] = ()) -> SegmentationHead:
+        head = self._new_head()
+        head.shift.copy_(examples.standardisation[0])
+        head.scale.copy_(examples.standardisation[1])
+        keep = torch.tensor([kind not in without for kind in examples.kinds])
+        train_head(head, examples.inputs[keep], examples.masks[keep], steps, self.seed, progress)
+        return head
 
-    @property
-    def needs_fit(self) -> bool:
-        return True
+    def without(self, kinds: Sequence[str]) -> SegmentationResponse:
+        """A twin that learned from the same examples but the defects of
+        ``kinds`` (in a quarter of the steps): what the self-validation
+        scores on defects of those kinds, so the head is judged on kinds of
+        change it never saw, as a real defect would be."""
+        if not hasattr(self, "examples_"):
+            raise ValueError("the segmentation response learns from images first (learn)")
+        twin = SegmentationResponse(self.config, self.scales, self.image_score)
+        twin.channels_ = self.channels_
+        twin.head_ = twin._trained(self.examples_, max(1, self.inference.segmentation_steps // 4), without=kinds)
+        return twin
+
+    def _evidence(self, evidence_of: EvidenceOf, image: np.ndarray) -> Evidence:
+        return evidence_of([torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))]).select(self.scales)
+
+    def _stack(self, evidence: Evidence) -> torch.Tensor:
+        return evidence_stack(evidence, level_energies(evidence, self.inference.energy_window))
 
     @torch.inference_mode()
-    def _probability(self, noise_map: torch.Tensor) -> torch.Tensor:
-        """``(B, C, H, W)`` noise -> ``(B, 1, H, W)`` float64 defect probability
-        (the largest over the channels)."""
-        batch, channels, height, width = noise_map.shape
-        head = self.head_.to(noise_map.device)
-        logits = head(noise_map.float().reshape(batch * channels, 1, height, width))
-        return torch.sigmoid(logits.double()).reshape(batch, channels, height, width).amax(1, keepdim=True)
+    def _probability(self, evidence: Evidence, energies: list[torch.Tensor], rows: tuple[int, int],
+                     cols: tuple[int, int]) -> torch.Tensor:
+        """``(B, 1, r, c)`` float64 defect probability of a region."""
+        head = self.head_.to(evidence.image.device)
+        return torch.sigmoid(head(evidence_stack(evidence, energies, rows, cols)).double())
 
-    def context(self, size: tuple[int, int]) -> tuple[int, int]:
-        radius = smoothing_radius(self.inference.segmentation_sigma, size)
-        return sum(DILATIONS) + radius, radius
-
-    def windows(self) -> tuple[int, int]:
-        # the image feature is the map's largest value: a defect of a few
-        # pixels is diluted by any larger window
-        return 1, 1
-
-    def feature_maps(self, noise_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """``(B, 2, h, w)``: the probability, and its excess over the normal
-        level smoothed like the map."""
-        probability = self._probability(noise_map)
-        excess = gaussian_smooth((probability - self.normal_level_).clamp_min(0),
-                                 self.inference.segmentation_sigma, size)
-        return torch.cat([probability, excess], 1)
-
-    def anomaly(self, maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        return gaussian_smooth(maps[:, :1], self.inference.segmentation_sigma, size)[:, 0].float()
-
-    def features(self, sums: SquareSums) -> torch.Tensor:
-        return window_max_features(sums)[:, 1:]
+    def respond(self, evidence: Evidence) -> ResponseOutput:
+        """The smoothed probability map, computed in aligned tiles (with the
+        head's reach and the smoothing radius around each) on a large image,
+        so memory stays near one tile's whatever the image size."""
+        if not hasattr(self, "head_"):
+            raise ValueError("the segmentation response learns from images first (learn)")
+        evidence = evidence.select(self.scales)
+        energies = level_energies(evidence, self.inference.energy_window)
+        height, width = evidence.size
+        sigma = self.inference.segmentation_sigma
+        if height * width <= TILED_ABOVE:
+            probability = self._probability(evidence, energies, (0, height), (0, width))
+            anomaly = gaussian_smooth(probability, sigma)[:, 0].float()
+            return ResponseOutput(anomaly, anomaly.flatten(1).amax(1, keepdim=True).double())
+        halo = HEAD_REACH + -(-smoothing_radius(sigma, (height, width)) // 4) * 4
+        anomaly = torch.empty(len(evidence), height, width, dtype=torch.float32, device=evidence.image.device)
+        for top in range(0, height, TILE):
+            bottom, r0 = min(top + TILE, height), max(0, top - halo)
+            r1 = min(height, top + TILE + halo)
+            for left in range(0, width, TILE):
+                right, c0 = min(left + TILE, width), max(0, left - halo)
+                c1 = min(width, left + TILE + halo)
+                smoothed = gaussian_smooth(self._probability(evidence, energies, (r0, r1), (c0, c1)), sigma,
+                                           (height, width))
+                anomaly[:, top:bottom, left:right] = smoothed[:, 0, top - r0:bottom - r0, left - c0:right - c0]
+        return ResponseOutput(anomaly, anomaly.flatten(1).amax(1, keepdim=True).double())
 
     # the head's weights travel in the model's JSON as a base64 safetensors
     # blob (tensors only, nothing that runs code), like every other
     # response's statistics
     def state(self) -> dict[str, Any]:
         weights = {k: v.detach().cpu().contiguous() for k, v in self.head_.state_dict().items()}
-        return {"normal_level": self.normal_level_, "head": base64.b64encode(save_tensors(weights)).decode("ascii")}
+        return {"channels": self.channels_, "head": base64.b64encode(save_tensors(weights)).decode("ascii")}
 
     @classmethod
     def from_state(cls, config: RadarConfig, state: Any) -> SegmentationResponse:
         response = cls(config)
-        if not isinstance(state, dict) or set(state) != {"normal_level", "head"}:
-            raise ValueError("response_statistics must be an object with normal_level, head (the segmentation "
+        if not isinstance(state, dict) or set(state) != {"channels", "head"}:
+            raise ValueError("response_statistics must be an object with channels, head (the segmentation "
                              "head's weights)")
         try:
-            response.normal_level_ = float(state["normal_level"])
+            response.channels_ = int(state["channels"])
+            if not 1 <= response.channels_ <= 4:
+                raise ValueError(f"channels must be 1 to 4, got {response.channels_}")
             weights = load_tensors(base64.b64decode(str(state["head"]), validate=True))
-            head = SegmentationHead(config.inference.segmentation_width)
+            head = response._new_head()
             head.load_state_dict(weights)
-        except (ValueError, RuntimeError, SafetensorError) as exc:
+        except (ValueError, RuntimeError, SafetensorError, TypeError) as exc:
             raise ValueError(f"response_statistics: the segmentation head cannot be read: {exc}") from None
         if not all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point()):
             raise ValueError("response_statistics: the segmentation head holds NaN or infinite weights")

@@ -98,6 +98,7 @@ class TwoSidedResponse(Response):
 
     feature_names = ("window_max_structure", "window_max_deficit")
     statistics_class = ResponseStatistics
+    candidate = True
 
     def fit(self, noise_maps: Sequence[torch.Tensor]) -> TwoSidedResponse:
         inference = self.inference

@@ -1,0 +1,124 @@
+"""Every candidate the default chooses among, measured on a labelled
+MVTec-layout dataset: what ``benchmarks/leave_one_type_out.py`` and
+``benchmarks/probes.py`` are made of.
+
+The splits are ``radar benchmark``'s: a seeded share of each defect type's
+test images is set aside for choosing settings (validation), with a seeded
+half of the model's conformal images (normal, never fitted on) as the
+normal validation images; the rest of the test folder is the test split,
+run once. The candidates (response x pyramid levels x image score,
+:func:`radar_ad.selection.candidates`) learn and fit on the model's own
+calibration images, exactly as the self-validation does; then every
+candidate scores every image, and metrics come per defect type, so a
+choice can be made on some types and reported on another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import AUTO, RadarConfig
+from ..data import as_image_array, evaluation_images, load_mask, training_images
+from ..metrics import pixel_metrics
+from ..pipeline import Radar, calibration_split
+from ..progress import progress_bar
+from ..selection import Candidate, Evaluated, auroc, candidates, evaluate, prepare
+from .harness import validation_split
+
+OPEN = {"inference.response": AUTO, "inference.scales": None, "inference.image_score": AUTO}
+
+
+@dataclass
+class LabelledSet:
+    """Images ``(C, H, W)`` of one split, their labels ("good" or a defect
+    type), ground-truth masks (``None`` without) and files."""
+
+    images: list[np.ndarray] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    masks: list[np.ndarray | None] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+
+    def add(self, image: np.ndarray, label: str, mask: np.ndarray | None, file: str) -> None:
+        self.images.append(image)
+        self.labels.append(label)
+        self.masks.append(mask)
+        self.files.append(file)
+
+    @property
+    def types(self) -> list[str]:
+        return sorted({label for label in self.labels if label != "good"})
+
+
+@dataclass
+class Splits:
+    calibration: list[np.ndarray]
+    validation: LabelledSet
+    test: LabelledSet
+
+
+def load_splits(radar: Radar, root: Path, validation_fraction: float = 0.2, progress: bool = True) -> Splits:
+    """The model's calibration images, and the validation and test splits of
+    ``root`` at the model's input size (masks resized to it)."""
+    config = radar.config
+    normal = training_images(root)
+    split = calibration_split(len(normal), config)
+    conformal = split.conformal
+    half = sorted(conformal[i] for i in np.random.default_rng(config.seed).permutation(len(conformal))
+                  [:len(conformal) // 2].tolist())
+    aside, test_items = validation_split(evaluation_images(root), validation_fraction, config.seed)
+
+    def read(path: Path) -> np.ndarray:
+        return as_image_array(path, config.data, config.patch_size)
+
+    calibration = [read(normal[i]) for i in progress_bar(split.calibration, enabled=progress, desc="loading")]
+    validation, test = LabelledSet(), LabelledSet()
+    for i in half:
+        image = read(normal[i])
+        validation.add(image, "good", np.zeros(image.shape[1:], bool), str(normal[i]))
+    for target, items in ((validation, aside), (test, test_items)):
+        for item in progress_bar(items, enabled=progress, desc="loading", leave=False):
+            image = read(item.path)
+            has_mask = item.mask_path is not None or not item.is_defective
+            target.add(image, item.label, load_mask(item.mask_path, image.shape[1:]) if has_mask else None,
+                       str(item.path))
+    return Splits(calibration, validation, test)
+
+
+def candidate_options(radar: Radar, overrides: dict[str, Any] | None = None) -> tuple[RadarConfig, list[Candidate]]:
+    """The config the candidates are built from (the model's, with the
+    choices left open and ``overrides``) and the candidates."""
+    config = radar.config.updated({**OPEN, **(overrides or {})})
+    return config, candidates(config)
+
+
+def score_sets(radar: Radar, config: RadarConfig, options: Sequence[Candidate], calibration: list[np.ndarray],
+               sets: Sequence[LabelledSet], progress: bool = True) -> list[Evaluated]:
+    """Every candidate's scores (and maps) of each labelled set, the
+    candidates learned and fitted on ``calibration`` as calibration does;
+    ``radar`` computes the evidence (a model with other noise settings, a
+    timestep say, comes from :meth:`Radar.with_settings`)."""
+    prepared = prepare(config, options, calibration, radar._evidence_many, radar._evidence_of, progress)
+    return [evaluate(prepared, labelled.images, radar._evidence_many, keep_maps=True) for labelled in sets]
+
+
+def metrics(labelled: LabelledSet, scores: np.ndarray, maps: list[np.ndarray] | None,
+            defect_types: Sequence[str] | None = None) -> dict[str, Any]:
+    """Image AUROC, pixel AUROC and AUPRO of the normal images against the
+    defective images of ``defect_types`` (default: every type)."""
+    keep = [i for i, label in enumerate(labelled.labels)
+            if label == "good" or defect_types is None or label in defect_types]
+    labels = np.array([labelled.labels[i] != "good" for i in keep], dtype=int)
+    result: dict[str, Any] = {"image_auroc": auroc(labels, scores[keep]),
+                              "n_normal": int((labels == 0).sum()), "n_defective": int(labels.sum())}
+    truths = {i: mask for i in keep if (mask := labelled.masks[i]) is not None}
+    if maps is not None and any(mask.any() for mask in truths.values()):
+        pixels = pixel_metrics(list(truths.values()), [maps[i] for i in truths])
+        result.update(pixel_auroc=pixels["pixel_auroc"], aupro=pixels["aupro"])
+    else:
+        result.update(pixel_auroc=None, aupro=None)
+    return result

@@ -1,0 +1,366 @@
+"""Self-validation: one default chosen without labelled defects.
+
+A user should not need to know whether a surface is "structured" or
+"stochastic". Whatever the config leaves to calibration
+(``inference.response: auto``, ``inference.scales: null``,
+``inference.image_score: auto``) is chosen here, on the model's own normal
+calibration images only (never the conformal ones, whose p-values would
+lose their guarantee, and never test data):
+
+1. the calibration images are split in two, seeded: the candidates learn
+   and fit their normal levels on the first half;
+2. each image of the second half is scored as it is, and
+   ``inference.selection_copies`` copies of it with a generic synthetic
+   defect (:mod:`radar_ad.defects`, clearly visible: at least three times
+   the image's own fine-texture spread) pasted in;
+3. every candidate (response x pyramid levels x image score) ranks those
+   images, and the one-standard-error rule chooses: the first (cheapest)
+   candidate whose image AUROC is within one standard error (Hanley and
+   McNeil) of the best one's. A few dozen held-out images measure an AUROC
+   to a few hundredths; a candidate that is better by less than that is
+   not known to be better, and the simpler one is kept. When even the best
+   is not two standard errors above chance (0.5), no candidate finds the
+   synthetic defects on this surface and the ranking says nothing: the
+   first candidate (the paper's kind of response on the finest level,
+   through the one-class model) is kept, and the record says so. The
+   choice's synthetic image and pixel AUROC, every other candidate's, and
+   the standard error are recorded in the model file.
+
+Responses take part when they say so (``candidate``); a response computed
+per level is tried on the network's first level, its first two, ... all of
+them (one fit gives all of these); one that reads every level at once is
+tried on all of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from .config import AUTO, IMAGE_SCORES, RadarConfig
+from .decision import MIN_CALIBRATION_IMAGES, ImageDecision
+from .defects import KINDS, paste_into
+from .features import map_scores
+from .noise_map import Evidence
+from .registry import RESPONSES
+from .response import EvidenceOf, EvidenceResponse, LevelFusion, ResponseOutput, build_response
+
+EvidenceMany = Callable[[Sequence[np.ndarray], str], list[Evidence]]
+"""``(images (C, H, W) in [0, 1], description) -> one Evidence per image``, at every level of the network."""
+
+SEED_OFFSET = 271_828  # the self-validation's draws, apart from every other use of the seed
+# how visible a check defect is, in units of the surface's fine-texture spread
+# (radar_ad.defects.visibility): clearly there, so candidates differ in what
+# they find rather than all missing what nobody could see
+CHECK_VISIBLE = 3.0
+# The defect kinds in two groups, material added or replaced and the finish
+# changed: a response that learns from synthetic defects is scored on each
+# group by a twin that never learned that group (EvidenceResponse.without).
+KIND_GROUPS = (("brightness", "texture"), ("contrast", "blur"))
+# pixels of the synthetic defective images behind the pixel AUROC (evenly strided)
+PIXEL_SAMPLE = 2_000_000
+
+
+@dataclass(frozen=True)
+class Candidate:
+    response: str
+    scales: tuple[int, ...]
+    image_score: str
+
+    def settings(self) -> dict[str, Any]:
+        return {"inference.response": self.response, "inference.scales": list(self.scales),
+                "inference.image_score": self.image_score}
+
+    def describe(self) -> str:
+        return f"{self.response} on scales {'/'.join(map(str, self.scales))}, image score {self.image_score}"
+
+
+@dataclass
+class Selection:
+    """What the self-validation chose and how every candidate did.
+    ``response``: the chosen response when it learned from images (reused,
+    not learned again), else ``None``."""
+
+    chosen: Candidate
+    requested: dict[str, Any]
+    table: list[dict[str, Any]]
+    n_fit: int
+    n_check: int
+    n_defective: int
+    note: str = ""
+    standard_error: float | None = None
+    response: EvidenceResponse | None = field(default=None, repr=False)
+
+    @property
+    def synthetic_auroc(self) -> float | None:
+        return next((row["image_auroc"] for row in self.table if row["chosen"]), None)
+
+    def record(self) -> dict[str, Any]:
+        """The JSON kept in ``radar.json``."""
+        return {"requested": self.requested, "chosen": self.chosen.settings(),
+                "synthetic_image_auroc": self.synthetic_auroc,
+                "synthetic_pixel_auroc": next((row["pixel_auroc"] for row in self.table if row["chosen"]), None),
+                "standard_error": self.standard_error,
+                "images": {"fit": self.n_fit, "check": self.n_check, "defective": self.n_defective},
+                "note": self.note, "candidates": self.table}
+
+
+def describe_record(record: dict[str, Any]) -> str:
+    """One line for people from :meth:`Selection.record`: the choice and its synthetic AUROC."""
+    chosen = record["chosen"]
+    what = (f"self-validation chose response {chosen['inference.response']} on scales "
+            f"{'/'.join(map(str, chosen['inference.scales']))}, image score {chosen['inference.image_score']}")
+    auroc, images = record.get("synthetic_image_auroc"), record.get("images", {})
+    if auroc is None:
+        return f"{what} ({record.get('note') or 'no self-validation'})"
+    error = record.get("standard_error")
+    within = "" if error is None else f", the cheapest within one standard error ({error:.3f}) of the best"
+    if record.get("note"):
+        within = f"; {record['note']}"
+    return (f"{what}: synthetic-defect image AUROC {auroc:.3f} ({images.get('check')} held-out normal images, "
+            f"{images.get('defective')} defective copies; {len(record.get('candidates', []))} candidates{within})")
+
+
+def requested(config: RadarConfig) -> dict[str, Any]:
+    """The settings the selection resolves, as the config gives them."""
+    inference = config.inference
+    return {"inference.response": inference.response,
+            "inference.scales": None if inference.scales is None else list(inference.scales),
+            "inference.image_score": inference.image_score}
+
+
+def candidates(config: RadarConfig) -> list[Candidate]:
+    """Every candidate the config leaves open, cheapest first: responses in
+    name order (one computed per level before one that learns), fewer levels
+    first, the response's features before a map statistic."""
+    inference, network = config.inference, config.network
+    if inference.response == AUTO:
+        names = [name for name, entry in RESPONSES.items() if getattr(entry, "candidate", False)]
+        names.sort(key=lambda name: bool(getattr(RESPONSES.get(name), "learns_from_images", False)))
+    else:
+        names = [inference.response]
+    rules = [rule for rule in IMAGE_SCORES if rule != AUTO] if inference.image_score == AUTO else [
+        inference.image_score]
+    found = []
+    for name in names:
+        if getattr(RESPONSES.get(name), "all_levels", False):
+            scale_sets = [tuple(network.scales)]
+        elif inference.scales is None:
+            scale_sets = [tuple(network.scales[:n]) for n in range(1, len(network.scales) + 1)]
+        else:
+            scale_sets = [tuple(inference.scales)]
+        found += [Candidate(name, scales, rule) for scales in scale_sets for rule in rules]
+    return found
+
+
+def synthetic_copies(images: Sequence[np.ndarray], donors: Sequence[np.ndarray], copies: int,
+                     rng: np.random.Generator) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+    """``copies`` defective copies of each image (foreign texture from
+    ``donors``): images, masks and each defect's kind."""
+    defective, masks, kinds = [], [], []
+    for image in images:
+        for _ in range(copies):
+            kind = KINDS[int(rng.integers(len(KINDS)))]
+            copy, mask = paste_into(image, donors[int(rng.integers(len(donors)))], rng, kind, visible=CHECK_VISIBLE)
+            defective.append(copy)
+            masks.append(mask)
+            kinds.append(kind)
+    return defective, masks, kinds
+
+
+def auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """Image AUROC, or ``None`` with one class only or a non-finite score."""
+    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
+    if len(set(labels.tolist())) < 2 or not np.isfinite(scores).all():
+        return None
+    return float(roc_auc_score(labels, scores))
+
+
+def auroc_standard_error(value: float, n_normal: int, n_defective: int) -> float:
+    """Hanley and McNeil's (1982) standard error of an image AUROC ``value``
+    from ``n_normal`` and ``n_defective`` images."""
+    q1, q2 = value / (2 - value), 2 * value**2 / (1 + value)
+    variance = (value * (1 - value) + (n_defective - 1) * (q1 - value**2)
+                + (n_normal - 1) * (q2 - value**2)) / (n_normal * n_defective)
+    return float(np.sqrt(max(variance, 0.0)))
+
+
+def one_standard_error(aurocs: Sequence[float], error: float) -> int:
+    """The first (cheapest) index whose AUROC is within ``error`` of the best."""
+    best = max(aurocs)
+    return next(i for i, value in enumerate(aurocs) if value >= best - error - 1e-12)
+
+
+def _pixel_auroc(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> float | None:
+    values = np.concatenate([np.asarray(m, dtype=np.float32).ravel() for m in maps])
+    truth = np.concatenate([mask.ravel() for mask in masks])
+    step = max(1, len(values) // PIXEL_SAMPLE)
+    return auroc(truth[::step].astype(int), values[::step])
+
+
+def _fused(outputs: list[ResponseOutput], keep: list[int], size: tuple[int, int]) -> ResponseOutput:
+    """The output of the levels ``keep`` (their maps fused at the finest level ``size``)."""
+    return LevelFusion.fuse([outputs[k] for k in keep], size)
+
+
+@dataclass
+class Prepared:
+    """Every candidate response learned and fitted on normal images, those
+    images' evidence, and their image features (for the one-class model of
+    a candidate that scores by the response's features)."""
+
+    config: RadarConfig
+    options: list[Candidate]
+    responses: dict[str, EvidenceResponse]
+    widest: dict[str, tuple[int, ...]]
+    evidence: list[Evidence]
+    fit_features: dict[tuple[str, tuple[int, ...]], np.ndarray] = field(default_factory=dict)
+
+    def keep(self, name: str, scales: tuple[int, ...]) -> list[int]:
+        response = self.responses[name]
+        return [self.widest[name].index(s) for s in scales] if isinstance(response, LevelFusion) else [0]
+
+    def outputs(self, name: str, evidence: Evidence) -> list[ResponseOutput]:
+        """Each level's output (a per-level response) or the one output, of one batch of evidence."""
+        response = self.responses[name]
+        if isinstance(response, LevelFusion):
+            return response.respond_levels(evidence)
+        return [response.respond(evidence)]
+
+    def featurise(self, names: Sequence[str]) -> Prepared:
+        """Compute the normal images' features of the responses ``names``."""
+        for name in names:
+            outputs = [self.outputs(name, item) for item in self.evidence]
+            for scales in dict.fromkeys(option.scales for option in self.options if option.response == name):
+                self.fit_features[(name, scales)] = np.concatenate(
+                    [_fused(levels, self.keep(name, scales), item.size).features.numpy()
+                     for levels, item in zip(outputs, self.evidence)])
+        return self
+
+    def without(self, kinds: Sequence[str]) -> Prepared:
+        """The candidates as they would be had none learned from synthetic defects of ``kinds``."""
+        responses = {name: response.without(kinds) for name, response in self.responses.items()}
+        changed = [name for name in responses if responses[name] is not self.responses[name]]
+        twin = Prepared(self.config, self.options, responses, self.widest, self.evidence,
+                        {key: value for key, value in self.fit_features.items() if key[0] not in changed})
+        return twin.featurise(changed)
+
+
+def prepare(config: RadarConfig, options: Sequence[Candidate], images: Sequence[np.ndarray],
+            evidence_many: EvidenceMany, evidence_of: EvidenceOf, progress: bool = False) -> Prepared:
+    """Learn (where a response learns from images) and fit every response
+    of ``options`` on the normal ``images``, at the widest levels any option
+    of it reads."""
+    evidence = evidence_many(images, "candidates: normal images")
+    responses, widest = {}, {}
+    for name in dict.fromkeys(option.response for option in options):
+        mine = [option for option in options if option.response == name]
+        widest[name] = max((option.scales for option in mine), key=len)
+        response = build_response(config, name, widest[name], "features")
+        if response.learns_from_images:
+            response.learn(images, evidence_of, progress)
+        if response.needs_fit:
+            response.fit(evidence)
+        responses[name] = response
+    return Prepared(config, list(options), responses, widest, evidence).featurise(list(responses))
+
+
+@dataclass
+class Evaluated:
+    """Every candidate's image scores of the evaluated images, in order, and
+    (when kept) the anomaly maps of each response and levels."""
+
+    scores: dict[Candidate, np.ndarray]
+    maps: dict[tuple[str, tuple[int, ...]], list[np.ndarray]]
+
+
+def evaluate(prepared: Prepared, images: Sequence[np.ndarray], evidence_many: EvidenceMany,
+             keep_maps: bool = False, chunk: int = 16, desc: str = "candidates: scoring") -> Evaluated:
+    """Score ``images`` (``(C, H, W)`` in [0, 1]) with every candidate,
+    ``chunk`` images' evidence at a time (memory: one chunk's evidence, the
+    scores, and the kept maps)."""
+    config = prepared.config
+    decisions = {}
+    for option in prepared.options:
+        if option.image_score == "features":
+            decisions[option] = ImageDecision(config.decision, config.seed).fit(
+                prepared.fit_features[(option.response, option.scales)])
+    scores: dict[Candidate, list[float]] = {option: [] for option in prepared.options}
+    maps: dict[tuple[str, tuple[int, ...]], list[np.ndarray]] = {}
+    for start in range(0, len(images), chunk):
+        for item in evidence_many(images[start:start + chunk], desc):
+            for name in prepared.responses:
+                outputs = prepared.outputs(name, item)
+                for scales in dict.fromkeys(o.scales for o in prepared.options if o.response == name):
+                    fused = _fused(outputs, prepared.keep(name, scales), item.size)
+                    if keep_maps:
+                        maps.setdefault((name, scales), []).append(fused.anomaly_map[0].float().cpu().numpy())
+                    for option in (o for o in prepared.options if o.response == name and o.scales == scales):
+                        if option.image_score == "features":
+                            value = float(decisions[option].score(fused.features.numpy())[0])
+                        else:
+                            value = float(map_scores(fused.anomaly_map, option.image_score,
+                                                     config.inference.score_window)[0, 0])
+                        scores[option].append(value)
+    return Evaluated({option: np.array(values) for option, values in scores.items()}, maps)
+
+
+def choose(config: RadarConfig, images: Sequence[np.ndarray], evidence_many: EvidenceMany,
+           evidence_of: EvidenceOf, progress: bool = False) -> Selection:
+    """Choose among :func:`candidates` on the normal calibration ``images``
+    (``(C, H, W)`` in [0, 1]); see the module docstring."""
+    options = candidates(config)
+    asked = requested(config)
+    n = len(images)
+    n_fit = max(MIN_CALIBRATION_IMAGES, n // 2)
+    if len(options) == 1 or n - n_fit < 2:
+        note = ("one candidate" if len(options) == 1 else
+                f"{n} calibration images are too few to hold out a check half; the first candidate is kept")
+        return Selection(options[0], asked, [], 0, 0, 0, note)
+    rng = np.random.default_rng([config.seed, SEED_OFFSET])
+    order = rng.permutation(n)
+    fit = [images[i] for i in sorted(order[:n_fit].tolist())]
+    check = [images[i] for i in sorted(order[n_fit:].tolist())]
+    defective, masks, kinds = synthetic_copies(check, fit, config.inference.selection_copies, rng)
+    prepared = prepare(config, options, fit, evidence_many, evidence_of, progress)
+    image_aurocs: dict[Candidate, list[float]] = {option: [] for option in options}
+    pixel_aurocs: dict[Candidate, list[float]] = {option: [] for option in options}
+    group_sizes = []
+    for group in KIND_GROUPS:
+        picked = [i for i, kind in enumerate(kinds) if kind in group]
+        if not picked:
+            continue
+        group_sizes.append(len(picked))
+        fold = prepared.without(group)
+        evaluated = evaluate(fold, check + [defective[i] for i in picked], evidence_many, keep_maps=True,
+                             desc="self-validation: held-out and defective images")
+        labels = np.array([0] * len(check) + [1] * len(picked))
+        for option in options:
+            image_aurocs[option].append(auroc(labels, evaluated.scores[option]) or 0.0)
+            pixels = evaluated.maps[(option.response, option.scales)][len(check):]
+            pixel_aurocs[option].append(_pixel_auroc(pixels, [masks[i] for i in picked]) or 0.0)
+    table = [{**option.settings(), "image_auroc": float(np.mean(image_aurocs[option])),
+              "pixel_auroc": float(np.mean(pixel_aurocs[option])), "chosen": False} for option in options]
+    aurocs = [row["image_auroc"] for row in table]
+    # the error of a mean over the kind groups, each scored on the check
+    # images and its own defective copies
+    error = float(np.sqrt(sum(auroc_standard_error(max(aurocs), len(check), size) ** 2
+                              for size in group_sizes)) / len(group_sizes))
+    note = ""
+    if max(aurocs) < 0.5 + 2 * error:
+        best = 0
+        note = (f"no candidate ranks the synthetic defects above chance (best {max(aurocs):.3f}, two standard "
+                f"errors {2 * error:.3f}): the first candidate is kept")
+    else:
+        best = one_standard_error(aurocs, error)
+    table[best]["chosen"] = True
+    chosen = options[best]
+    learned = prepared.responses[chosen.response]
+    if learned.learns_from_images:
+        learned.image_score = chosen.image_score  # it learned with every image score open; it keeps the chosen one
+    return Selection(chosen, asked, table, len(fit), len(check), len(defective), note, error,
+                     response=learned if learned.learns_from_images else None)

@@ -1,0 +1,110 @@
+"""The default chosen without labelled defects: self-validation on synthetic
+defects in held-out calibration images picks the response, levels and image
+score, deterministically under the seed, records the choice in the model
+file, prints it on `radar train`, and what a config names is forced."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from radar_ad import Radar
+from radar_ad.config import AUTO
+from radar_ad.persistence import CONFIG_FILE
+from radar_ad.selection import auroc_standard_error, candidates, describe_record, one_standard_error
+
+from test_cli import radar as run_radar
+
+OPEN = {"inference.response": AUTO, "inference.scales": None, "inference.image_score": AUTO}
+
+
+@pytest.fixture(scope="module")
+def normal_images(surfaces) -> list:
+    return sorted((surfaces / "train" / "good").glob("*.png"))
+
+
+@pytest.fixture(scope="module")
+def chosen(pyramid_fitted, normal_images) -> Radar:
+    radar, _ = pyramid_fitted
+    return radar.with_settings(OPEN).calibrate(normal_images[:30], conformal=normal_images[30:42])
+
+
+def test_candidates_span_every_response_level_set_and_image_score(pyramid_fitted):
+    config = pyramid_fitted[0].config.updated(OPEN)
+    options = candidates(config)
+    assert {o.response for o in options} == {"two_sided", "segmentation"}
+    assert {o.scales for o in options if o.response == "two_sided"} == {(1,), (1, 2), (1, 2, 4)}
+    assert {o.scales for o in options if o.response == "segmentation"} == {(1, 2, 4)}  # it reads every level
+    assert {o.image_score for o in options} == {"features", "max", "robust_max"}
+    assert len(options) == 12 and options[0].response == "two_sided"  # the cheaper response first
+    # what the config names is forced
+    named = candidates(config.updated({"inference.response": "segmentation", "inference.image_score": "max"}))
+    assert [(o.response, o.scales, o.image_score) for o in named] == [("segmentation", (1, 2, 4), "max")]
+    levels = candidates(config.updated({"inference.response": "two_sided", "inference.scales": [1, 2]}))
+    assert {o.scales for o in levels} == {(1, 2)} and len(levels) == 3
+
+
+def test_the_choice_is_recorded_deterministic_and_what_the_model_runs(chosen, pyramid_fitted, normal_images, tmp_path):
+    record = chosen.selection()
+    assert record["requested"] == {"inference.response": AUTO, "inference.scales": None,
+                                   "inference.image_score": AUTO}
+    rows = record["candidates"]
+    assert len(rows) == 12 and sum(row["chosen"] for row in rows) == 1
+    best = max(row["image_auroc"] for row in rows)
+    picked = next(row for row in rows if row["chosen"])
+    error = record["standard_error"]
+    assert 0 < error < 0.5 and picked["image_auroc"] == record["synthetic_image_auroc"]
+    if best < 0.5 + 2 * error:  # nothing ranks the synthetic defects above chance: the first is kept, and said
+        assert picked is rows[0] and "above chance" in record["note"]
+    else:  # the cheapest within one standard error of the best
+        assert picked["image_auroc"] >= best - error and not record["note"]
+        assert all(row["image_auroc"] < best - error for row in rows[:rows.index(picked)])
+    assert 0 <= record["synthetic_image_auroc"] <= 1 and record["images"]["defective"] == 2 * record["images"]["check"]
+    # the model is the choice: its config names it, nothing is left open
+    inference = chosen.config.inference
+    assert (inference.response, list(inference.scales), inference.image_score) == (
+        picked["inference.response"], picked["inference.scales"], picked["inference.image_score"])
+    assert chosen.requested_config().inference.response == AUTO
+    # the same seed chooses the same, to the last digit
+    again = pyramid_fitted[0].with_settings(OPEN).calibrate(normal_images[:30], conformal=normal_images[30:42])
+    assert again.selection() == record
+    # it travels in radar.json, and a loaded model scores as the fitted one
+    model_dir = chosen.save(tmp_path / "model")
+    assert json.loads((model_dir / CONFIG_FILE).read_text())["selection"] == json.loads(json.dumps(record))
+    loaded = Radar.load(model_dir)
+    image = normal_images[45]
+    assert loaded.predict(image).score == chosen.predict(image).score
+    assert "self-validation chose response" in describe_record(record)
+
+
+def test_a_named_configuration_records_no_selection(pyramid_fitted):
+    radar, _ = pyramid_fitted
+    assert radar.selection() is None and radar.requested_config() == radar.config
+
+
+def test_radar_train_prints_the_choice_and_its_synthetic_auroc(surfaces, tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({
+        "patch_size": 16, "network": {"block_out_channels": [8, 16], "attention": [False, False]},
+        "train": {"steps": 30, "batch_size": 16, "calibration_fraction": 0.4, "conformal_size": 10},
+        "inference": {"segmentation_examples": 24, "segmentation_steps": 10, "segmentation_crop": 32}}))
+    result = run_radar("train", surfaces, "--out", tmp_path / "model", "--config", config, "-q")
+    assert result.returncode == 0, result.stderr
+    line = result.stdout.strip().splitlines()[-1]
+    assert line.startswith("self-validation chose response") and "synthetic-defect image AUROC" in line
+    record = json.loads((tmp_path / "model" / CONFIG_FILE).read_text())["selection"]
+    assert f"{record['synthetic_image_auroc']:.3f}" in line
+    assert np.isfinite(record["synthetic_image_auroc"])
+
+
+def test_the_cheapest_candidate_within_one_standard_error_of_the_best_is_chosen():
+    # Hanley and McNeil's standard error: shrinks with more images, zero at a perfect ranking
+    assert auroc_standard_error(0.75, 30, 60) > auroc_standard_error(0.75, 300, 600) > 0
+    assert auroc_standard_error(1.0, 30, 60) == 0.0
+    assert auroc_standard_error(0.5, 30, 60) == pytest.approx(0.0645, abs=5e-4)  # sqrt((n0+n1+1)/(12 n0 n1))
+    aurocs = [0.60, 0.55, 0.66, 0.70]  # cheapest first
+    assert one_standard_error(aurocs, 0.05) == 2  # 0.66 is within 0.05 of 0.70; 0.60 is not
+    assert one_standard_error(aurocs, 0.12) == 0
+    assert one_standard_error(aurocs, 0.0) == 3
