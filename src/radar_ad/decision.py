@@ -210,7 +210,7 @@ class ImageDecision:
 
     def p_values(self, scores: np.ndarray) -> np.ndarray | None:
         """Conformal p-values of image scores, or ``None`` for a model
-        without conformal images (trained by radar-ad before 0.4)."""
+        without conformal images."""
         return conformal_p_values(self.conformal_scores_, scores) if self.n_conformal else None
 
     def warning(self) -> str | None:
@@ -238,7 +238,7 @@ class ImageDecision:
 
 def _check_finite(features: np.ndarray, which: str) -> None:
     """Refuse NaN or infinite features of normal images: a model fitted on
-    them would score every image NaN (and, before 0.5, call it normal)."""
+    them would score every image NaN."""
     if not np.isfinite(features).all():
         bad = int((~np.isfinite(features).all(axis=1)).sum())
         raise NonFiniteError(f"{bad} of the {len(features)} {which} images have non-finite features "
