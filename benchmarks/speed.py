@@ -19,6 +19,16 @@ largest anomaly map difference relative to the pixel threshold and the
 number of differing verdicts. A stride other than a trained model's own
 needs --calibration (normal images) to recalibrate at that stride.
 
+The machine comes first: the CPU model, its vector extensions (AVX2,
+AVX-512, VNNI, AMX: what int8 and bfloat16 can use) and a float32 matmul
+peak (4096 x 4096, best of three) measured in the same run. The network's
+cost is counted once (``torch.utils.flop_counter``, GFLOP per image at the
+model's levels), so each row gives the GFLOP/s the network achieves inside
+the pipeline, its share of the time per image (the backend's own calls,
+timed in place: the rest is tiling, stitching, the response, the features
+and the one-class score) and the latency of one image at a time (p50,
+p99 over --latency-images calls).
+
 A second table gives the network time of the pyramid: the one-step
 evidence of the same images at the finest level alone and at every level
 the model reads, per backend, and their ratio (the pyramid's cost in units
@@ -34,17 +44,103 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from radar_ad import Radar, RadarConfig
+from radar_ad.backend import available_cores
 from radar_ad.data import list_images
 from radar_ad.errors import RadarError
 from radar_ad.patches import grid_positions
+from radar_ad.pyramid import level_size
 from radar_ad.registry import BACKENDS
 from radar_ad.synthetic import SyntheticSpec, make_dataset
+
+VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8",
+                "amx_bf16")
+
+
+class TimedNetwork:
+    """A backend that adds up the seconds of its own calls (the network's
+    share of the time per image), otherwise the backend it wraps."""
+
+    def __init__(self, backend: Callable[..., torch.Tensor]) -> None:
+        self.backend, self.seconds = backend, 0.0
+
+    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
+        start = time.perf_counter()
+        try:
+            return self.backend(*args)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.backend, name)
+
+
+def cpu_description() -> dict[str, Any]:
+    """The CPU model, the vector extensions it offers and the cores this process may use."""
+    model, flags = platform.processor() or platform.machine(), set[str]()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    return {"model": model, "vector_extensions": [flag for flag in VECTOR_FLAGS if flag in flags],
+            "cores": available_cores(), "torch_threads": torch.get_num_threads()}
+
+
+def matmul_peak(size: int = 4096, repeats: int = 3) -> float:
+    """GFLOP/s of a float32 ``size x size`` matmul in PyTorch on the CPU, best of ``repeats``."""
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.rand(size, size, generator=generator), torch.rand(size, size, generator=generator)
+    a @ b  # warm-up
+    best = min(_seconds(lambda: a @ b) for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
+
+
+def _seconds(work: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    work()
+    return time.perf_counter() - start
+
+
+def network_gflop(radar: Radar, image: Path) -> float:
+    """GFLOP of the network per image at the model's levels (PyTorch's count; the same graph runs everywhere)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch_model = radar.with_backend("torch")
+    scales = tuple(radar.config.inference.scales or radar.config.network.scales)
+    with FlopCounterMode(display=False) as counter:
+        for _ in torch_model._evidence_chunks([radar_array(radar, image)], scales):
+            pass
+    return counter.get_total_flops() / 1e9
+
+
+def patches_per_image(height: int, width: int, patch: int, stride: int, scales: tuple[int, ...]) -> int:
+    """Network evaluations per image: each level read, tiled (a level smaller than a patch is padded to one)."""
+    total = 0
+    for scale in scales:
+        h, w = level_size(height, width, scale)
+        total += len(grid_positions(max(h, patch), patch, stride)) * len(grid_positions(max(w, patch), patch, stride))
+    return total
+
+
+def latency_ms(radar: Radar, images: list[Path], count: int) -> tuple[float, float]:
+    """p50 and p99 milliseconds of one image per call, over ``count`` calls (cycling through ``images``)."""
+    radar.predict_many(images[:1])
+    seconds = [_seconds(partial(radar.predict_many, [images[i % len(images)]])) for i in range(count)]
+    p50, p99 = np.percentile(seconds, [50, 99])
+    return 1000 * float(p50), 1000 * float(p99)
 
 
 def untrained_default(data: Path, size: int, overrides: dict | None = None) -> Radar:
@@ -54,17 +150,23 @@ def untrained_default(data: Path, size: int, overrides: dict | None = None) -> R
     return Radar(config).fit(data, progress=False)
 
 
-def time_backend(radar: Radar, images: list[Path], batch: int, rounds: int) -> tuple[float, list]:
-    """Median seconds per image over ``rounds`` passes, and the last pass's predictions."""
+def time_backend(radar: Radar, images: list[Path], batch: int, rounds: int) -> tuple[float, float, list]:
+    """Median seconds per image over ``rounds`` passes, the network's share
+    of them, and the last pass's predictions."""
     radar.predict_many(images[:batch])  # warm-up: allocations, ORT's first run
+    timed = TimedNetwork(radar.backend_)
+    radar.backend_ = timed  # type: ignore[assignment]  # duck-typed: the pipeline only calls it
     per_image, predictions = [], []
-    for _ in range(rounds):
-        predictions = []
-        start = time.perf_counter()
-        for i in range(0, len(images), batch):
-            predictions += radar.predict_many(images[i:i + batch])
-        per_image.append((time.perf_counter() - start) / len(images))
-    return statistics.median(per_image), predictions
+    try:
+        for _ in range(rounds):
+            predictions = []
+            start = time.perf_counter()
+            for i in range(0, len(images), batch):
+                predictions += radar.predict_many(images[i:i + batch])
+            per_image.append((time.perf_counter() - start) / len(images))
+    finally:
+        radar.backend_ = timed.backend  # type: ignore[assignment]
+    return statistics.median(per_image), timed.seconds / (sum(per_image) * len(images)), predictions
 
 
 def time_evidence(radar: Radar, images: list[Path], scales: tuple[int, ...], rounds: int) -> float:
@@ -103,8 +205,11 @@ def main() -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                         help="override a setting of the untrained model, e.g. network.attention=[false,true,true]")
     parser.add_argument("--no-cuda", action="store_true", help="skip the CUDA row where a GPU is present")
+    parser.add_argument("--latency-images", type=int, default=40, help="one-image calls behind p50/p99 latency")
     parser.add_argument("--json", type=Path, default=Path("speed.json"))
     args = parser.parse_args()
+    machine = {**cpu_description(), "matmul_peak_gflops": matmul_peak(), "platform": platform.platform(),
+               "torch": torch.__version__}
 
     data = Path(".speed-data") / f"surfaces-{args.size}-{args.count}"
     if not data.is_dir() and not (args.model and args.images):  # generated once, reused by later runs
@@ -131,30 +236,36 @@ def main() -> int:
             if calibration is None:
                 parser.error(f"stride {stride} needs --calibration: normal images to recalibrate at it")
             at_stride.calibrate(calibration)
-        timings, predictions = {}, {}
+        gflop = network_gflop(at_stride, images[0])
+        timings, shares, latencies, predictions = {}, {}, {}, {}
         for name in names:
             try:
                 radar = at_stride.with_backend(name)
             except RadarError as exc:
                 print(f"{name}: skipped ({exc})", file=sys.stderr)
                 continue
-            timings[name], predictions[name] = time_backend(radar, images, args.batch, args.rounds)
+            timings[name], shares[name], predictions[name] = time_backend(radar, images, args.batch, args.rounds)
+            latencies[name] = latency_ms(radar, images, args.latency_images)
         if torch.cuda.is_available() and not args.no_cuda:  # the same model on the GPU, in float32
             with tempfile.TemporaryDirectory() as folder:
                 on_gpu = Radar.load(at_stride.save(Path(folder) / "model"), device="cuda")
-            timings["torch-cuda"], predictions["torch-cuda"] = time_backend(on_gpu, images, args.batch,
-                                                                            args.rounds)
+            timings["torch-cuda"], shares["torch-cuda"], predictions["torch-cuda"] = time_backend(
+                on_gpu, images, args.batch, args.rounds)
+            latencies["torch-cuda"] = latency_ms(on_gpu, images, args.latency_images)
         reference = predictions["torch"]
         height, width = reference[0].anomaly_map.shape
         patch = model.config.patch_size
         row = {"stride": stride, "image": f"{height}x{width}",
-               "patches_per_image": (len(grid_positions(height, patch, stride))
-                                     * len(grid_positions(width, patch, stride))),
+               "patches_per_image": patches_per_image(height, width, patch, stride,
+                                                      model.config.inference.scales or (1,)),
+               "network_gflop_per_image": gflop,
                "anomalous": sum(a.is_anomalous for a in reference), "backends": {}}
         for name, seconds in timings.items():
             got = predictions[name]
             row["backends"][name] = {
                 "images_per_s": 1 / seconds, "vs_torch": timings["torch"] / seconds,
+                "network_share": shares[name], "network_gflops": gflop / (seconds * shares[name]),
+                "latency_p50_ms": latencies[name][0], "latency_p99_ms": latencies[name][1],
                 "max_map_diff_rel": max(float(np.abs(a.anomaly_map - b.anomaly_map).max())
                                         for a, b in zip(reference, got)) / model.pixel_threshold_,
                 "max_score_diff": max(abs(a.score - b.score) for a, b in zip(reference, got)),
@@ -172,14 +283,20 @@ def main() -> int:
                                                                                      args.rounds)
         pyramid[name] = {"finest_level_ms": 1000 * one, "pyramid_ms": 1000 * every, "ratio": every / one,
                          "scales": list(levels)}
-    print("| stride | image | patches | backend | img/s | vs torch | map diff / pixel thr | score diff | "
-          "verdicts differing |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"CPU: {machine['model']}, {machine['cores']} cores ({', '.join(machine['vector_extensions']) or 'no'} "
+          f"vector extensions); float32 matmul peak {machine['matmul_peak_gflops']:.0f} GFLOP/s; "
+          f"torch {machine['torch']}")
+    print()
+    print("| stride | image | patches | GFLOP/img | backend | img/s | vs torch | network share | network GFLOP/s "
+          "| latency p50 / p99 (ms) | map diff / pixel thr | score diff | verdicts differing |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         for name, b in r["backends"].items():
-            print(f"| {r['stride']} | {r['image']} | {r['patches_per_image']} | {name} | {b['images_per_s']:.2f} | "
-                  f"{b['vs_torch']:.2f}x | {b['max_map_diff_rel']:.1e} | {b['max_score_diff']:.1e} | "
-                  f"{b['verdicts_differing']} of {len(images)} |")
+            print(f"| {r['stride']} | {r['image']} | {r['patches_per_image']} | {r['network_gflop_per_image']:.2f} "
+                  f"| {name} | {b['images_per_s']:.2f} | {b['vs_torch']:.2f}x | {100 * b['network_share']:.0f} % "
+                  f"| {b['network_gflops']:.0f} | {b['latency_p50_ms']:.0f} / {b['latency_p99_ms']:.0f} "
+                  f"| {b['max_map_diff_rel']:.1e} | {b['max_score_diff']:.1e} | {b['verdicts_differing']} of "
+                  f"{len(images)} |")
     print()
     print("| backend | network time, finest level (ms/img) | all levels read (ms/img) | pyramid / one level |")
     print("|---|---|---|---|")
@@ -189,8 +306,7 @@ def main() -> int:
     result = {"model": str(args.model or "untrained default"), "overrides": args.set,
               "pyramid": pyramid,
               "images": len(images), "batch": args.batch,
-              "rounds": args.rounds, "machine": {"cpu_threads": torch.get_num_threads(),
-                                                 "platform": platform.platform(), "torch": torch.__version__},
+              "rounds": args.rounds, "latency_images": args.latency_images, "machine": machine,
               "rows": rows}
     # numpy scalars (counts, differences) as plain JSON numbers
     args.json.write_text(json.dumps(result, indent=2, default=lambda value: value.item()))

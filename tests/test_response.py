@@ -72,6 +72,21 @@ def test_gaussian_smooth_equals_scipy():
     assert abs(float(smoothed.mean() - small.mean())) < 0.05
 
 
+def test_banded_matrices_and_convolution_give_the_same_smoothing(monkeypatch):
+    """Small maps are filtered by banded-matrix products, large ones by 1-D
+    convolutions: both mirror the border the same way."""
+    import radar_ad.response as response_module
+
+    x = torch.rand(3, 1, 45, 70, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    def filtered():
+        return [gaussian_smooth(x, 6.0), gaussian_smooth(x, 30.0), sobel_magnitude(x, 5), blur(x.float(), 7)]
+    banded = filtered()
+    monkeypatch.setattr(response_module, "BANDED_MAX", 0)
+    for a, b in zip(banded, filtered()):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5 if a.dtype == torch.float32 else 1e-12)
+
+
 def _noise(seed, n=6, size=96):
     return torch.randn(n, 1, size, size, generator=torch.Generator().manual_seed(seed))
 

@@ -12,6 +12,7 @@ from an exported model file. ``Radar`` only ever talks to this interface.
 from __future__ import annotations
 
 import os
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -29,7 +30,7 @@ from .registry import BACKENDS
 
 # The settings the per-patch function is built with: a backend that runs a
 # fixed graph cannot follow a change of them.
-NOISE_SETTINGS = ("seed", "inference.timestep", "inference.draws")
+NOISE_SETTINGS = ("seed", "inference.timestep", "inference.draws", "inference.precision")
 
 _process_threads: int | None = None
 
@@ -165,15 +166,21 @@ class TorchBackend(NoiseBackend):
         except AttributeError as exc:
             raise ConfigError(f"unknown network layer: {exc}") from None
 
+    def precision(self) -> AbstractContextManager[Any]:
+        """The network's number format (``inference.precision``): bfloat16 autocast, or as it is."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16,
+                              enabled=self.config.inference.precision == "bfloat16")
+
     def __call__(self, patches: torch.Tensor, index: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return torch.cat(self.noise(patches.to(self.device), index.to(self.device), level.to(self.device)), 1)
+        with torch.inference_mode(), self.precision():
+            output = torch.cat(self.noise(patches.to(self.device), index.to(self.device), level.to(self.device)), 1)
+        return output.float()
 
     def predict(self, patches: torch.Tensor, index: torch.Tensor, level: torch.Tensor) -> BackendOutput:
-        with torch.inference_mode():
+        with torch.inference_mode(), self.precision():
             noise, repair, *activations = self.module(patches.to(self.device), index.to(self.device),
                                                       level.to(self.device))
-        return BackendOutput(noise, repair, dict(zip(self.layers, activations)))
+        return BackendOutput(noise.float(), repair.float(), {k: a.float() for k, a in zip(self.layers, activations)})
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "parameters": sum(p.numel() for p in self.unet.parameters())}

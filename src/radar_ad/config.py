@@ -25,6 +25,7 @@ FEATURE_NORMS = ("rms", "sum")
 # How the image score is read: "auto" (chosen at calibration, radar_ad.selection),
 # the response's features through the one-class model, or a statistic of the anomaly map.
 IMAGE_SCORES = ("auto", "features", "max", "robust_max")
+PRECISIONS = ("float32", "bfloat16")
 AUTO = "auto"
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 NON_FINITE_POLICIES = ("error", "anomalous")
@@ -271,7 +272,14 @@ class InferenceConfig:
     median absolute deviation (a surface's overall finish cancels);
     ``"auto"``: chosen at calibration with the response.
     ``selection_copies`` defective copies of each self-validation image are
-    made. README "Results" gives the measurements behind these defaults.
+    made.
+
+    ``precision``: the number format the network runs in through PyTorch.
+    ``"bfloat16"`` runs it under autocast (fast on CPUs with AVX-512 BF16 or
+    AMX, and on recent GPUs); the calibration, and so the thresholds and
+    p-values, then come from the same bfloat16 path. The exported graphs
+    (ONNX Runtime, OpenVINO) run float32 only. README "Results" gives the
+    measurements behind these defaults.
     """
 
     section: ClassVar[str] = "inference"
@@ -296,6 +304,7 @@ class InferenceConfig:
     segmentation_crop: int = 96
     segmentation_sigma: float = 2.0
     selection_copies: int = 2
+    precision: str = "float32"
 
     def validate(self) -> None:
         _int_in(self.timestep, 0, MAX_TIMESTEPS - 1, "inference.timestep")
@@ -330,6 +339,7 @@ class InferenceConfig:
         _require(0 <= self.segmentation_sigma <= 64, "inference.segmentation_sigma",
                  "in [0, 64] (0: no smoothing)", self.segmentation_sigma)
         _int_in(self.selection_copies, 1, MAX_SELECTION_COPIES, "inference.selection_copies")
+        _require(self.precision in PRECISIONS, "inference.precision", choices(PRECISIONS), self.precision)
 
     @property
     def resolved(self) -> bool:

@@ -29,6 +29,7 @@ runs batched on the GPU and exports to ONNX; tests show it equal to
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -77,9 +78,42 @@ def sobel_kernels(ksize: int) -> tuple[torch.Tensor, torch.Tensor]:
     return deriv, smooth
 
 
+# :func:`_separable` multiplies by banded matrices (one BLAS call per axis)
+# instead of convolving with a 1-D kernel, which runs far below the
+# machine's rate, while the matrices' work (n per pixel) stays within
+# BANDED_PER_TAP times the kernel's (its taps per pixel), and their size
+# within BANDED_MAX pixels a side (a few MB each, a bounded cache).
+BANDED_PER_TAP = 64
+BANDED_MAX = 1024
+
+
+@functools.lru_cache(maxsize=12)
+def _banded(length: int, kernel: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``(length, length)`` matrix B such that ``B @ v`` is ``v`` mirrored at
+    both ends (``F.pad`` ``reflect``) correlated with ``kernel`` (odd length,
+    its half-width below ``length``)."""
+    half = len(kernel) // 2
+    source = torch.arange(length)[:, None] + torch.arange(-half, half + 1)[None]
+    source = source.abs()  # mirrored before the first pixel ...
+    source = torch.where(source > length - 1, 2 * (length - 1) - source, source)  # ... and after the last
+    rows = torch.arange(length)[:, None].expand_as(source)
+    weights = torch.tensor(kernel, dtype=torch.float64).expand_as(source)
+    matrix = torch.zeros(length, length, dtype=torch.float64)
+    matrix.index_put_((rows.reshape(-1), source.reshape(-1)), weights.reshape(-1), accumulate=True)
+    return matrix.to(dtype=dtype, device=device)
+
+
 def _separable(x: torch.Tensor, along_x: torch.Tensor, along_y: torch.Tensor) -> torch.Tensor:
-    """Correlate ``(N, 1, H, W)`` with ``along_y`` (rows) then ``along_x``."""
+    """Correlate ``(N, 1, H, W)`` with ``along_y`` (rows) then ``along_x``,
+    mirrored at the border."""
+    height, width = x.shape[-2:]
     kx, ky = along_x.numel() // 2, along_y.numel() // 2
+    longest = max(height, width)
+    taps = min(along_x.numel(), along_y.numel())
+    if longest <= min(BANDED_MAX, BANDED_PER_TAP * taps) and kx < width and ky < height:
+        rows = _banded(width, tuple(along_x.tolist()), x.dtype, x.device)
+        columns = _banded(height, tuple(along_y.tolist()), x.dtype, x.device)
+        return torch.matmul(columns, torch.matmul(x, rows.T))
     wx = along_x.to(x).view(1, 1, 1, -1)
     wy = along_y.to(x).view(1, 1, -1, 1)
     x = F.conv2d(F.pad(x, (kx, kx, 0, 0), mode="reflect"), wx)

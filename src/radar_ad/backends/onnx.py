@@ -96,6 +96,14 @@ def graph_description(config: dict[str, Any], channels: int) -> dict[str, Any]:
     }
 
 
+def float32_only(network: TorchBackend, label: str) -> None:
+    """The exported graph is float32: a model calibrated in another precision would not match it."""
+    precision = network.config.inference.precision
+    if precision != "float32":
+        raise ModelError(f"{label} runs the network in float32 but this model runs and was calibrated in "
+                         f"{precision}: use the torch backend, or set inference.precision=float32 and recalibrate")
+
+
 def check_parity(network: TorchBackend, other: NoiseBackend) -> float:
     """Largest difference between ``other`` and PyTorch on random patches at
     batch sizes either side of 64 (diffusers takes a branch there that a
@@ -156,6 +164,7 @@ class GraphBackend(NoiseBackend):
 
     @classmethod
     def from_network(cls, network: TorchBackend, layers: tuple[str, ...] = ()) -> GraphBackend:
+        float32_only(network, cls.label)
         backend = cls(onnx_bytes(network, layers), layers)
         check_parity(network, backend)
         return backend
@@ -210,6 +219,7 @@ class OnnxBackend(GraphBackend):
         """Write one self-contained ``.onnx`` file (atomically), after running
         it through ONNX Runtime and comparing it with PyTorch."""
         onnx = require("onnx", "onnx", "the ONNX export")
+        float32_only(network, "the ONNX export")
         model = onnx.load_from_string(onnx_bytes(network, layers))
         props = {
             METADATA_KEY: json.dumps(metadata),
