@@ -46,7 +46,6 @@ from scipy.stats import spearmanr
 from radar_ad import Radar
 from radar_ad.backend import TorchBackend
 from radar_ad.data import as_image_array, list_images
-from radar_ad.errors import RadarError
 from radar_ad.registry import BACKENDS
 from radar_ad.synthetic import SyntheticSpec, make_dataset
 
@@ -103,7 +102,8 @@ def rebatched(patches: Batch, size: int) -> list[Batch]:
 
 def time_runner(run: Runner, batches: list[Batch], rounds: int) -> tuple[float, torch.Tensor]:
     """Median seconds of one pass over ``batches``, and that pass's noise output."""
-    run(*batches[0])  # warm-up
+    for batch in {len(b[0]): b for b in batches}.values():  # warm-up: each batch shape once (a compiler's first call)
+        run(*batch)
     seconds, outputs = [], []
     for _ in range(rounds):
         outputs = []
@@ -215,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=Path("network_speed.json"))
     args = parser.parse_args(argv)
     radar = Radar.load(args.model)
+    if radar.config.inference.precision != "float32":
+        parser.error("MODEL must run in float32: every variant is compared with it")
     if args.images:
         if not args.normal:
             parser.error("--images needs --normal: normal images to calibrate the int8 quantisers on")
@@ -259,12 +261,14 @@ def main(argv: list[str] | None = None) -> int:
     rows, runners = [], {}
     for name, make in variants.items():
         try:
-            runners[name] = make()
-        except (ImportError, RadarError) as exc:
-            print(f"{name}: skipped ({str(exc).splitlines()[0]})", file=sys.stderr)
+            runner = make()
+            timed = [(size, *time_runner(runner, rebatched(patches, size), args.rounds))
+                     for size in [int(b) for b in args.batches.split(",")]]
+        except Exception as exc:  # an engine or compiler this machine lacks: the other variants still run
+            print(f"{name}: skipped ({(str(exc).strip().splitlines() or [type(exc).__name__])[0]})", file=sys.stderr)
             continue
-        for size in [int(b) for b in args.batches.split(",")]:
-            seconds, output = time_runner(runners[name], rebatched(patches, size), args.rounds)
+        runners[name] = runner
+        for size, seconds, output in timed:
             if reference is None:
                 reference = output
             channels = radar.channels_
