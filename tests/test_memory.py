@@ -168,7 +168,9 @@ def test_predict_in_tiles_equals_predict_whole(name, monkeypatch):
 # The segmentation head also holds every level's log local noise energy (4
 # bytes a pixel at the finest level, 1.25 at the coarser ones) and, while the
 # energy is computed, the box filter's float32 temporaries (about 12 more).
-BYTES_PER_PIXEL_BOUND = {"two_sided": 60, "segmentation": 85}
+# The allocator's slack on top differs between machines by several bytes a
+# pixel, hence the margin above these sums.
+BYTES_PER_PIXEL_BOUND = {"two_sided": 70, "segmentation": 85}
 MEASURE = textwrap.dedent("""
     import gc, json, resource, sys
     import numpy as np
