@@ -24,18 +24,14 @@ Prints a table and writes JSON.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from radar_ad import Radar
-from radar_ad.bench.candidates import candidate_options, load_splits, metrics, score_sets
-from radar_ad.files import json_ready
+from radar_ad.bench.candidates import candidate_options, load_splits, metrics, probe_parser, score_sets, write_result
 
 
 def model_scores(radar: Radar, images: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -48,11 +44,7 @@ def model_scores(radar: Radar, images: list[np.ndarray]) -> tuple[np.ndarray, li
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dataset", type=Path)
-    parser.add_argument("model", type=Path)
-    parser.add_argument("--out", type=Path, default=Path("leave_one_type_out.json"))
-    parser.add_argument("--validation-fraction", type=float, default=0.2)
+    parser = probe_parser(__doc__, "leave_one_type_out.json")
     args = parser.parse_args(argv)
     began = time.perf_counter()
     radar = Radar.load(args.model)
@@ -107,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{row['left_out']:>18} | {what:<52} | {_f(row['validation_image_auroc'])} | "
               f"{_f(test_row['image_auroc'])} / {_f(test_row['pixel_auroc'])} / {_f(test_row['aupro'])} | "
               f"{_f(own['image_auroc'])} / {_f(own['pixel_auroc'])} / {_f(own['aupro'])}")
-    print("mean over left-out types: chosen " + f"{_f(summary['mean_image_auroc'])} / {_f(summary['mean_pixel_auroc'])}"
+    print(f"mean over left-out types: chosen {_f(summary['mean_image_auroc'])} / {_f(summary['mean_pixel_auroc'])}"
           f"; default {_f(summary['default_mean_image_auroc'])} / {_f(summary['default_mean_pixel_auroc'])}")
     result = {"command": " ".join(sys.argv), "dataset": str(args.dataset), "model": str(args.model),
               "model_config": radar.config.to_dict(), "selection": radar.selection(),
@@ -115,8 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                          "calibration": len(splits.calibration)},
               "candidates": candidates, "rows": rows, "summary": summary,
               "seconds": round(time.perf_counter() - began, 1)}
-    args.out.write_text(json.dumps(json_ready(result), indent=2))
-    print(f"written {args.out}")
+    write_result(args.out, result)
     return 0
 
 

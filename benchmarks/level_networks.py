@@ -15,20 +15,24 @@ side by side, with the training seconds of each. Writes JSON.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from radar_ad import Radar
 from radar_ad.backend import BackendOutput, NoiseBackend, TorchBackend
-from radar_ad.bench.candidates import candidate_options, load_splits, metrics, score_sets
+from radar_ad.bench.candidates import (
+    candidate_options,
+    load_splits,
+    metrics,
+    num,
+    probe_parser,
+    score_sets,
+    write_result,
+)
 from radar_ad.data import as_image_array, training_images
-from radar_ad.files import json_ready
 from radar_ad.network import build_scheduler, build_unet
 from radar_ad.patches import PyramidSampler
 from radar_ad.pipeline import calibration_split
@@ -56,10 +60,7 @@ class PerLevelBackend(NoiseBackend):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dataset", type=Path)
-    parser.add_argument("model", type=Path)
-    parser.add_argument("--out", type=Path, default=Path("level_networks.json"))
+    parser = probe_parser(__doc__, "level_networks.json", validation_fraction=False)
     args = parser.parse_args(argv)
     began = time.perf_counter()
     shared = Radar.load(args.model)
@@ -92,18 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'networks':>34} {'response':>13} {'scales':>7} {'image score':>11} | image AUROC  pixel AUROC  AUPRO")
     for row in rows:
         print(f"{row['networks']:>34} {row['inference.response']:>13} {'/'.join(map(str, row['inference.scales'])):>7} "
-              f"{row['inference.image_score']:>11} | {_f(row['image_auroc']):>11}  {_f(row['pixel_auroc']):>11}  "
-              f"{_f(row['aupro']):>5}")
+              f"{row['inference.image_score']:>11} | {num(row['image_auroc']):>11}  {num(row['pixel_auroc']):>11}  "
+              f"{num(row['aupro']):>5}")
     print(f"training seconds: one network {shared.training_.get('seconds')}; per level {[round(s) for s in seconds]}")
     result = {"command": " ".join(sys.argv), "rows": rows, "training_seconds": {
         "shared": shared.training_.get("seconds"), "per_level": seconds}, "seconds": round(time.perf_counter() - began)}
-    args.out.write_text(json.dumps(json_ready(result), indent=2))
-    print(f"written {args.out}")
+    write_result(args.out, result)
     return 0
 
-
-def _f(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
 
 
 if __name__ == "__main__":

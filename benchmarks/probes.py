@@ -18,8 +18,6 @@ a dataset would give away). Prints a table and writes JSON.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -28,18 +26,21 @@ from typing import Any
 import numpy as np
 
 from radar_ad import Radar
-from radar_ad.bench.candidates import candidate_options, load_splits, metrics, score_sets
+from radar_ad.bench.candidates import (
+    candidate_options,
+    load_splits,
+    metrics,
+    num,
+    probe_parser,
+    score_sets,
+    write_result,
+)
 from radar_ad.data import image_size
-from radar_ad.files import json_ready
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dataset", type=Path)
-    parser.add_argument("model", type=Path)
+    parser = probe_parser(__doc__, "probes.json")
     parser.add_argument("--timesteps", default=None, help="comma-separated (default: the model's)")
-    parser.add_argument("--out", type=Path, default=Path("probes.json"))
-    parser.add_argument("--validation-fraction", type=float, default=0.2)
     args = parser.parse_args(argv)
     began = time.perf_counter()
     radar = Radar.load(args.model)
@@ -69,21 +70,17 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     for row in rows:
         print(f"{row['timestep']:>4} {row['inference.response']:>13} {'/'.join(map(str, row['inference.scales'])):>7} "
-              f"{row['inference.image_score']:>11} | {_f(row['image_auroc']):>11}  {_f(row['pixel_auroc']):>11}  "
-              f"{_f(row['aupro']):>5} | " + " ".join(f"{_f(row['per_type'][t]):>9}" for t in types))
-    print(f"{'image size alone':>38} | {_f(size_row['image_auroc']):>11}  {'':>11}  {'':>5} | "
-          + " ".join(f"{_f(size_row['per_type'][t]):>9}" for t in types))
+              f"{row['inference.image_score']:>11} | {num(row['image_auroc']):>11}  {num(row['pixel_auroc']):>11}  "
+              f"{num(row['aupro']):>5} | " + " ".join(f"{num(row['per_type'][t]):>9}" for t in types))
+    print(f"{'image size alone':>38} | {num(size_row['image_auroc']):>11}  {'':>11}  {'':>5} | "
+          + " ".join(f"{num(size_row['per_type'][t]):>9}" for t in types))
     result = {"command": " ".join(sys.argv), "dataset": str(args.dataset), "model": str(args.model),
               "model_config": radar.config.to_dict(), "selection": radar.selection(),
               "validation": {label: validation.labels.count(label) for label in sorted(set(validation.labels))},
               "rows": rows, "size_probe": size_row, "seconds": round(time.perf_counter() - began, 1)}
-    args.out.write_text(json.dumps(json_ready(result), indent=2))
-    print(f"written {args.out}")
+    write_result(args.out, result)
     return 0
 
-
-def _f(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ choice can be made on some types and reported on another.
 
 from __future__ import annotations
 
+import argparse
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,7 @@ import numpy as np
 
 from ..config import AUTO, RadarConfig
 from ..data import as_image_array, evaluation_images, load_mask, training_images
+from ..files import json_ready
 from ..metrics import pixel_metrics
 from ..pipeline import Radar, calibration_split
 from ..progress import progress_bar
@@ -122,3 +125,26 @@ def metrics(labelled: LabelledSet, scores: np.ndarray, maps: list[np.ndarray] | 
     else:
         result.update(pixel_auroc=None, aupro=None)
     return result
+
+
+def probe_parser(doc: str | None, out: str, validation_fraction: bool = True) -> argparse.ArgumentParser:
+    """The command line every candidate probe shares: DATASET MODEL_DIR
+    [--out JSON] [--validation-fraction F]."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset", type=Path)
+    parser.add_argument("model", type=Path)
+    parser.add_argument("--out", type=Path, default=Path(out))
+    if validation_fraction:
+        parser.add_argument("--validation-fraction", type=float, default=0.2)
+    return parser
+
+
+def num(value: float | None) -> str:
+    """A metric in a printed table: three decimals, or n/a."""
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def write_result(path: Path, result: dict[str, Any]) -> None:
+    """The probe's JSON (numpy values as plain numbers), and a line saying where."""
+    path.write_text(json.dumps(json_ready(result), indent=2))
+    print(f"written {path}")
