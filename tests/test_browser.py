@@ -1,5 +1,6 @@
 """The web page in a real headless Chromium: choose an image, see the verdict
-the Python API gives, the overlay displayed, and API errors shown."""
+the Python API gives, the overlay displayed, and API errors shown; and the
+view of the line, which lists what other clients sent and the drift state."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ except ImportError:
     sync_playwright = None
 
 try:
-    import httpx  # noqa: F401  (the server's stack, checked together)
+    import httpx  # (the server's stack, checked together)
 
     from radar_ad.apps.serve import background_server, create_app
 except ImportError as exc:
@@ -98,3 +99,44 @@ def test_page_shows_verdicts_maps_and_errors(browser, url, fitted, surfaces, tmp
         assert page.is_hidden("#result")
     finally:
         page.close()
+
+
+def test_page_shows_the_line_that_other_clients_send(browser, fitted, surfaces):
+    """Five images posted by another client appear on an open page by
+    themselves, newest first, with their verdicts, p-values and thumbnails,
+    the anomaly rate and the drift state."""
+    radar, _ = fitted
+    good = sorted((surfaces / "test" / "good").glob("*.png"))[:3]
+    defects = sorted((surfaces / "test" / "crack").glob("*.png"))[:2]
+    with background_server(create_app(radar)) as base, httpx.Client(base_url=base, timeout=60) as http:
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        try:
+            page.goto(base)
+            page.wait_for_function("document.getElementById('drift-state').dataset.alarm === 'false'")
+            assert page.get_attribute("#line", "data-count") == "0" and page.is_visible("#line-empty")
+            answers = []
+            for path in [good[0], defects[0], good[1], defects[1], good[2]]:
+                response = http.post("/predict", files={"file": (path.name, path.read_bytes(), "image/png")})
+                assert response.status_code == 200, response.text
+                answers.append(response.json())
+            page.wait_for_selector('#line[data-count="5"]', state="attached", timeout=30_000)
+            items = page.query_selector_all("#recent .recent-item")
+            assert [item.get_attribute("data-verdict") for item in items] == [a["verdict"] for a in answers[::-1]]
+            assert [item.query_selector(".p-value").inner_text() for item in items] == \
+                [f"p = {a['p_value']:.4f}" for a in answers[::-1]]
+            page.wait_for_function("[...document.querySelectorAll('#recent img')].every(img => img.complete && "
+                                   "img.naturalWidth === 64)", timeout=30_000)
+            anomalous = sum(a["verdict"] == "anomalous" for a in answers)
+            assert page.inner_text("#line-images") == "5" and page.inner_text("#line-anomalous") == str(anomalous)
+            assert page.inner_text("#line-rate") == f"{100 * anomalous / 5:.1f} % of the last 5"
+            drift = http.get("/drift").json()
+            page.wait_for_function(f"document.getElementById('drift-summary').textContent.includes("
+                                   f"'{drift['images_tested']} of 5 images tested')", timeout=30_000)
+            assert page.inner_text("#drift-state") == "no drift"
+            shown = float(page.inner_text("#drift-martingale").split(" / ")[0])
+            assert shown == pytest.approx(drift["martingale"], rel=5e-3)
+            assert page.is_hidden("#line-empty")
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "serve-line.png"), full_page=True)
+        finally:
+            page.close()

@@ -100,3 +100,26 @@ def test_engine_options_fail_in_one_line(fitted, batch, tmp_path, capsys, monkey
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["radar: error: `radar detect --engine ray` needs ray: pip install 'radar-ad[ray]'"]
     assert not (tmp_path / "o").exists()
+
+
+def test_a_rerun_with_another_model_is_refused_unless_redo(first_run, fitted, batch, tmp_path, capsys):
+    """Rows carry the run's key: other settings (a verdict rule) or another
+    model on the same OUT are refused in one line; --redo scores all again."""
+    out = tmp_path / "out"
+    shutil.copytree(first_run, out)
+    keys = set(read_results(out, columns=["model"]).column("model").to_pylist())
+    assert len(keys) == 1 and None not in keys
+    args = ["detect", str(fitted[1]), str(batch), "--out", str(out), "--engine", "ray", "--workers", "1", "-q",
+            "--false-alarm-rate", "0.2"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds results of another model or other settings" in err[0] and "--redo" in err[0]
+    assert main([*args, "--redo"]) == 3  # every image again (the broken file is still an error row)
+    rows = read_results(out).to_pylist()
+    assert len(rows) == 6 and len({row["model"] for row in rows}) == 1 and rows[0]["model"] not in keys
+    assert main([*args[:-2], "--redo"]) == 3  # back to the model's own rule
+    capsys.readouterr()
+    assert main([*args[:-2]]) == 3  # a rerun with the same key: only the broken file is tried again
+    assert "5 skipped" in capsys.readouterr().out
+    assert main(["detect", str(fitted[1]), str(batch), "--out", str(tmp_path / "l"), "--redo"]) == 2
+    assert capsys.readouterr().err.strip().endswith("--redo needs --engine ray")

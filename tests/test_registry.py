@@ -41,7 +41,7 @@ def test_unknown_names_list_the_registered_ones(key, registry):
 
 
 def test_a_registry_refuses_two_entries_under_one_name():
-    registry: Registry = Registry("thing", "thing", plugins="radar_ad.responses")
+    registry: Registry = Registry("thing", "thing", symbol="RESPONSES", plugins="radar_ad.responses")
 
     @registry.register("a")
     class A:

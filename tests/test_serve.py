@@ -92,10 +92,12 @@ def test_health_model_and_page(client, fitted):
     assert model["pixel_threshold"] == pytest.approx(radar.pixel_threshold_)
     assert model["training"]["n_train"] == radar.training_["n_train"]
     assert model["config"] == json.loads(json.dumps(radar.config.to_dict()))
-    assert model["limits"]["max_in_flight"] == 8
+    assert model["limits"]["max_in_flight"] == 8 and model["limits"]["header_timeout"] == 10
+    assert model["drift"]["available"] is True and model["drift"]["drift"] is False  # GET /drift tells more
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert 'id="verdict"' in page.text and "http" not in page.text.replace("http-equiv", "")  # offline
+    assert 'id="verdict"' in page.text and 'id="recent"' in page.text
+    assert "http" not in page.text.replace("http-equiv", "")  # offline
     assert_refused(client.get("/nowhere"), 404)
 
 

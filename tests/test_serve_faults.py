@@ -1,5 +1,5 @@
-"""The HTTP service under faults: clients that trickle their upload (against
-a real ``radar serve`` process, over raw sockets), too many uploads at once,
+"""The HTTP service under faults: clients that trickle their upload or their
+headers (against a real ``radar serve`` process, over raw sockets), too many uploads at once,
 nonsense limits on the command line, a model whose score is not finite, and
 what ``GET /model`` reveals about the server's disk."""
 
@@ -34,10 +34,22 @@ from radar_ad.apps import serve as serve_module  # noqa: E402
 from radar_ad.apps.cli import main  # noqa: E402
 from radar_ad.apps.serve import background_server, create_app  # noqa: E402
 from radar_ad.errors import ConfigError, NonFiniteError  # noqa: E402
+from radar_ad.persistence import model_fingerprint  # noqa: E402
 
 BODY_TIMEOUT = 3.0
+HEADER_TIMEOUT = 2.0
 MAX_IN_FLIGHT = 2
 MAX_PIXELS = 5000  # a 64 x 64 image passes, an 80 x 80 one does not
+
+
+def json_reply(sock: socket.socket) -> bytes:
+    """An answer read off a raw socket, up to the end of its JSON body."""
+    reply = b""
+    while b"}" not in reply:
+        chunk = sock.recv(65536)
+        assert chunk, reply
+        reply += chunk
+    return reply
 
 
 def png_bytes(array: np.ndarray) -> bytes:
@@ -104,13 +116,14 @@ class SlowClient(threading.Thread):
 
 @pytest.fixture(scope="module")
 def served(fitted):
-    """A real ``radar serve`` process with a short body timeout, two
-    admission slots and a small pixel limit: its base URL."""
+    """A real ``radar serve`` process with short body and header timeouts,
+    two admission slots and a small pixel limit: its base URL."""
     _, model_dir = fitted
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("RADAR_DEBUG", None)
     args = [sys.executable, "-m", "radar_ad", "serve", str(model_dir), "--port", "0", "--device", "cpu",
-            "--body-timeout", str(BODY_TIMEOUT), "--max-in-flight", str(MAX_IN_FLIGHT),
+            "--body-timeout", str(BODY_TIMEOUT), "--header-timeout", str(HEADER_TIMEOUT),
+            "--max-in-flight", str(MAX_IN_FLIGHT),
             "--max-pixels", str(MAX_PIXELS)]
     process = subprocess.Popen(args, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -163,6 +176,71 @@ def test_slow_uploaders_hold_no_slot_and_get_408(served, surfaces):
         assert again.status_code == 200, again.text
 
 
+def trickle_headers(address: tuple[str, int], before: bytes = b"", interval: float = 1.0,
+                    limit: float = 15) -> tuple[bytes, float | None]:
+    """A client on a raw socket that sends ``before`` (a whole request, whose
+    answer it reads: the connection is then kept alive), then the headers of
+    another one byte every ``interval`` seconds, never the end. Returns what
+    the server sent after the first trickled byte, and when (seconds after
+    that byte) it closed the connection (None: not within ``limit``)."""
+    headers = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"a" * 64
+    with socket.create_connection(address, timeout=limit) as sock:
+        if before:
+            sock.sendall(before)
+            answer = json_reply(sock)
+            assert answer.startswith(b"HTTP/1.1 200"), answer
+        reply, started, sent = b"", time.monotonic(), 0
+        while time.monotonic() - started < limit:
+            if select.select([sock], [], [], 0 if sent == 0 else interval)[0]:
+                with contextlib.suppress(OSError):
+                    chunk = sock.recv(65536)
+                    reply += chunk
+                    if chunk:
+                        continue
+                return reply, time.monotonic() - started
+            try:
+                sock.sendall(headers[sent:sent + 1])
+            except OSError:  # closed by the server: what came is the reply
+                return reply, time.monotonic() - started
+            sent += 1
+    return reply, None
+
+
+def test_clients_trickling_headers_are_cut_off_at_the_deadline(served):
+    """A slowloris (one header byte a second), on a new or a kept-alive
+    connection, is answered 408 and disconnected after --header-timeout; a
+    connection that sends nothing is closed then too; a normal request on
+    another connection is meanwhile answered at once."""
+    address = _address(served)
+    cases = {"new": b"", "kept alive": b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"}
+    results: dict[str, tuple[bytes, float | None]] = {}
+    threads = [threading.Thread(target=lambda name, before: results.__setitem__(name, trickle_headers(address, before)),
+                                args=item, daemon=True) for item in cases.items()]
+
+    def silent() -> None:
+        with socket.create_connection(address, timeout=15) as sock:
+            started = time.monotonic()
+            results["silent"] = (sock.recv(65536), time.monotonic() - started)
+
+    threads.append(threading.Thread(target=silent, daemon=True))
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)  # every slow client is mid-headers
+    asked = time.monotonic()
+    assert httpx.get(served + "health", timeout=10).json() == {"status": "ok"}
+    assert time.monotonic() - asked < HEADER_TIMEOUT / 2
+    for thread in threads:
+        thread.join(20)
+    for name in cases:
+        reply, closed_after = results[name]
+        assert closed_after is not None and HEADER_TIMEOUT * 0.9 <= closed_after <= HEADER_TIMEOUT + 1.5, results
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408"), reply
+        assert json.loads(body) == {"error": f"request headers not received within {HEADER_TIMEOUT:g} s"}
+    reply, closed_after = results["silent"]
+    assert reply == b"" and HEADER_TIMEOUT * 0.9 <= closed_after <= HEADER_TIMEOUT + 1.5, results
+
+
 def test_max_pixels_and_identity_through_the_cli(served, fitted, surfaces):
     radar, model_dir = fitted
     with httpx.Client(base_url=served, timeout=30) as http:
@@ -171,6 +249,7 @@ def test_max_pixels_and_identity_through_the_cli(served, fitted, surfaces):
         model = http.get("/model")
         body = model.json()
     assert body["limits"]["max_pixels"] == MAX_PIXELS and body["limits"]["body_timeout"] == BODY_TIMEOUT
+    assert body["limits"]["header_timeout"] == HEADER_TIMEOUT
     assert body["model_name"] == model_dir.name
     assert body["model_fingerprint"] == _directory_sha256(model_dir)[:16]
     assert "model_dir" not in body and str(model_dir) not in model.text and str(model_dir.parent) not in model.text
@@ -185,15 +264,15 @@ def test_fingerprint_of_a_file_is_its_sha256_and_ignores_backups(fitted, tmp_pat
     _, model_dir = fitted
     exported = tmp_path / "model.onnx"
     exported.write_bytes(b"not really onnx, only bytes")
-    assert serve_module.model_fingerprint(exported) == hashlib.sha256(exported.read_bytes()).hexdigest()[:16]
+    assert model_fingerprint(exported) == hashlib.sha256(exported.read_bytes()).hexdigest()[:16]
     copy = tmp_path / "copy"
     copy.mkdir()
     for file in model_dir.iterdir():
         (copy / file.name).write_bytes(file.read_bytes())
     (copy / "conformal.20240101T000000Z.safetensors").write_bytes(b"an old backup")
-    assert serve_module.model_fingerprint(copy) == serve_module.model_fingerprint(model_dir)
+    assert model_fingerprint(copy) == model_fingerprint(model_dir)
     (copy / "radar.json").write_text((copy / "radar.json").read_text() + " ")
-    assert serve_module.model_fingerprint(copy) != serve_module.model_fingerprint(model_dir)
+    assert model_fingerprint(copy) != model_fingerprint(model_dir)
 
 
 def test_uploads_beyond_max_uploads_get_503(fitted, surfaces):
@@ -214,11 +293,7 @@ def test_uploads_beyond_max_uploads_get_503(fitted, surfaces):
             assert busy.headers["retry-after"] == "1"
             assert app.state.admission.in_flight == 0  # receiving a body is not being admitted
             sock.sendall(data[10:])
-            reply = b""
-            while b"}" not in reply:
-                chunk = sock.recv(65536)
-                assert chunk, reply
-                reply += chunk
+            reply = json_reply(sock)
             assert reply.startswith(b"HTTP/1.1 200"), reply
         assert http.post("/predict", content=data, headers={"content-type": "image/png"}).status_code == 200
         assert app.state.uploads.receiving == 0
@@ -239,6 +314,10 @@ def test_uploads_beyond_max_uploads_get_503(fitted, surfaces):
     (["--body-timeout", "1e6"], "--body-timeout must be"),
     (["--body-timeout", "inf"], "--body-timeout must be"),
     (["--max-uploads", "0"], "--max-uploads must be"),
+    (["--header-timeout", "0"], "--header-timeout must be a number of seconds > 0 and at most 600"),
+    (["--header-timeout", "nan"], "--header-timeout must be"),
+    (["--header-timeout", "1e6"], "--header-timeout must be"),
+    (["--recent", "-1"], "--recent must be an integer from 0 to 500"),
 ])
 def test_cli_refuses_nonsense_limits_in_one_line(fitted, monkeypatch, capsys, args, message):
     _, model_dir = fitted
@@ -246,7 +325,8 @@ def test_cli_refuses_nonsense_limits_in_one_line(fitted, monkeypatch, capsys, ar
     def never(*args, **kwargs):
         raise AssertionError("the setting should have been refused before the server ran")
 
-    monkeypatch.setattr(serve_module, "_server", never)  # a missed refusal fails instead of serving forever
+    # a missed refusal fails instead of serving forever (the runner calls both through the serve module)
+    monkeypatch.setattr(serve_module, "_server", never)
     monkeypatch.setattr(serve_module, "bind_socket", never)
     assert main(["serve", str(model_dir), *args]) == 2
     stderr = capsys.readouterr().err.strip()
@@ -257,7 +337,8 @@ def test_create_app_refuses_nonsense_limits(fitted):
     radar, _ = fitted
     for name, value in (("max_pixels", 0), ("max_pixels", -1), ("max_pixels", 10**10), ("max_pixels", 1.5),
                         ("max_in_flight", 10**6), ("max_uploads", 0), ("max_upload_bytes", 2**40),
-                        ("body_timeout", 0), ("body_timeout", float("nan")), ("body_timeout", True)):
+                        ("body_timeout", 0), ("body_timeout", float("nan")), ("body_timeout", True),
+                        ("header_timeout", 0), ("header_timeout", 601), ("recent", 501)):
         with pytest.raises(ConfigError) as caught:
             create_app(radar, **{name: value})
         assert caught.value.setting == name and str(caught.value).startswith(name)
@@ -273,6 +354,8 @@ def test_cli_defaults_are_the_service_defaults():
     assert options["max_in_flight"] == serve_module.DEFAULT_MAX_IN_FLIGHT
     assert options["max_uploads"] == serve_module.DEFAULT_MAX_UPLOADS
     assert options["body_timeout"] == serve_module.DEFAULT_BODY_TIMEOUT
+    assert options["header_timeout"] == serve_module.DEFAULT_HEADER_TIMEOUT
+    assert options["recent"] == serve_module.DEFAULT_RECENT
     assert options["max_upload_mb"] * 2**20 == serve_module.DEFAULT_MAX_UPLOAD_BYTES
 
 

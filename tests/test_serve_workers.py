@@ -1,13 +1,14 @@
 """``radar serve --workers N``: several worker processes behind one port,
 each with its own model copy and its share of the cores, a readiness route
-that says when a worker's model is loaded, and a clean stop of them all.
+that says when every worker's model is loaded, and a clean stop of them all.
 
 One real ``radar serve --workers 2`` process on a loopback port (its
 workers found in /proc), plus the readiness route of the in-process app,
-loading and loaded."""
+loading and loaded, alone and in a pool."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -26,8 +27,9 @@ from test_serve import first_output_line  # noqa: E402
 
 from radar_ad.apps import serve as serve_module  # noqa: E402
 from radar_ad.apps.cli import main  # noqa: E402
-from radar_ad.apps.serve import background_server, create_app, model_fingerprint, model_identity  # noqa: E402
+from radar_ad.apps.serve import background_server, create_app, model_identity  # noqa: E402
 from radar_ad.backend import threads_per_worker  # noqa: E402
+from radar_ad.persistence import model_fingerprint  # noqa: E402
 
 LINUX_PROC = Path("/proc/self/stat").exists()
 
@@ -56,10 +58,25 @@ def alive(pid: int) -> bool:
         return False
 
 
+def stop_pool(process: subprocess.Popen) -> tuple[str, str]:
+    """SIGINT to ``radar serve --workers N``: it exits 0 after printing
+    ``stopped``, with no traceback and no process of it left. Its output."""
+    everyone = set(children(process.pid))
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stdout + stderr
+    assert stdout.strip().splitlines()[-1] == "stopped" and "Traceback" not in stdout + stderr, stdout + stderr
+    deadline = time.monotonic() + 10  # the resource tracker ends once its parent has
+    while any(alive(pid) for pid in everyone) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in everyone if alive(pid)]
+    return stdout, stderr
+
+
 def ready_workers(url: str, expected: int, timeout: float) -> dict[int, dict]:
     """``GET /ready`` on a new connection each time (the kernel hands each
     to one worker) until ``expected`` different workers have answered 200:
-    their answers by pid."""
+    their answers by pid. Before that, a 503 says how many are ready."""
     ready: dict[int, dict] = {}
     deadline = time.monotonic() + timeout
     while len(ready) < expected and time.monotonic() < deadline:
@@ -67,7 +84,9 @@ def ready_workers(url: str, expected: int, timeout: float) -> dict[int, dict]:
         if response.status_code == 200:
             ready[response.json()["worker"]] = response.json()
         else:
-            assert (response.status_code, response.json()) == (503, {"ready": False})
+            body = response.json()
+            assert response.status_code == 503 and body["ready"] is False, body
+            assert not ready and body["workers"] == expected and body["workers_ready"] < expected, body
             time.sleep(0.1)
     return ready
 
@@ -105,6 +124,32 @@ def test_a_loading_process_is_alive_but_not_ready(fitted, surfaces):
         assert http.get("/model").json()["model_fingerprint"] == model_fingerprint(model_dir)
         response = http.post("/predict", content=data, headers={"content-type": "image/png"})
         assert response.status_code == 200 and response.json()["score"] == pytest.approx(radar.predict(path).score)
+
+
+def test_a_worker_is_ready_only_once_the_whole_pool_is(fitted):
+    """In a pool, /ready is 503 with how many workers have loaded their model
+    until all of them have (the count the supervisor shares with them)."""
+    radar, model_dir = fitted
+    loaded = multiprocessing.get_context("spawn").RawValue("i", 0)
+    app = create_app(None, workers=3, workers_ready=loaded)
+    with background_server(app) as url, httpx.Client(base_url=url, timeout=60) as http:
+        response = http.get("/ready")
+        assert response.status_code == 503
+        assert response.json() == {"ready": False, "workers": 3, "workers_ready": 0,
+                                   "reason": "0 of 3 workers have loaded the model"}
+        app.state.model.set(radar, model_identity(model_dir))
+        loaded.value = 1  # this worker: the supervisor has its report
+        response = http.get("/ready")
+        body = response.json()
+        assert response.status_code == 503 and body["ready"] is False and body["workers_ready"] == 1
+        assert body["worker"] == os.getpid() and body["model_fingerprint"] == model_fingerprint(model_dir)
+        assert body["reason"] == "1 of 3 workers have loaded the model"
+        assert http.post("/predict", content=b"", headers={"content-type": "image/png"}).status_code == 400  # serves
+        loaded.value = 3
+        response = http.get("/ready")
+        body = response.json()
+        assert response.status_code == 200 and body["ready"] is True and body["workers_ready"] == 3
+        assert "reason" not in body and body["workers"] == 3
 
 
 @pytest.mark.parametrize("workers", ["0", "65", "-1"])
@@ -152,15 +197,7 @@ def test_two_workers_serve_one_port_and_stop_together(fitted, surfaces):
                 assert body["score"] == pytest.approx(expected.score, rel=1e-5), body
                 assert body["is_anomalous"] == expected.is_anomalous
 
-        everyone = set(children(process.pid))
-        process.send_signal(signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=60)
-        assert process.returncode == 0, stdout + stderr
-        assert stdout.strip().splitlines()[-1] == "stopped" and "Traceback" not in stdout + stderr, stdout + stderr
-        deadline = time.monotonic() + 10  # the resource tracker ends once its parent has
-        while any(alive(pid) for pid in everyone) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not [pid for pid in everyone if alive(pid)]
+        stop_pool(process)
     finally:
         if process.poll() is None:
             process.kill()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -144,7 +145,8 @@ def test_each_dropped_image_is_inspected_once_like_predict(fitted, expected, tmp
     assert (out / f"{Path(names[0]).stem}_overlay.png").is_file()  # its anomalous replacement
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 4 and names[2] in lines[2] and "anomalous" in lines[2] and lines[2].endswith(" ms")
+    assert len(lines) == 4 and names[2] in lines[2] and "anomalous" in lines[2]
+    assert re.search(r" \d+ ms  drift \d[\d.e+-]*$", lines[2]), lines[2]  # the time, then the drift martingale
 
 
 def test_half_written_file_is_inspected_once_complete(fitted, expected, tmp_path):
@@ -289,7 +291,9 @@ def test_cli_watches_until_stopped(fitted, expected, tmp_path, stop_signal):
     assert "Traceback" not in stdout + stderr
     lines = stdout.strip().splitlines()
     assert name in lines[0] and "anomalous" in lines[0]
-    assert lines[-1] == f"1 image inspected, 1 anomalous, 0 errors; results in {out / 'results.csv'}"
+    assert lines[-1].startswith(f"1 image inspected, 1 anomalous, 0 errors; results in {out / 'results.csv'}; "
+                                "no drift (martingale ")
+    assert lines[-1].endswith("alarm at 133.3; 0 of 1 images tested as normal, 1 flagged)")
     assert_row_matches(rows(out)[0], expected[name]["prediction"])
 
 

@@ -11,6 +11,7 @@ from an exported model file. ``Radar`` only ever talks to this interface.
 
 from __future__ import annotations
 
+import math
 import os
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -35,12 +36,35 @@ NOISE_SETTINGS = ("seed", "inference.timestep", "inference.draws", "inference.pr
 _process_threads: int | None = None
 
 
-def available_cores() -> int:
-    """The CPU cores this process may run on (its affinity, not the machine's count)."""
+def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """The CPUs a cgroup CPU quota allows this process (a container's
+    ``--cpus``), rounded up; ``None`` where no quota is set. Reads cgroup v2
+    (``cpu.max``: ``QUOTA PERIOD`` or ``max PERIOD``) or v1
+    (``cpu/cpu.cfs_quota_us`` and ``cpu/cpu.cfs_period_us``, -1: none)."""
     try:
-        return len(os.sched_getaffinity(0))
+        if (root / "cpu.max").is_file():
+            quota, period = (root / "cpu.max").read_text().split()[:2]
+        elif (root / "cpu" / "cpu.cfs_quota_us").is_file():
+            quota = (root / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (root / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        else:
+            return None
+        if quota in ("max", "-1") or int(period) <= 0 or int(quota) <= 0:
+            return None
+        return max(1, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        return None  # unreadable or unexpected: no quota known
+
+
+def available_cores() -> int:
+    """The CPU cores this process may use: its affinity (not the machine's
+    count), and at most what a cgroup CPU quota allows."""
+    try:
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    limit = cgroup_cpu_limit()
+    return cores if limit is None else max(1, min(cores, limit))
 
 
 def threads_per_worker(workers: int) -> int:

@@ -361,13 +361,25 @@ class DecisionConfig:
     images flagged at most alpha (the conformal guarantee; README "False
     alarms"). ``null`` is the earlier rule: the one-class model's own
     threshold at ``contamination``, with no stated false-alarm rate. Either
-    way the p-value ranks the one-class model's score (README "False alarms"
-    gives the measurement behind that choice).
+    way the p-value ranks the one-class model's score.
+
+    ``false_alarm_confidence`` 1 - gamma: the rate alpha holds with
+    probability 1 - gamma over the draw of the conformal images, not only on
+    average: the verdict flags ``p <= alpha'`` for the largest attainable
+    ``alpha' <= alpha`` whose Beta quantile says so
+    (:func:`radar_ad.decision.confident_rate`); ``null``: the average
+    guarantee. ``drift_delta``: the drift alarm's chance of ever firing
+    while the line is unchanged; ``drift_defect_share``: the largest share
+    of defective images on an ordinary day, which the alarm takes in its
+    stride (:mod:`radar_ad.drift`).
     """
 
     section: ClassVar[str] = "decision"
     one_class_model: str = "isolation_forest"
     false_alarm_rate: float | None = 0.05
+    false_alarm_confidence: float | None = None
+    drift_delta: float = 0.01
+    drift_defect_share: float = 0.1
     contamination: float = 0.05
     n_estimators: int = 200
     n_neighbors: int = 20
@@ -379,6 +391,14 @@ class DecisionConfig:
         _require(self.false_alarm_rate is None or 0 < self.false_alarm_rate <= 0.5,
                  "decision.false_alarm_rate", "null (the contamination rule) or in (0, 0.5]",
                  self.false_alarm_rate)
+        _require(self.false_alarm_confidence is None or (
+            isinstance(self.false_alarm_confidence, float) and 0.5 <= self.false_alarm_confidence <= 0.999),
+            "decision.false_alarm_confidence", "null (the rate on average) or in [0.5, 0.999]",
+            self.false_alarm_confidence)
+        _require(isinstance(self.drift_delta, float) and 1e-6 <= self.drift_delta <= 0.5, "decision.drift_delta",
+                 "in [1e-6, 0.5]", self.drift_delta)
+        _require(isinstance(self.drift_defect_share, float) and 0 <= self.drift_defect_share <= 0.9,
+                 "decision.drift_defect_share", "in [0, 0.9]", self.drift_defect_share)
         _require(0 < self.contamination <= 0.5, "decision.contamination", "in (0, 0.5]",
                  self.contamination)
         _int_in(self.n_estimators, 1, MAX_ESTIMATORS, "decision.n_estimators")
@@ -501,7 +521,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
             if not isinstance(value, bool):
                 raise ConfigError(f"{prefix + name} must be true or false, got {value!r}")
             kwargs[name] = value
-        elif isinstance(current, float):
+        elif isinstance(current, float) or (current is None and "float" in str(known[name].type)):
             if value is None and "None" in str(known[name].type):
                 kwargs[name] = None
             elif isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -23,6 +23,7 @@ import math
 from typing import Any, ClassVar
 
 import numpy as np
+from scipy.special import betainc
 from sklearn.preprocessing import StandardScaler
 
 from .config import DecisionConfig
@@ -77,9 +78,37 @@ def conformal_images_needed(alpha: float) -> int:
     return max(0, math.ceil(1.0 / alpha - 1 - _EPSILON))
 
 
-def false_alarm_warning(alpha: float | None, n_conformal: int) -> str | None:
+def confident_rate(alpha: float, n_conformal: int, confidence: float) -> float:
+    """The p-value cut that keeps the false-alarm rate at most ``alpha``
+    with probability ``confidence`` over the draw of the ``n`` conformal
+    images, not only on average.
+
+    The rule ``p <= k / (n + 1)`` flags a score above the k-th largest
+    conformal score; the share of normal images above it is Beta(k, n + 1 -
+    k) distributed (order statistics of exchangeable scores). The cut is the
+    largest k <= alpha (n + 1) with ``P(Beta(k, n + 1 - k) <= alpha) >=
+    confidence``; 0 (flag nothing) when even k = 1 misses."""
+    n = int(n_conformal)
+    for k in range(min(n, math.floor(alpha * (n + 1) + _EPSILON)), 0, -1):
+        if betainc(k, n + 1 - k, alpha) >= confidence:
+            return k / (n + 1)
+    return 0.0
+
+
+def confident_images_needed(alpha: float, confidence: float) -> int:
+    """The fewest conformal images with which :func:`confident_rate` can flag
+    anything: ``P(Beta(1, n) <= alpha) = 1 - (1 - alpha)^n >= confidence``."""
+    return max(1, math.ceil(math.log1p(-confidence) / math.log1p(-alpha) - _EPSILON))
+
+
+def false_alarm_warning(alpha: float | None, n_conformal: int, confidence: float | None = None) -> str | None:
     """The one-line warning when ``alpha`` is below what ``n_conformal``
     images can attain (the rule would flag nothing), else ``None``."""
+    if alpha is not None and confidence is not None and confident_rate(alpha, n_conformal, confidence) == 0:
+        return (f"decision.false_alarm_confidence {confidence:g} at decision.false_alarm_rate {alpha:g} needs at "
+                f"least {confident_images_needed(alpha, confidence)} conformal images to flag anything; with "
+                f"{n_conformal} no image can be flagged (`radar calibrate` with a larger folder, or a lower "
+                "confidence)")
     if alpha is None or alpha + _EPSILON >= smallest_false_alarm_rate(n_conformal):
         return None
     return (f"decision.false_alarm_rate {alpha:g} is below 1/(n+1) = {smallest_false_alarm_rate(n_conformal):.3g} "
@@ -199,9 +228,12 @@ class ImageDecision:
         _check_finite(conformal, "conformal")
         self.conformal_features_ = conformal
         self.conformal_scores_ = np.sort(self.score(conformal)) if len(conformal) else np.zeros(0)
-        alpha = self.config.false_alarm_rate
+        alpha, confidence = self.config.false_alarm_rate, self.config.false_alarm_confidence
+        if alpha is not None and confidence is not None:
+            alpha = confident_rate(alpha, self.n_conformal, confidence)
+        self.rate_cut_ = alpha  # the verdict is p <= rate_cut_ (None: the one-class model's threshold)
         self.threshold_ = (self.model_threshold_ if alpha is None
-                           else conformal_threshold(self.conformal_scores_, alpha))
+                           else conformal_threshold(self.conformal_scores_, alpha) if alpha > 0 else math.inf)
         return self
 
     @property
@@ -215,7 +247,8 @@ class ImageDecision:
 
     def warning(self) -> str | None:
         """A line to show when the false-alarm rule cannot flag anything."""
-        return false_alarm_warning(self.config.false_alarm_rate, self.n_conformal)
+        return false_alarm_warning(self.config.false_alarm_rate, self.n_conformal,
+                                   self.config.false_alarm_confidence)
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """``(N,)`` anomaly scores for ``(N, F)`` features; NaN for a row

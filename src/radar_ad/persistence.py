@@ -8,6 +8,7 @@ This module moves bytes and checks formats; ``Radar.save`` and
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -51,6 +52,25 @@ class Conformal:
     features: np.ndarray
     info: dict[str, str] = field(default_factory=dict)
 
+
+# The files that are the model (older conformal backups are not), in the order they are hashed.
+MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, CALIBRATION_FILE, CONFORMAL_FILE)
+
+
+def model_fingerprint(path: str | Path) -> str:
+    """First 16 hex digits of the SHA-256 of the model's bytes: the file
+    itself (an exported ``.onnx``), or a model directory's
+    :data:`MODEL_FILES` concatenated in order (``cat radar.json
+    unet.safetensors calibration.safetensors conformal.safetensors |
+    sha256sum``)."""
+    path = Path(path)
+    files = [path] if path.is_file() else [path / name for name in MODEL_FILES if (path / name).is_file()]
+    digest = hashlib.sha256()
+    for file in files:
+        with file.open("rb") as stream:
+            while block := stream.read(2**20):
+                digest.update(block)
+    return digest.hexdigest()[:16]
 
 def check_metadata(meta: Any, where: str) -> dict[str, Any]:
     """Refuse metadata of another format or an unknown format version;

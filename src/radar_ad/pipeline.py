@@ -45,6 +45,7 @@ from .backend import NOISE_SETTINGS, NoiseBackend, TorchBackend
 from .config import RadarConfig
 from .data import as_image_array, list_images, training_images
 from .decision import MIN_CALIBRATION_IMAGES, ImageDecision, is_anomalous, pixel_threshold
+from .drift import DriftMonitor
 from .errors import (
     ConfigError,
     DataError,
@@ -82,9 +83,11 @@ ImageLike = Any  # a path, a PIL image or a numpy array
 IMAGES_PER_PASS = 8
 # Settings a fitted model can change without a new calibration, and those
 # whose change only needs the one-class model refitted on the stored features.
-FREE_SETTINGS = frozenset({"inference.batch_size", "decision.non_finite"})
+FREE_SETTINGS = frozenset({"inference.batch_size", "decision.non_finite", "decision.drift_delta",
+                           "decision.drift_defect_share"})
 DECISION_SETTINGS = frozenset({"decision.one_class_model", "decision.contamination", "decision.n_estimators",
-                               "decision.n_neighbors", "decision.false_alarm_rate"})
+                               "decision.n_neighbors", "decision.false_alarm_rate",
+                               "decision.false_alarm_confidence"})
 # Settings the trained network fixes: changing them means training again.
 TRAINED_SETTINGS = ("network.", "train.", "patch_size", "data.grayscale")
 
@@ -349,6 +352,16 @@ class Radar:
     def _stamp(source: str) -> dict[str, str]:
         return {"source": source, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
+    def drift_monitor(self) -> DriftMonitor | None:
+        """A drift monitor (:mod:`radar_ad.drift`) on this model's conformal
+        scores and verdict threshold, alarming at ``decision.drift_delta`` and
+        taking ``decision.drift_defect_share`` of defects in its stride;
+        ``None`` for a model without conformal images."""
+        self.check_fitted()
+        decision = self.config.decision
+        return DriftMonitor.for_decision(self.decision_, decision.drift_delta, decision.drift_defect_share,
+                                         self.config.seed)
+
     def warn_false_alarms(self) -> None:
         """Warn (one line, :mod:`warnings`) when the false-alarm rule cannot
         flag any image with this model's conformal images."""
@@ -608,10 +621,19 @@ class Radar:
         calibration: Calibration = self.calibration_  # type: ignore[assignment]
         n = calibration.decision.n_conformal
         rate, contamination = self.config.decision.false_alarm_rate, self.config.decision.contamination
+        confidence, cut = self.config.decision.false_alarm_confidence, calibration.decision.rate_cut_
+        if rate is None:
+            rule = f"anomalous above the one-class model's threshold at contamination {contamination:g}"
+        elif confidence is None:
+            rule = f"anomalous when the p-value is at most {rate:g} ({n} conformal images)"
+        else:
+            rule = (f"anomalous when the p-value is at most {cut:.4g}: a false-alarm rate of at most {rate:g} with "
+                    f"probability {confidence:g} over the {n} conformal images")
         return {
             "rate": rate,
-            "rule": (f"anomalous when the p-value is at most {rate:g} ({n} conformal images)" if rate is not None
-                     else f"anomalous above the one-class model's threshold at contamination {contamination:g}"),
+            "confidence": confidence,
+            "p_value_cut": cut,
+            "rule": rule,
             "n_conformal": n,
             "smallest_p_value": 1.0 / (n + 1) if n else None,
             "conformal_source": dict(calibration.conformal_info),

@@ -30,7 +30,7 @@ _INVOCATION: list[str] = []
 # Images a `radar detect` batch may hold in memory at once.
 MAX_BATCH_IMAGES = 1024
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="RADAR: one-step diffusion anomaly detection and segmentation.")
 
 
@@ -179,13 +179,34 @@ def calibrate(
                + f"; {facts['rule']}")
     typer.echo(f"previous conformal images kept as {backup}" if backup else
                "the model had no conformal images before; radar.json is unchanged")
+    typer.echo("drift monitors of this model (radar watch, radar serve --state) start afresh on their next image")
+
+
+@app.command()
+def drift(
+    state_dir: Path = typer.Argument(..., help="A `radar watch` output folder or a `radar serve --state` folder."),
+    reset: bool = typer.Option(False, "--reset", help="Start the monitor afresh (after recalibrating, or once "
+                               "the change is understood)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the state as JSON."),
+) -> None:
+    """Show (or reset) the drift monitor kept in a folder: whether normal
+    images still look like the model's conformal ones."""
+    from ..drift import DriftStatus, read_state, reset_state
+
+    record = reset_state(state_dir) if reset else read_state(state_dir)
+    if as_json:
+        typer.echo(json.dumps(record, indent=2))
+        return
+    status = DriftStatus.from_record(record)
+    typer.echo(f"{state_dir}: {'reset; ' if reset else ''}{status.describe()}")
 
 
 NON_FINITE_HELP = ("An image whose score is not a number (a broken image or model): error (an error row, "
                    "the default) or anomalous (fail-safe). Never normal.")
 FALSE_ALARM_HELP = ("Flag an image when its p-value is at most this: at most this share of normal images "
                     "flagged (default: the model's decision.false_alarm_rate).")
-BACKEND_HELP = (f"{BACKENDS.choices().capitalize()} (default: torch for a model directory, the file's own "
+# The help lists the plug-ins without importing them (radar --help must not wait for PyTorch).
+BACKEND_HELP = (f"{choices(BACKENDS.declared()).capitalize()} (default: torch for a model directory, the file's own "
                 "for an exported file; onnx and openvino run on the CPU, faster there).")
 
 
@@ -218,6 +239,8 @@ def detect(
     non_finite: Optional[str] = typer.Option(None, help=NON_FINITE_HELP),
     backend: Optional[str] = typer.Option(None, help=BACKEND_HELP),
     device: Optional[str] = typer.Option(None, help="cpu, cuda ... (default: CUDA if present)."),
+    redo: bool = typer.Option(False, "--redo", help="--engine ray: score every image again, also where OUT holds "
+                              "results of another model or other settings (refused without it)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Score images: results.csv (file, score, threshold, p-value, verdict) plus map PNGs.
@@ -249,14 +272,14 @@ def detect(
         locations = list_inputs(paths or [], exclude=out) + listed
         summary = detect_on_ray(model, locations, out, backend=backend, device=device, workers=workers, address=address,
                                 maps=maps, batch_size=batch_size, settings=_decision(false_alarm_rate, non_finite),
-                                progress=not quiet)
+                                progress=not quiet, redo=redo)
         typer.echo(str(summary))
         if summary.failed:
             raise PartialFailure(f"{summary.failed} of {summary.scored + summary.failed} images could not be "
                                  f"scored; their rows in {summary.out}/results say why (column error); a rerun "
                                  "tries them again")
         return
-    for name, value in (("address", address), ("workers", workers)):
+    for name, value in (("address", address), ("workers", workers), ("redo", redo or None)):
         if value is not None:
             raise ConfigError(f"{name} needs --engine ray", setting=name)
     if is_uri(out):
@@ -272,6 +295,7 @@ def detect(
     out_dir.mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
     flagged = failed = 0
+    monitor = radar.drift_monitor()  # this batch, in the order listed
     with (atomic_file(out_dir / "results.csv") as tmp, open(tmp, "w", newline="") as handle,
           progress_bar(total=len(images), enabled=not quiet, desc="detecting", unit="img") as bar):
         writer = csv.writer(handle)
@@ -284,13 +308,16 @@ def detect(
                 writer.writerow([str(path), *error_fields(radar.decision_.threshold_), streamed.error])
             else:
                 flagged += pred.is_anomalous
+                if monitor is not None:
+                    monitor.update(pred.score)
                 if maps:
                     stem = unique_stem(path.stem, used.__contains__)
                     used.add(stem)
                     save_prediction_maps(pred, out_dir, stem)
                 writer.writerow([str(path), *result_fields(pred), ""])
             bar.update(1)
-    typer.echo(f"{len(images)} images, {flagged} anomalous; results in {out_dir / 'results.csv'}")
+    drift_line = "" if monitor is None else f"; {monitor.status().describe()}"
+    typer.echo(f"{len(images)} images, {flagged} anomalous; results in {out_dir / 'results.csv'}{drift_line}")
     if failed:
         raise PartialFailure(f"{failed} of {len(images)} images could not be scored; their rows in "
                              f"{out_dir / 'results.csv'} say why (column error)")
@@ -323,7 +350,7 @@ def evaluate(
         typer.echo(f"{key:>20}  {shown}")
 
 
-EXPORT_FORMATS = tuple(name for name, backend in BACKENDS.items() if backend.exports)
+EXPORT_FORMATS = tuple(name for name, declared in BACKENDS.declared().items() if declared.get("exports"))
 
 
 @app.command()
@@ -337,8 +364,9 @@ def export(
     thresholds and calibration in its metadata), checked against PyTorch."""
     from ..pipeline import Radar
 
-    if format_ not in EXPORT_FORMATS:
-        raise ConfigError(f"format must be {choices(EXPORT_FORMATS)}, got {format_!r}", setting="format")
+    formats = tuple(name for name, backend in BACKENDS.items() if backend.exports)
+    if format_ not in formats:
+        raise ConfigError(f"format must be {choices(formats)}, got {format_!r}", setting="format")
     if out.is_dir():
         raise DataError(f"{out} is a folder; give a file name such as model{BACKENDS.get(format_).exports}")
     if Path(os.path.abspath(out)).is_relative_to(Path(os.path.abspath(model_dir))) or (
@@ -410,14 +438,23 @@ def serve(
     workers: int = typer.Option(
         1, help="Worker processes on the one port (1 to 64), each with its own copy of the model and an equal "
         "share of the CPU cores. Every limit above applies per worker (N workers admit N x --max-in-flight "
-        "requests and may use N times the memory); GET /ready says when a worker's model is loaded."),
+        "requests and may use N times the memory); GET /ready says when every worker's model is loaded."),
+    header_timeout: float = typer.Option(
+        10.0, help="Seconds a client has to send a request's headers, else its connection is closed (at most "
+        "600): a client trickling its headers holds a connection no longer."),
+    state: Optional[Path] = typer.Option(
+        None, help="Folder for the drift monitor and the recent results, shared by every worker and kept "
+        "across restarts (`radar drift DIR` reads it). Without it each worker keeps its own in memory."),
+    recent: int = typer.Option(50, help="Recent results GET /recent and the page keep, each with a small "
+                               "thumbnail of its overlay (0 to 500; 0: none)."),
 ) -> None:
-    """Serve a model over HTTP: POST /predict, GET /model, GET /health, GET /ready and a web page at /."""
+    """Serve a model over HTTP: POST /predict, GET /model, GET /health, GET /ready, GET /drift, GET /recent,
+    GET /metrics and a web page at /."""
     for module in ("fastapi", "uvicorn", "multipart"):
         require(module, "serve", "`radar serve`", "python-multipart" if module == "multipart" else None)
     from contextlib import suppress
 
-    from .serve import serve as run_server
+    from .runner import serve as run_server
 
     def announce(url: str) -> None:
         several = f"{workers} workers; " if workers > 1 else ""
@@ -428,7 +465,8 @@ def serve(
         run_server(model_dir, host=host, port=port, backend=backend, device=device, max_upload_mb=max_upload_mb,
                    max_in_flight=max_in_flight, max_pixels=max_pixels, body_timeout=body_timeout,
                    max_uploads=max_uploads, on_start=announce,
-                   settings=_decision(false_alarm_rate, non_finite), workers=workers)
+                   settings=_decision(false_alarm_rate, non_finite), workers=workers,
+                   header_timeout=header_timeout, state=state, recent=recent)
     typer.echo("stopped")
 
 
@@ -561,6 +599,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(getattr(exc, "exit_code", 2))
     except typer.Exit as exc:
         return int(getattr(exc, "exit_code", 0))
+    except SystemExit as exc:  # shell completion (--show-completion, _RADAR_COMPLETE) exits on its own
+        return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("radar: interrupted", err=True)
         return 130

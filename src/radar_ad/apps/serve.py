@@ -40,14 +40,25 @@ a large image costs now: about 4 s per megapixel on 2 CPU cores (67 s for
 4000 x 4000), so a service that must answer quickly lowers ``--max-pixels``;
 a bigger machine may raise it up to ``MAX_PIXELS_BOUND``.
 
+A client has ``header_timeout`` seconds to send a request's headers, then
+its connection is closed (:mod:`radar_ad.apps.header_deadline`): a client
+trickling its headers holds a connection for no longer than that.
+
 ``GET /health`` is liveness (200 while the process is up, even while its
 model loads); ``GET /ready`` is readiness: 503 ``{"ready": false}`` until this
 process's model is loaded, then 200 with its pid, thread count and model
-fingerprint. ``POST /predict`` and ``GET /model`` answer 503 with
-``Retry-After`` until then.
+fingerprint; in a pool of workers, 503 until every worker's model is loaded
+(with how many of them are). ``POST /predict`` and ``GET /model`` answer 503
+with ``Retry-After`` until then.
 
-Several workers (``serve(..., workers=N)``, ``radar serve --workers N``): the
-parent checks the model (on the CPU, so that it holds no GPU memory while it
+Every prediction feeds the model's drift monitor and the list of recent
+results (:mod:`radar_ad.apps.monitoring`: ``GET /drift``, ``GET /recent``,
+the page's view of the line; kept in ``state`` and shared by the pool when
+given) and the Prometheus metrics (:mod:`radar_ad.apps.metrics`: ``GET
+/metrics``).
+
+Several workers (:func:`radar_ad.apps.runner.serve` with ``workers=N``,
+``radar serve --workers N``): the parent checks the model (on the CPU, so that it holds no GPU memory while it
 only supervises), binds one socket and starts N worker processes
 (``multiprocessing`` spawn) that each run their own uvicorn server on that
 socket: the kernel hands each new connection to one of them. Each worker
@@ -60,37 +71,27 @@ service with one line (it would fail again). SIGINT or SIGTERM stops every
 worker (SIGTERM, each finishing its requests for up to ``GRACEFUL_SECONDS``,
 then SIGKILL), and a worker whose parent is gone stops itself: no orphan
 keeps the port. The parent supervises the workers itself rather than
-through uvicorn's ``workers=N``: the settings reach the workers as
-arguments (no app import string, environment variables or temporary
-files), a worker that cannot load its model stops the service instead of
-being restarted in a loop, and a Ctrl-C while a worker is still starting
-prints no traceback.
+through uvicorn's ``workers=N`` (:mod:`radar_ad.apps.pool`): the settings
+reach the workers as arguments (no app import string or environment
+variables; the one temporary folder is the pool's metrics, removed at exit),
+a worker that cannot load its model stops the service instead of being
+restarted in a loop, and a Ctrl-C while a worker is still starting prints no
+traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
-import gc
-import hashlib
 import io
 import math
-import multiprocessing
 import os
-import signal
 import socket
-import sys
 import threading
 import time
-import traceback
-import warnings
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from contextlib import contextmanager
 from importlib import resources
-from multiprocessing.connection import Connection, wait
-from multiprocessing.context import SpawnContext, SpawnProcess
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -104,8 +105,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from .. import __version__
-from ..errors import ConfigError, ModelError, RadarError, first_line
+from ..errors import ConfigError, RadarError, first_line
 from ..report import png_base64, prediction_maps
+from .header_deadline import header_deadline_protocol
+from .metrics import Metrics, RequestMetrics
+from .monitoring import LineMonitor, add_line_routes, state_folder
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 2**20
 # 4000 x 4000: ~1.1 GB per request at its peak (measured), so 8 requests fit
@@ -125,6 +129,12 @@ MAX_IN_FLIGHT_BOUND = 1024
 MAX_UPLOADS_BOUND = 4096
 BODY_TIMEOUT_BOUND = 600.0
 PORT_BOUND = 65535
+# Seconds a client has to send a request's headers (a slowloris is cut off).
+DEFAULT_HEADER_TIMEOUT = 10.0
+HEADER_TIMEOUT_BOUND = 600.0
+# Recent results kept for the page (each a few kB with its thumbnail).
+DEFAULT_RECENT = 50
+MAX_RECENT_BOUND = 500
 # Worker processes of one service: one is today's single process; 64 covers a
 # large machine, each worker holding its own model copy.
 DEFAULT_WORKERS = 1
@@ -151,18 +161,29 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 def create_app(radar: Any, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
                max_pixels: int = DEFAULT_MAX_PIXELS, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
                max_uploads: int = DEFAULT_MAX_UPLOADS, body_timeout: float = DEFAULT_BODY_TIMEOUT,
-               model_info: dict[str, Any] | None = None, workers: int = 1) -> FastAPI:
+               header_timeout: float = DEFAULT_HEADER_TIMEOUT, model_info: dict[str, Any] | None = None,
+               workers: int = 1, state: str | Path | None = None, recent: int = DEFAULT_RECENT,
+               workers_ready: Any = None, metrics_folder: str | None = None) -> FastAPI:
     """The HTTP service around a fitted :class:`radar_ad.Radar` (or anything
     with its ``predict`` and learned attributes, e.g. an exported backend).
 
     ``radar=None``: a service that listens before its model is there (a
     worker loading its copy): ``/ready``, ``/model`` and ``/predict`` answer
     503 until ``app.state.model.set(radar)``. ``workers``: how many processes
-    serve the same port (``/ready`` says it)."""
+    serve the same port (``/ready`` says it); ``workers_ready``: in a pool,
+    the shared integer (``multiprocessing.Value``) the supervisor keeps at
+    the number of workers whose model is loaded; ``metrics_folder``: the
+    pool's metrics folder (:mod:`radar_ad.apps.metrics`). ``state``: the
+    folder of the drift monitor and recent results shared by every process
+    that uses it (None: kept in memory); ``recent``: how many results
+    ``/recent`` keeps."""
     limits = check_limits(max_upload_bytes=max_upload_bytes, max_pixels=max_pixels, max_in_flight=max_in_flight,
-                          max_uploads=max_uploads, body_timeout=body_timeout)
+                          max_uploads=max_uploads, body_timeout=body_timeout, header_timeout=header_timeout)
     check_int("workers", workers, 1, MAX_WORKERS_BOUND)
-    served = ServedModel(limits, workers)
+    check_int("recent", recent, 0, MAX_RECENT_BOUND)
+    metrics = Metrics.create(metrics_folder, shared_drift=state is not None)
+    line = LineMonitor(state=state_folder(state), recent=recent, workers=workers, metrics=metrics)
+    served = ServedModel(limits, workers, line, workers_ready)
     if radar is not None:
         served.set(radar, model_info)
     page = resources.files(__package__).joinpath("static/index.html").read_text(encoding="utf-8")
@@ -173,7 +194,10 @@ def create_app(radar: Any, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     app.state.model = served
     app.state.admission = admission  # observable by monitoring and tests
     app.state.uploads = uploads
+    app.state.line = line
     _add_error_handlers(app)
+    if metrics is not None:
+        app.add_middleware(RequestMetrics, metrics=metrics)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
@@ -185,15 +209,14 @@ def create_app(radar: Any, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
 
     @app.get("/ready")
     async def ready() -> JSONResponse:
-        if served.radar is None:
-            return JSONResponse({"ready": False}, status_code=503)
-        return JSONResponse(served.readiness())
+        body = served.readiness()
+        return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
     @app.get("/model")
     async def model() -> dict[str, Any]:
         if served.metadata is None:
             raise _loading()
-        return served.metadata
+        return {**served.metadata, "drift": await run_in_threadpool(line.drift_summary)}
 
     @app.post("/predict")
     async def predict(request: Request, maps: bool = False) -> JSONResponse:
@@ -216,10 +239,12 @@ def create_app(radar: Any, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
                 admission.record(time.perf_counter() - model_started)
             body = await run_in_threadpool(_prediction_json, prediction, maps)
             body["milliseconds"] = round((time.perf_counter() - started) * 1000, 1)
+            await run_in_threadpool(line.record, prediction, body)  # drift, recent results, metrics
             return JSONResponse(body)
         finally:
             admission.leave()
 
+    add_line_routes(app, line, _loading)
     return app
 
 
@@ -229,9 +254,12 @@ class ServedModel:
     so that ``/health`` answers during the load and ``/ready`` says when this
     process can predict."""
 
-    def __init__(self, limits: dict[str, Any], workers: int = 1) -> None:
+    def __init__(self, limits: dict[str, Any], workers: int = 1, line: LineMonitor | None = None,
+                 workers_ready: Any = None) -> None:
         self.limits = limits
         self.workers = workers
+        self.line = line
+        self.workers_ready = workers_ready
         self.radar: Any = None
         self.metadata: dict[str, Any] | None = None
         self.model_info: dict[str, Any] = {}
@@ -242,18 +270,31 @@ class ServedModel:
         self.model_info = dict(model_info or {})
         self.load_seconds = load_seconds
         self.metadata = {**model_metadata(radar), "limits": self.limits, **self.model_info}
+        if self.line is not None:
+            self.line.attach(radar)
         self.radar = radar  # last: whoever sees the model sees its metadata
 
     def readiness(self) -> dict[str, Any]:
-        """``GET /ready`` of a process whose model is loaded: which process
-        answers (a pid among the workers), with how many CPU threads, and
-        which model (so that a client can check that every worker serves the
-        same one)."""
+        """``GET /ready``: ``{"ready": false}`` while this process's model
+        loads; then which process answers (a pid among the workers), with how
+        many CPU threads, and which model (so that a client can check that
+        every worker serves the same one). In a pool, ready only once every
+        worker's model is loaded (``workers_ready`` of ``workers``)."""
+        pool: dict[str, Any] = {}
+        if self.workers_ready is not None:
+            loaded = min(int(self.workers_ready.value), self.workers)
+            pool = {"workers": self.workers, "workers_ready": loaded}
+            if loaded < self.workers:
+                pool["reason"] = f"{loaded} of {self.workers} workers have loaded the model"
+        if self.radar is None:
+            return {"ready": False, **pool}
         import torch  # already loaded with the model
 
-        return {"ready": True, "worker": os.getpid(), "workers": self.workers, "threads": torch.get_num_threads(),
+        return {"ready": "reason" not in pool, "worker": os.getpid(), "workers": self.workers,
+                "threads": torch.get_num_threads(),
                 "load_seconds": None if self.load_seconds is None else round(self.load_seconds, 2),
-                **{key: self.model_info[key] for key in ("model_name", "model_fingerprint") if key in self.model_info}}
+                **{key: self.model_info[key] for key in ("model_name", "model_fingerprint") if key in self.model_info},
+                **pool}
 
 
 def _loading() -> HTTPException:
@@ -263,7 +304,7 @@ def _loading() -> HTTPException:
 
 
 def check_limits(*, max_upload_bytes: int, max_pixels: int, max_in_flight: int, max_uploads: int,
-                 body_timeout: float) -> dict[str, Any]:
+                 body_timeout: float, header_timeout: float = DEFAULT_HEADER_TIMEOUT) -> dict[str, Any]:
     """The service's limits, each checked against its bounds (one line
     naming the first at fault)."""
     check_int("max_upload_bytes", max_upload_bytes, 1, MAX_UPLOAD_BYTES_BOUND)
@@ -271,8 +312,9 @@ def check_limits(*, max_upload_bytes: int, max_pixels: int, max_in_flight: int, 
     check_int("max_in_flight", max_in_flight, 1, MAX_IN_FLIGHT_BOUND)
     check_int("max_uploads", max_uploads, 1, MAX_UPLOADS_BOUND)
     check_seconds("body_timeout", body_timeout, BODY_TIMEOUT_BOUND)
+    check_seconds("header_timeout", header_timeout, HEADER_TIMEOUT_BOUND)
     return {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels, "max_in_flight": max_in_flight,
-            "max_uploads": max_uploads, "body_timeout": body_timeout}
+            "max_uploads": max_uploads, "body_timeout": body_timeout, "header_timeout": header_timeout}
 
 
 def check_int(name: str, value: Any, low: int, high: int) -> None:
@@ -507,27 +549,11 @@ def _finite_or_none(value: Any) -> float | None:
 def model_identity(path: str | Path) -> dict[str, str]:
     """The model's name and fingerprint for ``GET /model``: enough to tell
     which model answers, without revealing where it lies on the server."""
+    from ..persistence import model_fingerprint
+
     path = Path(path)
     return {"model_name": path.resolve().name, "model_fingerprint": model_fingerprint(path)}
 
-
-def model_fingerprint(path: str | Path) -> str:
-    """First 16 hex digits of the SHA-256 of the model's bytes: the file
-    itself (an exported ``.onnx``), or a model directory's files concatenated
-    in a fixed order (``cat radar.json unet.safetensors calibration.safetensors
-    conformal.safetensors | sha256sum``); older conformal backups are not the
-    model and do not count."""
-    from ..persistence import CALIBRATION_FILE, CONFIG_FILE, CONFORMAL_FILE, WEIGHTS_FILE
-
-    path = Path(path)
-    names = (CONFIG_FILE, WEIGHTS_FILE, CALIBRATION_FILE, CONFORMAL_FILE)
-    files = [path] if path.is_file() else [path / name for name in names if (path / name).is_file()]
-    digest = hashlib.sha256()
-    for file in files:
-        with file.open("rb") as stream:
-            while block := stream.read(2**20):
-                digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 def model_metadata(radar: Any) -> dict[str, Any]:
@@ -573,7 +599,10 @@ def socket_url(sock: socket.socket) -> str:
 
 
 def _server(app: FastAPI) -> uvicorn.Server:
-    return uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=GRACEFUL_SECONDS))
+    """A uvicorn server of ``app`` with its header deadline."""
+    protocol = header_deadline_protocol(app.state.model.limits["header_timeout"])
+    return uvicorn.Server(uvicorn.Config(app, http=protocol, log_level="warning",
+                                         timeout_graceful_shutdown=GRACEFUL_SECONDS))
 
 
 @contextmanager
@@ -595,283 +624,3 @@ def background_server(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> I
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
-
-
-def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, backend: str | None = None,
-          device: str | None = None, max_upload_mb: float = DEFAULT_MAX_UPLOAD_BYTES / 2**20,
-          max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, max_pixels: int = DEFAULT_MAX_PIXELS,
-          body_timeout: float = DEFAULT_BODY_TIMEOUT, max_uploads: int = DEFAULT_MAX_UPLOADS,
-          on_start: Callable[[str], None] | None = None, settings: dict[str, Any] | None = None,
-          workers: int = DEFAULT_WORKERS) -> None:
-    """Load the model (a bad model directory or setting fails here, before
-    anything listens; ``settings`` as :meth:`Radar.load`'s), bind, call
-    ``on_start(url)`` and serve until SIGINT (Ctrl-C) or SIGTERM, then return.
-
-    ``workers`` > 1: that many processes on the one port, each with its own
-    model copy, its share of the cores and its own limits (see the module
-    docstring); call it from the main thread, which handles the signals."""
-    check_int("port", port, 0, PORT_BOUND)
-    check_int("workers", workers, 1, MAX_WORKERS_BOUND)
-    limits = check_limits(max_upload_bytes=_upload_bytes(max_upload_mb), max_pixels=max_pixels,
-                          max_in_flight=max_in_flight, max_uploads=max_uploads, body_timeout=body_timeout)
-    if workers > 1 and threading.current_thread() is not threading.main_thread():
-        raise ConfigError("serving with several workers needs the main thread (it handles SIGINT and SIGTERM)",
-                          setting="workers")
-    from ..pipeline import Radar
-
-    with _sigterm_as_interrupt():  # SIGTERM while the model loads: as Ctrl-C (KeyboardInterrupt)
-        if workers == 1:  # one process, the model loaded before anything listens
-            radar = Radar.load(model_dir, device=device, backend=backend, settings=settings)
-            radar.warn_false_alarms()  # also in /model and on the page
-            app = create_app(radar, **limits, model_info=model_identity(model_dir))
-            with _listening(host, port, on_start) as sock, suppress(KeyboardInterrupt):
-                # uvicorn finishes the open requests, then raises the signal again: KeyboardInterrupt
-                _server(app).run(sockets=[sock])
-            return
-        # The same load as each worker's, on the CPU: the parent only
-        # supervises and should hold no GPU memory; a device a worker cannot
-        # use is reported by that worker, in one line.
-        checked = Radar.load(model_dir, device="cpu", backend=backend, settings=settings)
-        checked.warn_false_alarms()  # once here, not once per worker
-        del checked
-        gc.collect()
-        spec = WorkerSpec(model_dir=str(model_dir), backend=backend, device=device, settings=settings,
-                          limits=limits, workers=workers, parent_pid=os.getpid())
-        with _listening(host, port, on_start) as sock:
-            Supervisor(spec, sock).run()
-
-
-@contextmanager
-def _listening(host: str, port: int, on_start: Callable[[str], None] | None) -> Iterator[socket.socket]:
-    """The bound socket, announced through ``on_start(url)``; closed after."""
-    sock = bind_socket(host, port)
-    try:
-        if on_start is not None:
-            on_start(socket_url(sock))
-        yield sock
-    finally:
-        sock.close()
-
-
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM stops the process as Ctrl-C does (KeyboardInterrupt), so that
-    a service manager's stop is a clean stop too, and so that it stops at all
-    as a container's PID 1, which ignores signals it has no handler for
-    (signals: main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-# ------------------------------------------------------------------ workers
-@dataclass(frozen=True)
-class WorkerSpec:
-    """What a worker process needs to load and serve its copy of the model
-    (it reaches the worker pickled, as an argument of the spawned process)."""
-
-    model_dir: str
-    backend: str | None
-    device: str | None
-    settings: dict[str, Any] | None
-    limits: dict[str, Any]
-    workers: int
-    parent_pid: int
-
-
-@dataclass
-class Worker:
-    """One worker process seen from the parent: ``reports`` carries its
-    ``("ready", pid)`` or ``("failed", message)``."""
-
-    process: SpawnProcess
-    reports: Connection
-    ready: bool = False
-    failure: str | None = None
-
-    @classmethod
-    def start(cls, context: SpawnContext, spec: WorkerSpec, sock: socket.socket) -> Worker:
-        reports, report_end = context.Pipe(duplex=False)
-        process = context.Process(target=_worker_main, args=(spec, sock, report_end), name="radar-serve-worker",
-                                  daemon=True)  # daemon: multiprocessing ends it even if the parent fails
-        # Ignored SIGINT is inherited through exec: a Ctrl-C while the worker
-        # imports is the parent's to handle (it stops the worker with SIGTERM).
-        interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            process.start()
-        finally:
-            signal.signal(signal.SIGINT, interrupt)
-            report_end.close()
-        return cls(process, reports)
-
-    def read_reports(self) -> None:
-        """Take in what the worker reported (none, or the end: it exited)."""
-        with suppress(EOFError, OSError):
-            while not self.reports.closed and self.reports.poll():
-                kind, detail = self.reports.recv()
-                if kind == "ready":
-                    self.ready = True
-                elif kind == "failed":
-                    self.failure = str(detail)
-        if not self.reports.closed and self.process.exitcode is not None:
-            self.reports.close()
-
-    def stop(self) -> None:
-        if self.process.is_alive():
-            self.process.terminate()  # SIGTERM: uvicorn finishes the open requests
-
-
-class Supervisor:
-    """The parent of ``workers`` worker processes on one socket: starts them,
-    replaces one that dies after loading, stops the service when one cannot
-    load its model, and stops them all on SIGINT or SIGTERM."""
-
-    def __init__(self, spec: WorkerSpec, sock: socket.socket) -> None:
-        self.spec = spec
-        self.sock = sock
-        self.context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch threads
-        self.workers: list[Worker] = []
-        self.signals: list[int] = []
-
-    def run(self) -> None:
-        """Supervise until a signal (then return) or a worker that cannot
-        load its model (then raise :class:`ModelError`)."""
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            for _ in range(self.spec.workers):
-                self.workers.append(Worker.start(self.context, self.spec, self.sock))
-            while not self.signals:
-                self._watch(timeout=0.5)
-        finally:
-            self._stop_all()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        self.signals.append(signum)  # acted on by the loop; a second one kills at once
-
-    def _watch(self, timeout: float) -> None:
-        waitables: list[Any] = [worker.process.sentinel for worker in self.workers]
-        waitables += [worker.reports for worker in self.workers if not worker.reports.closed]
-        wait(waitables, timeout)
-        for index, worker in enumerate(self.workers):
-            worker.read_reports()
-            pid = worker.process.pid
-            if worker.failure is not None:
-                raise ModelError(f"worker {pid} could not load the model: {worker.failure}")
-            if worker.process.exitcode is None or self.signals:
-                continue
-            if not worker.ready:  # it would fail again: stop rather than restart in a loop
-                raise ModelError(f"worker {pid} exited (code {worker.process.exitcode}) before its model "
-                                 "was loaded")
-            warnings.warn(f"worker {pid} exited (code {worker.process.exitcode}); starting another",
-                          RuntimeWarning, stacklevel=2)
-            self.workers[index] = Worker.start(self.context, self.spec, self.sock)
-
-    def _stop_all(self) -> None:
-        """SIGTERM to every worker, up to ``GRACEFUL_SECONDS`` (and a margin)
-        for them to finish, then SIGKILL; a second signal kills at once."""
-        for worker in self.workers:
-            worker.stop()
-        deadline = time.monotonic() + GRACEFUL_SECONDS + 5
-        for worker in self.workers:
-            while worker.process.is_alive() and time.monotonic() < deadline and len(self.signals) < 2:
-                worker.process.join(0.1)
-            if worker.process.is_alive():
-                worker.process.kill()
-                worker.process.join()
-            worker.reports.close()
-
-
-def _worker_main(spec: WorkerSpec, sock: socket.socket, reports: Connection) -> None:
-    """One worker process: its share of the cores, then listen on the
-    parent's socket at once and load the model on a thread; serve until
-    SIGTERM (or SIGINT, or the parent is gone), then exit 0."""
-    signal.signal(signal.SIGTERM, _exit_now)  # until uvicorn takes over: stop at once, quietly
-    code = 0
-    loader: threading.Thread | None = None
-    try:
-        from ..backend import threads_per_worker, use_threads
-
-        use_threads(threads_per_worker(spec.workers))  # before the model: N workers share the cores
-        app = create_app(None, **spec.limits, workers=spec.workers)
-        server = _server(app)
-        loader = threading.Thread(target=_load_in_worker, args=(spec, app.state.model, server, reports),
-                                  daemon=True, name="radar-load")
-        loader.start()
-        threading.Thread(target=_watch_parent, args=(spec.parent_pid, server), daemon=True,
-                         name="radar-parent").start()
-        server.run(sockets=[sock])  # on SIGTERM: finishes the open requests, then raises it again
-    except SystemExit as exc:  # SIGTERM (0), or uvicorn that could not start (its code)
-        code = exc.code if isinstance(exc.code, int) else 0
-    except KeyboardInterrupt:
-        pass
-    except BaseException:  # a bug: say where
-        traceback.print_exc()
-        code = 1
-    if loader is not None and loader.is_alive():
-        # Stopped while loading: the interpreter's teardown would end the
-        # loading thread inside PyTorch's C++ code (an abort), so skip it.
-        for stream in (sys.stdout, sys.stderr):
-            with suppress(Exception):
-                stream.flush()
-        os._exit(code)
-    sys.exit(code)
-
-
-def _exit_now(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(0)
-
-
-def _load_in_worker(spec: WorkerSpec, served: ServedModel, server: uvicorn.Server, reports: Connection) -> None:
-    """Load this worker's copy once its server listens; report ``ready``, or
-    ``failed`` with the reason and stop the worker."""
-    while not server.started:
-        if server.should_exit:
-            return
-        time.sleep(0.01)
-    started = time.perf_counter()
-    try:
-        from ..pipeline import Radar
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the parent loaded the same model and said its warnings once
-            radar = Radar.load(spec.model_dir, device=spec.device, backend=spec.backend, settings=spec.settings)
-        served.set(radar, model_identity(spec.model_dir), load_seconds=time.perf_counter() - started)
-    except Exception as exc:
-        reason = first_line(exc) if isinstance(exc, RadarError) else f"{type(exc).__name__}: {first_line(exc)}"
-        _report(reports, ("failed", reason))
-        server.should_exit = True
-        return
-    _report(reports, ("ready", os.getpid()))
-
-
-def _report(reports: Connection, message: tuple[str, Any]) -> None:
-    with suppress(OSError):  # the parent is gone: the parent watch stops this worker
-        reports.send(message)
-
-
-def _watch_parent(parent_pid: int, server: uvicorn.Server) -> None:
-    """Stop this worker once its parent is gone (killed with SIGKILL, say):
-    no orphan keeps serving the port."""
-    while not server.should_exit:
-        if os.getppid() != parent_pid:
-            server.should_exit = True
-            return
-        time.sleep(0.5)
-
-
-def _upload_bytes(max_upload_mb: Any) -> int:
-    """``--max-upload-mb`` in bytes, refused in one line when it is not a
-    number of MiB in ``(0, 1024]`` (NaN included)."""
-    bound = MAX_UPLOAD_BYTES_BOUND // 2**20
-    if isinstance(max_upload_mb, bool) or not isinstance(max_upload_mb, (int, float)) \
-            or not 0 < max_upload_mb <= bound:
-        raise ConfigError(f"max_upload_mb must be > 0 and at most {bound} (MiB), got {max_upload_mb!r}",
-                          setting="max_upload_mb")
-    return max(1, int(max_upload_mb * 2**20))

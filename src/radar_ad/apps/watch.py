@@ -10,6 +10,11 @@ read is tried again on later polls; after ``retries`` more failures it becomes
 an ``error`` row, and the loop goes on. Each result is appended to
 ``results.csv`` and flushed at once, so another program can tail the file; a
 restarted watcher reads the file back and skips the images it lists.
+
+Drift: each image's score feeds the model's drift monitor (:mod:`radar_ad.drift`),
+kept in the output folder beside results.csv, so it survives a restart. Each
+image's line shows the martingale; the first time it reaches the alarm level
+one ``radar: DRIFT: ...`` line says so (also with ``quiet``).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from ..data import IMAGE_SUFFIXES
+from ..drift import DriftStatus, DriftStore
 from ..errors import ConfigError, DataError, RadarError, first_line
 from ..files import unique_stem
 from ..pipeline import Radar
@@ -68,10 +74,12 @@ class WatchSummary:
     anomalous: int
     errors: int
     results: Path
+    drift: DriftStatus | None = None
 
     def __str__(self) -> str:
+        drift = "" if self.drift is None else f"; {self.drift.describe()}"
         return (f"{_count(self.inspected, 'image')} inspected, {self.anomalous} anomalous, "
-                f"{_count(self.errors, 'error')}; results in {self.results}")
+                f"{_count(self.errors, 'error')}; results in {self.results}{drift}")
 
 
 def _count(n: int, noun: str) -> str:
@@ -139,6 +147,12 @@ class Watcher:
         self._out_id = _dir_id(self.out)
         self._read_back()
         self._handle = self._open_results()
+        monitor = radar.drift_monitor() if hasattr(radar, "drift_monitor") else None
+        self.drift = DriftStore(self.out, monitor) if monitor is not None else None
+        if self.drift is not None and self.drift.note:
+            print(f"radar: note: {self.drift.note}", file=sys.stderr, flush=True)
+        self._drift_told = False
+        self._drift_status = self.drift.status() if self.drift is not None else None
 
     # ------------------------------------------------------------ results.csv
     def _read_back(self) -> None:
@@ -190,7 +204,18 @@ class Watcher:
 
     @property
     def summary(self) -> WatchSummary:
-        return WatchSummary(results=self.results, **self._counts)
+        return WatchSummary(results=self.results, drift=self._drift_status, **self._counts)
+
+    def _observe_drift(self, score: float) -> str:
+        """Feed the drift monitor (after the row is written: a restart never
+        feeds an image twice); the martingale for the image's line."""
+        if self.drift is None:
+            return ""
+        status = self._drift_status = self.drift.observe([score])
+        if status.alarm and not self._drift_told:
+            self._drift_told = True
+            print(f"radar: {status.describe()}", file=sys.stderr, flush=True)
+        return f"  drift {status.martingale:.3g}"
 
     @property
     def retrying(self) -> list[Path]:
@@ -300,10 +325,11 @@ class Watcher:
         self._counts["inspected"] += 1
         self._counts["anomalous"] += prediction.is_anomalous
         state.done = state.signature
+        drift = self._observe_drift(prediction.score)
         if not self.quiet:
             p_value = "" if prediction.p_value is None else f"  p {prediction.p_value:.4f}"
-            print(f"{path}  {prediction.verdict}  score {prediction.score:.4f}{p_value}  {milliseconds:.0f} ms",
-                  flush=True)
+            print(f"{path}  {prediction.verdict}  score {prediction.score:.4f}{p_value}  {milliseconds:.0f} ms"
+                  f"{drift}", flush=True)
         return 1
 
     def _stem_for(self, path: Path) -> str:

@@ -5,7 +5,10 @@ for one: the images flow one way through four stages.
 
 1. The driver lists the images (paths, folders, URIs, ``--from-list``) and
    leaves out those that already have a verdict in ``OUT/results`` (a rerun
-   finishes an interrupted run; error rows are tried again).
+   finishes an interrupted run; error rows are tried again). Every row
+   carries the run's key (:func:`run_key`: the model's fingerprint, the
+   backend and the settings given): a rerun with another model or other
+   settings is refused, unless ``redo`` scores every image again.
 2. Ray Data tasks read each image's bytes through ``pyarrow.fs`` (a local
    path or a URI: no shared file system is assumed) and decode it as the
    model reads it (colour mode, resize), into uint8 pixels.
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import math
 import os
@@ -55,7 +59,7 @@ from ..config import DataConfig
 from ..data import IMAGE_SUFFIXES, MAX_PIXELS, as_image_array, check_pixels, list_images
 from ..errors import ConfigError, DataError, ModelError, RadarError, first_line, require
 from ..files import atomic_file
-from ..persistence import CALIBRATION_FILE, CONFIG_FILE, CONFORMAL_FILE, WEIGHTS_FILE
+from ..persistence import CONFIG_FILE, MODEL_FILES, model_fingerprint
 from ..progress import progress_bar
 from ..report import prediction_maps
 
@@ -204,7 +208,14 @@ def result_schema() -> pa.Schema:
 
     return pa.schema([("path", pa.string()), ("verdict", pa.string()), ("score", pa.float64()),
                       ("threshold", pa.float64()), ("p_value", pa.float64()), ("mask_fraction", pa.float64()),
-                      ("maps", pa.list_(pa.string())), ("error", pa.string())])
+                      ("maps", pa.list_(pa.string())), ("error", pa.string()), ("model", pa.string())])
+
+
+def run_key(model: Path, backend: str | None, settings: dict[str, Any] | None) -> str:
+    """What the verdicts depend on besides the image: the model's
+    fingerprint, the backend and the settings changed on loading (16 hex digits)."""
+    what = {"model": model_fingerprint(model), "backend": backend, "settings": settings or {}}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def part_files(out: str) -> list[str]:
@@ -243,9 +254,17 @@ def read_results(out: str | os.PathLike[str], columns: Sequence[str] | None = No
     return table.take(sorted(latest.values()))
 
 
-def finished_images(out: str) -> set[str]:
-    """The images with a verdict in ``OUT/results``: what a rerun skips."""
-    table = read_results(out, columns=["verdict"])
+def finished_images(out: str, key: str | None = None) -> set[str]:
+    """The images with a verdict in ``OUT/results``: what a rerun skips.
+    With ``key`` (:func:`run_key`), results of another model or other
+    settings are refused in one line."""
+    table = read_results(out, columns=["verdict", "model"])
+    if key is not None:
+        others = sorted({str(model) for model in table.column("model").to_pylist() if model != key})
+        if others:
+            raise DataError(f"{out} holds results of another model or other settings (key {', '.join(others)}; "
+                            f"this run's is {key}): use another --out, or --redo to score every image again "
+                            "with this model", setting="out")
     return {path for path, verdict in zip(table.column("path").to_pylist(), table.column("verdict").to_pylist())
             if verdict != ERROR_VERDICT}
 
@@ -374,7 +393,7 @@ def model_files(model: Path) -> tuple[str, dict[str, bytes]]:
         return model.name, {model.name: model.read_bytes()}
     if not (model / CONFIG_FILE).is_file():
         raise ModelError(f"{model} is not a radar model directory (no {CONFIG_FILE})")
-    names = [name for name in (CONFIG_FILE, WEIGHTS_FILE, CALIBRATION_FILE, CONFORMAL_FILE) if (model / name).is_file()]
+    names = [name for name in MODEL_FILES if (model / name).is_file()]
     return "", {name: (model / name).read_bytes() for name in names}
 
 
@@ -577,7 +596,7 @@ def detect_on_ray(model: str | os.PathLike[str], images: Sequence[str | os.PathL
                   out: str | os.PathLike[str], *, backend: str | None = None, device: str | None = None,
                   workers: int | None = None, address: str | None = None, maps: bool = True,
                   batch_size: int = 16, settings: dict[str, Any] | None = None,
-                  progress: bool = True) -> RayDetectSummary:
+                  progress: bool = True, redo: bool = False) -> RayDetectSummary:
     """Score ``images`` (paths or URIs of image files) on a Ray cluster and
     write their rows to ``out`` (a folder path or a URI): Parquet parts in
     ``out/results`` (:func:`read_results` reads them) and, with ``maps``,
@@ -595,6 +614,8 @@ def detect_on_ray(model: str | os.PathLike[str], images: Sequence[str | os.PathL
     Images that already have a verdict in ``out`` are skipped (a rerun
     finishes a run); an image that cannot be scored is an error row (tried
     again on a rerun), never a failed run: ``summary.failed`` counts them.
+    A rerun with another model, backend or settings is refused; ``redo``
+    scores every image again instead (its rows replace the earlier ones).
     """
     from ..pipeline import Radar
 
@@ -611,13 +632,14 @@ def detect_on_ray(model: str | os.PathLike[str], images: Sequence[str | os.PathL
     name, files = model_files(model)
     _prepare_output(out, maps)
     wanted = list(dict.fromkeys(normalized(image) for image in images))
-    finished = finished_images(out)
+    key = run_key(model, backend, settings)
+    finished = set() if redo else finished_images(out, key)
     todo = [image for image in wanted if image not in finished]
     summary = RayDetectSummary(out, len(wanted), 0, 0, 0, len(wanted) - len(todo), 0.0, 0)
     if todo:
         leave = _connect(ray, address)
         try:
-            _run(ray, radar, todo, name, files, out, summary, workers=workers, backend=backend, device=device,
+            _run(ray, radar, todo, name, files, out, summary, key, workers=workers, backend=backend, device=device,
                  settings=settings, maps=maps, batch_size=batch_size, progress=progress)
         finally:
             if leave:
@@ -642,9 +664,12 @@ def _prepare_output(out: str, maps: bool) -> None:
 
 
 def _run(ray: ModuleType, radar: Any, todo: list[str], name: str, files: dict[str, bytes], out: str,
-         summary: RayDetectSummary, *, workers: int | None, backend: str | None, device: str | None,
+         summary: RayDetectSummary, key: str, *, workers: int | None, backend: str | None, device: str | None,
          settings: dict[str, Any] | None, maps: bool, batch_size: int, progress: bool) -> None:
-    """Stages 2 to 4 on a connected cluster, counting into ``summary``."""
+    """Stages 2 to 4 on a connected cluster, counting into ``summary``;
+    every row carries ``key``."""
+    import pyarrow as pa
+
     cpus, machines = _cluster(ray)
     workers = workers or max(1, min(MAX_WORKERS, int(cpus)))
     # blocks: what the decoding tasks take one at a time, at least one per actor; no more actors than blocks
@@ -670,6 +695,8 @@ def _run(ray: ModuleType, radar: Any, todo: list[str], name: str, files: dict[st
                                        "workers_per_node": math.ceil(actors / machines), "out": out, "maps": maps})
             with progress_bar(total=len(todo), enabled=progress, desc="detecting", unit="img") as bar:
                 for rows in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+                    rows = rows.set_column(rows.schema.get_field_index("model"), "model",
+                                           pa.array([key] * rows.num_rows, pa.string()))
                     parts.add(rows)
                     verdicts = rows.column("verdict").to_pylist()
                     failed = verdicts.count(ERROR_VERDICT)
