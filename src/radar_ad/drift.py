@@ -61,13 +61,11 @@ ignored.
 from __future__ import annotations
 
 import bisect
-import fcntl
 import hashlib
 import json
 import math
 import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,7 +74,7 @@ import numpy as np
 from scipy.special import betaincinv, zeta
 
 from .errors import DataError
-from .files import write_json
+from .files import locked, write_json
 
 # the mixtures' grids: betting exponents in (0, 1), and bets in (0, 1/q) in units of 1/q
 GRID = 100
@@ -331,17 +329,6 @@ class DriftMonitor:
         return self
 
 
-@contextmanager
-def locked(folder: Path) -> Iterator[None]:
-    """Hold the drift state's lock in ``folder`` (one process at a time)."""
-    with open(folder / LOCK_FILE, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 class DriftStore:
     """A :class:`DriftMonitor` kept in ``folder`` and shared by the
     processes that use the same folder (module docstring). Each
@@ -359,7 +346,7 @@ class DriftStore:
             self._load()
 
     def _locked(self) -> Any:
-        return locked(self.folder)
+        return locked(self.folder / LOCK_FILE)
 
     def _record(self) -> dict[str, Any] | None:
         path = self.folder / STATE_FILE
@@ -398,7 +385,7 @@ class DriftStore:
             self._commit(truncate=True)
             return
         try:
-            stored, seen, generation = int(record["scores"]), int(record["seen"]), int(record["generation"])
+            stored, seen, generation = int(record["scores"]), int(record["images_seen"]), int(record["generation"])
             alarm_at = None if record["alarm_at"] is None else int(record["alarm_at"])
         except (KeyError, TypeError, ValueError):
             raise DataError(f"the drift state in {self.folder} is damaged; `radar drift {self.folder} --reset` "
@@ -426,8 +413,8 @@ class DriftStore:
             os.fsync(handle.fileno())
         status = self.monitor.status()
         write_json(self.folder / STATE_FILE, {"format": STATE_FORMAT, "fingerprint": self.monitor.fingerprint,
-                                              "generation": self.generation, "seen": status.seen,
-                                              "scores": self.monitor.n_scores, **status.to_dict()})
+                                              "generation": self.generation, "scores": self.monitor.n_scores,
+                                              **status.to_dict()})
 
     def observe(self, scores: Sequence[float] | np.ndarray) -> DriftStatus:
         """Offer image scores in arrival order; the status afterwards."""
@@ -444,12 +431,9 @@ class DriftStore:
             return self.monitor.status()
 
     def reset(self) -> DriftStatus:
-        with self._locked():
-            record = self._record()
-            self.monitor.reset()
-            self.generation = int(record.get("generation", 0)) + 1 if record is not None else 0
-            self._commit(truncate=True)
-            return self.monitor.status()
+        """Start afresh (:func:`reset_state`); every process using the folder follows."""
+        reset_state(self.folder)
+        return self.status()
 
 
 def read_state(folder: str | Path) -> dict[str, Any]:
@@ -478,7 +462,7 @@ def reset_state(folder: str | Path) -> dict[str, Any]:
     folder start over from it. Returns the new record."""
     folder = Path(folder)
     read_state(folder)  # refused before the lock file is made
-    with locked(folder):
+    with locked(folder / LOCK_FILE):
         record = read_state(folder)
         with open(folder / SCORES_FILE, "wb"):
             pass
@@ -486,6 +470,6 @@ def reset_state(folder: str | Path) -> dict[str, Any]:
                             flag_martingale=1.0, limit=float(record["flag_limit"]), level=float(record["alarm_level"]),
                             delta=float(record["delta"]), alarm_at=None, full=False)  # what a reset monitor states
         record = {"format": STATE_FORMAT, "fingerprint": record["fingerprint"],
-                  "generation": int(record.get("generation", 0)) + 1, "seen": 0, "scores": 0, **fresh.to_dict()}
+                  "generation": int(record.get("generation", 0)) + 1, "scores": 0, **fresh.to_dict()}
         write_json(folder / STATE_FILE, record)
     return record

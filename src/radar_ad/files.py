@@ -5,6 +5,7 @@ place), as strict JSON, and under names that do not collide."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import glob
 import hashlib
 import json
@@ -181,3 +182,15 @@ def _os_reason(message: str) -> str:
     """``"File too large"`` out of ``"Error while serializing: I/O error: File too large (os error 27)"``."""
     match = re.search(r"I/O error: (.*?)(?: \(os error \d+\))?$", message.strip().splitlines()[0])
     return match.group(1) if match else message.strip().splitlines()[0]
+
+
+@contextmanager
+def locked(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (made if missing): one
+    process, and one thread, at a time in the block."""
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -30,6 +30,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 # The routes measured one by one; any other path counts as "other" (the label
@@ -39,6 +40,8 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 P_VALUE_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 MISSING = "GET /metrics needs prometheus-client (pip install 'radar-ad[metrics]')"
 MULTIPROC_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+# In the pool's metrics folder: the proof that the folder removed at exit is the one made for it.
+POOL_MARKER = ".radar-ad-metrics"
 
 
 class Metrics:
@@ -153,10 +156,12 @@ def pool_metrics_folder() -> Iterator[str | None]:
         yield None
         return
     folder = tempfile.mkdtemp(prefix="radar-metrics-")
+    (Path(folder) / POOL_MARKER).touch()
     try:
         yield folder
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        if (Path(folder) / POOL_MARKER).is_file():  # ours still: never a folder someone put in its place
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def mark_dead(folder: str | None, pid: int | None) -> None:

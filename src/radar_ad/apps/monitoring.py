@@ -18,15 +18,13 @@ anyone who may open the page sees the thumbnails of every client's images.
 from __future__ import annotations
 
 import base64
-import fcntl
 import io
 import json
 import os
 import threading
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -39,7 +37,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..drift import DriftMonitor, DriftStatus, DriftStore
 from ..errors import ConfigError, RadarError, first_line
-from ..files import write_json
+from ..files import locked, write_json
 from ..report import overlay
 from .metrics import MISSING, Metrics
 
@@ -158,7 +156,7 @@ class RecentResults:
                 self._next_id += 1
                 return
             try:
-                with _locked(self.path.parent / RECENT_LOCK):
+                with locked(self.path.parent / RECENT_LOCK):
                     record = self._read(cached=False) or self._fresh()
                     kept = [*record["results"], {"id": record["next_id"], **result}][-self.limit:]
                     write_json(self.path, {**record, "next_id": record["next_id"] + 1, "results": kept})
@@ -197,17 +195,6 @@ class RecentResults:
             return None
         self._cache = (key, record)
         return record
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """One process (and one thread) at a time over the shared recent results."""
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def thumbnail(prediction: Any) -> str:
