@@ -97,6 +97,9 @@ DESCRIPTIONS = {
                           "and every level's noise and repair, trained on synthetic defects.",
     "inference.scales": "The pyramid levels the response reads; null: chosen at calibration (a per-level "
                         "response: the first level, the first two ... all; \"segmentation\": all).",
+    "inference.map_scales": "The first levels of `scales` whose maps make the pixel map and the mask (the "
+                            "image features read them all); null: all, or chosen by the self-validation on its "
+                            "synthetic defects' pixels (a per-level response).",
     "inference.image_score": "How the map becomes the image's score: \"features\": the response's features "
                              "through the one-class model; \"max\": the largest mean of the map over "
                              "`score_window` px squares; \"robust_max\": the same on the map standardised by its "

@@ -12,8 +12,9 @@ import pytest
 
 from radar_ad import Radar
 from radar_ad.config import AUTO
+from radar_ad.errors import ConfigError
 from radar_ad.persistence import CONFIG_FILE
-from radar_ad.selection import auroc_standard_error, candidates, describe_record, one_standard_error
+from radar_ad.selection import auroc_standard_error, candidates, choose_map, describe_record, one_standard_error
 
 from test_cli import radar as run_radar
 
@@ -49,7 +50,7 @@ def test_candidates_span_every_response_level_set_and_image_score(pyramid_fitted
 def test_the_choice_is_recorded_deterministic_and_what_the_model_runs(chosen, pyramid_fitted, normal_images, tmp_path):
     record = chosen.selection()
     assert record["requested"] == {"inference.response": AUTO, "inference.scales": None,
-                                   "inference.image_score": AUTO}
+                                   "inference.map_scales": None, "inference.image_score": AUTO}
     rows = record["candidates"]
     assert len(rows) == 12 and sum(row["chosen"] for row in rows) == 1
     best = max(row["image_auroc"] for row in rows)
@@ -67,6 +68,19 @@ def test_the_choice_is_recorded_deterministic_and_what_the_model_runs(chosen, py
     assert (inference.response, list(inference.scales), inference.image_score) == (
         picked["inference.response"], picked["inference.scales"], picked["inference.image_score"])
     assert chosen.requested_config().inference.response == AUTO
+    # a per-level response on several levels gets its map's levels chosen apart: the fewest within one
+    # standard error of the best map, recorded and run
+    maps = record["maps"]
+    if picked["inference.response"] == "two_sided" and len(picked["inference.scales"]) > 1:
+        assert [row["inference.map_scales"] for row in maps] == [
+            picked["inference.scales"][:k] for k in range(1, len(picked["inference.scales"]) + 1)]
+        mine = next(row for row in maps if row["chosen"])
+        best_map = max(row["pixel_auroc"] for row in maps)
+        assert all(row["pixel_auroc"] < best_map - row["standard_error"] for row in maps[:maps.index(mine)])
+        assert list(inference.map_scales) == mine["inference.map_scales"] == record["chosen"]["inference.map_scales"]
+        assert record["synthetic_pixel_auroc"] == mine["pixel_auroc"]
+    else:
+        assert maps == [] and inference.map_scales is None
     # the same seed chooses the same, to the last digit
     again = pyramid_fitted[0].with_settings(OPEN).calibrate(normal_images[:30], conformal=normal_images[30:42])
     assert again.selection() == record
@@ -108,3 +122,46 @@ def test_the_cheapest_candidate_within_one_standard_error_of_the_best_is_chosen(
     assert one_standard_error(aurocs, 0.05) == 2  # 0.66 is within 0.05 of 0.70; 0.60 is not
     assert one_standard_error(aurocs, 0.12) == 0
     assert one_standard_error(aurocs, 0.0) == 3
+
+
+def test_the_map_keeps_the_fewest_levels_that_draw_the_defects_as_well_as_any():
+    rng = np.random.default_rng(0)
+    keys = [("two_sided", (1,)), ("two_sided", (1, 2)), ("two_sided", (1, 2, 4))]
+    base = rng.uniform(0.7, 0.95, 40)
+    # the second map is better on every image by 0.02: the paired error is tiny, the finer map is not kept
+    per_image = {keys[0]: base, keys[1]: base + 0.02, keys[2]: base + 0.015}
+    pooled = {keys[0]: 0.90, keys[1]: 0.92, keys[2]: 0.915}
+    pick, rows = choose_map(keys, pooled, per_image)
+    assert pick == 1 and [row["chosen"] for row in rows] == [False, True, False]
+    assert rows[0]["standard_error"] < 0.02 and rows[1]["standard_error"] == 0.0
+    # the same means, but the images disagree about which map is better: the first level is kept
+    noisy = {keys[0]: base, keys[1]: base + 0.02 + rng.normal(0, 0.2, 40), keys[2]: base + rng.normal(0, 0.2, 40)}
+    pick, rows = choose_map(keys, pooled, noisy)
+    assert pick == 0 and rows[0]["inference.map_scales"] == [1] and rows[0]["standard_error"] > 0.02
+    # images whose mask leaves no normal pixel (NaN) are left out of the error
+    with_nan = {key: np.append(values, np.nan) for key, values in per_image.items()}
+    assert choose_map(keys, pooled, with_nan)[0] == 1
+
+
+def test_the_map_from_the_first_levels_and_the_features_from_all(pyramid_fitted, normal_images):
+    radar, _ = pyramid_fitted
+    named = {"inference.response": "two_sided", "inference.image_score": "features"}
+    both = radar.with_settings({**named, "inference.scales": [1, 2, 4], "inference.map_scales": [1]}).calibrate(
+        normal_images[:30], conformal=normal_images[30:42])
+    finest = radar.with_settings({**named, "inference.scales": [1]}).calibrate(
+        normal_images[:30], conformal=normal_images[30:42])
+    image = normal_images[45]
+    a, b = both.predict(image), finest.predict(image)
+    np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, rtol=1e-6, atol=1e-6)
+    assert a.pixel_threshold == pytest.approx(b.pixel_threshold, rel=1e-6)
+    assert a.features.size == 3 * b.features.size  # the image features read every level
+    # a map statistic reads every level's map, not only the drawn ones
+    scored = radar.with_settings({**named, "inference.scales": [1, 2, 4], "inference.image_score": "max"})
+    widest = scored.calibrate(normal_images[:30], conformal=normal_images[30:42]).predict(image)
+    drawn = scored.with_settings({"inference.map_scales": [1]}).calibrate(
+        normal_images[:30], conformal=normal_images[30:42]).predict(image)
+    assert drawn.score == pytest.approx(widest.score, rel=1e-6)
+    np.testing.assert_allclose(drawn.anomaly_map, b.anomaly_map, rtol=1e-6, atol=1e-6)
+    # only the first levels of those read
+    with pytest.raises(ConfigError, match="inference.map_scales"):
+        radar.config.updated({"inference.scales": [1, 2, 4], "inference.map_scales": [2]})

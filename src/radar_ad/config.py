@@ -242,7 +242,12 @@ class InferenceConfig:
     levels the evidence is computed on (a subset of ``network.scales``;
     null: chosen at calibration among the network's first level, its first
     two ... all of them, by :mod:`radar_ad.selection`; a response that sees
-    every level at once always gets all of them). ``stride`` ``None`` tiles
+    every level at once always gets all of them). ``map_scales``: the levels
+    whose maps make the anomaly map and the mask, the first of ``scales``
+    (the image features still read every level of ``scales``); null: all of
+    them, or, when the self-validation runs, the first levels whose map
+    finds its synthetic defects best (a response that sees every level at
+    once draws one map from all of them). ``stride`` ``None`` tiles
     each level with the patch size (touching patches, one network
     evaluation per pixel).
 
@@ -294,6 +299,7 @@ class InferenceConfig:
     feature_norm: str = "rms"
     response: str = AUTO
     scales: tuple[int, ...] | None = None
+    map_scales: tuple[int, ...] | None = None
     image_score: str = AUTO
     score_window: int = 11
     energy_window: int = 9
@@ -323,6 +329,8 @@ class InferenceConfig:
                  "inference.response", f"{AUTO} (chosen at calibration) or {RESPONSES.choices()}", self.response)
         if self.scales is not None:
             _check_scales(self.scales, "inference.scales")
+        if self.map_scales is not None:
+            _check_scales(self.map_scales, "inference.map_scales")
         _require(self.image_score in IMAGE_SCORES, "inference.image_score", choices(IMAGE_SCORES),
                  self.image_score)
         _int_in(self.score_window, 1, MAX_WINDOW, "inference.score_window")
@@ -437,6 +445,11 @@ class RadarConfig:
                  f"({self.network.num_train_timesteps})", self.inference.timestep)
         _require(self.inference.scales is None or set(self.inference.scales) <= set(self.network.scales),
                  "inference.scales", f"levels of network.scales {list(self.network.scales)}", self.inference.scales)
+        levels_read = self.inference.scales or self.network.scales
+        _require(self.inference.map_scales is None or self.inference.map_scales == levels_read[
+            :len(self.inference.map_scales)], "inference.map_scales",
+            f"the first levels of inference.scales (or of network.scales) {list(levels_read)}",
+            self.inference.map_scales)
         _require((self.train.defect_share > 0) == self.network.repair, "train.defect_share",
                  "above 0 for a network with a repair output, 0 without one (network.repair: false)",
                  self.train.defect_share)

@@ -381,7 +381,7 @@ class Radar:
         record: dict[str, Any] | None = None
         if not self.config.inference.resolved:
             selection = choose(self.config, arrays, self._evidence_many, self._evidence_of, progress)
-            self.config = self.config.updated(selection.chosen.settings())
+            self.config = self.config.updated(selection.settings())
             learned, record = selection.response, selection.record()
         config = self.config
         response = learned or build_response(config)

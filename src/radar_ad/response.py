@@ -411,9 +411,11 @@ class EvidenceResponse:
 
 class LevelFusion(EvidenceResponse):
     """A :class:`Response` computed on each level's noise map with its own
-    normal statistics; the anomaly map is the largest of the levels' maps
-    (each upsampled to the finest level); the features are every level's,
-    named ``name@scale`` beyond the first level."""
+    normal statistics; the anomaly map is the largest of the maps of the
+    first ``inference.map_scales`` levels (each upsampled to the finest
+    level; all levels when it is null); the features are every level's,
+    named ``name@scale`` beyond the first level, and a map statistic
+    (``image_score``) reads the largest of every level's maps."""
 
     all_levels = False
 
@@ -422,6 +424,11 @@ class LevelFusion(EvidenceResponse):
         super().__init__(config, scales, image_score)
         self.response = response or RESPONSES.get(config.inference.response)
         self.levels_ = [self.response(config) for _ in self.scales]
+        map_scales = config.inference.map_scales
+        if map_scales is not None and tuple(map_scales) != self.scales[:len(map_scales)]:
+            raise ValueError(f"inference.map_scales {list(map_scales)} must be the first levels of the "
+                             f"response's {list(self.scales)}")
+        self.map_levels = len(self.scales) if map_scales is None else len(map_scales)
 
     def level_feature_names(self) -> tuple[str, ...]:
         return tuple(name if scale == 1 else f"{name}@{scale}" for scale in self.scales
@@ -452,7 +459,19 @@ class LevelFusion(EvidenceResponse):
         return ResponseOutput(anomaly, torch.cat([output.features for output in outputs], 1))
 
     def respond(self, evidence: Evidence) -> ResponseOutput:
-        return self.fuse(self.respond_levels(evidence), evidence.size)
+        outputs = self.respond_levels(evidence)
+        fused = self.fuse(outputs, evidence.size)
+        if self.map_levels == len(outputs):
+            return fused
+        return ResponseOutput(self.fuse(outputs[:self.map_levels], evidence.size).anomaly_map, fused.features)
+
+    def __call__(self, evidence: Evidence) -> ResponseOutput:
+        if self.image_score == "features" or self.map_levels == len(self.scales):
+            return super().__call__(evidence)
+        outputs = self.respond_levels(evidence)
+        scored = self.fuse(outputs, evidence.size).anomaly_map
+        return ResponseOutput(self.fuse(outputs[:self.map_levels], evidence.size).anomaly_map,
+                              map_scores(scored, self.image_score, self.inference.score_window))
 
     def state(self) -> dict[str, Any] | None:
         if self.response.statistics_class is None:

@@ -25,6 +25,13 @@ lose their guarantee, and never test data):
    through the one-class model) is kept, and the record says so. The
    choice's synthetic image and pixel AUROC, every other candidate's, and
    the standard error are recorded in the model file.
+4. for a response computed per level, the pixel map is chosen apart from
+   the image score, among the first level, the first two ... the chosen
+   levels (``inference.map_scales``): the fewest levels whose synthetic
+   pixel AUROC is within one standard error of the best one's (the error of
+   the paired per-image differences). A coarse level can lift the image
+   score and blur the map at once; the map keeps the finest levels that
+   draw the defects as well as any.
 
 Responses take part when they say so (``candidate``); a response computed
 per level is tried on the network's first level, its first two, ... all of
@@ -63,6 +70,8 @@ CHECK_VISIBLE = 3.0
 KIND_GROUPS = (("brightness", "texture"), ("contrast", "blur"))
 # pixels of the synthetic defective images behind the pixel AUROC (evenly strided)
 PIXEL_SAMPLE = 2_000_000
+# pixels of one synthetic defective image behind its own pixel AUROC (evenly strided)
+IMAGE_PIXELS = 65_536
 
 
 @dataclass(frozen=True)
@@ -94,19 +103,28 @@ class Selection:
     note: str = ""
     standard_error: float | None = None
     response: EvidenceResponse | None = field(default=None, repr=False)
+    map_scales: tuple[int, ...] | None = None
+    maps: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def synthetic_auroc(self) -> float | None:
         return next((row["image_auroc"] for row in self.table if row["chosen"]), None)
 
+    def settings(self) -> dict[str, Any]:
+        """The chosen settings, as dotted config keys."""
+        map_scales = None if self.map_scales is None else list(self.map_scales)
+        return {**self.chosen.settings(), "inference.map_scales": map_scales}
+
     def record(self) -> dict[str, Any]:
         """The JSON kept in ``radar.json``."""
-        return {"requested": self.requested, "chosen": self.chosen.settings(),
-                "synthetic_image_auroc": self.synthetic_auroc,
-                "synthetic_pixel_auroc": next((row["pixel_auroc"] for row in self.table if row["chosen"]), None),
+        pixel = next((row["pixel_auroc"] for row in self.maps if row["chosen"]), None)
+        if pixel is None:
+            pixel = next((row["pixel_auroc"] for row in self.table if row["chosen"]), None)
+        return {"requested": self.requested, "chosen": self.settings(),
+                "synthetic_image_auroc": self.synthetic_auroc, "synthetic_pixel_auroc": pixel,
                 "standard_error": self.standard_error,
                 "images": {"fit": self.n_fit, "check": self.n_check, "defective": self.n_defective},
-                "note": self.note, "candidates": self.table}
+                "note": self.note, "candidates": self.table, "maps": self.maps}
 
 
 def describe_record(record: dict[str, Any]) -> str:
@@ -115,6 +133,9 @@ def describe_record(record: dict[str, Any]) -> str:
     what = (f"self-validation chose response {chosen['inference.response']} on scales "
             f"{'/'.join(map(str, chosen['inference.scales']))}, image score {chosen['inference.image_score']}")
     auroc, images = record.get("synthetic_image_auroc"), record.get("images", {})
+    map_scales = chosen.get("inference.map_scales")
+    if map_scales is not None and map_scales != chosen["inference.scales"]:
+        what += f", map from scales {'/'.join(map(str, map_scales))}"
     if auroc is None:
         return f"{what} ({record.get('note') or 'no self-validation'})"
     error = record.get("standard_error")
@@ -130,6 +151,7 @@ def requested(config: RadarConfig) -> dict[str, Any]:
     inference = config.inference
     return {"inference.response": inference.response,
             "inference.scales": None if inference.scales is None else list(inference.scales),
+            "inference.map_scales": None if inference.map_scales is None else list(inference.map_scales),
             "inference.image_score": inference.image_score}
 
 
@@ -150,7 +172,8 @@ def candidates(config: RadarConfig) -> list[Candidate]:
         if getattr(RESPONSES.get(name), "all_levels", False):
             scale_sets = [tuple(network.scales)]
         elif inference.scales is None:
-            scale_sets = [tuple(network.scales[:n]) for n in range(1, len(network.scales) + 1)]
+            first = len(inference.map_scales or (1,))  # a set of levels holds the map's levels
+            scale_sets = [tuple(network.scales[:n]) for n in range(first, len(network.scales) + 1)]
         else:
             scale_sets = [tuple(inference.scales)]
         found += [Candidate(name, scales, rule) for scales in scale_sets for rule in rules]
@@ -200,6 +223,36 @@ def _pixel_auroc(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> flo
     truth = np.concatenate([mask.ravel() for mask in masks])
     step = max(1, len(values) // PIXEL_SAMPLE)
     return auroc(truth[::step].astype(int), values[::step])
+
+
+def _image_pixel_aurocs(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> list[float]:
+    """Each defective image's own pixel AUROC (NaN where its mask is empty or
+    full), at most :data:`IMAGE_PIXELS` evenly strided pixels each."""
+    values = []
+    for anomaly, mask in zip(maps, masks):
+        step = max(1, anomaly.size // IMAGE_PIXELS)
+        value = auroc(mask.ravel()[::step].astype(int), np.asarray(anomaly, dtype=np.float32).ravel()[::step])
+        values.append(np.nan if value is None else value)
+    return values
+
+
+def choose_map(keys: Sequence[tuple[str, tuple[int, ...]]], pooled: dict[Any, float],
+               per_image: dict[Any, np.ndarray]) -> tuple[int, list[dict[str, Any]]]:
+    """Among the maps ``keys`` (fewest levels first), the first whose pooled
+    pixel AUROC is within one standard error of the best one's, the error of
+    the mean of their paired per-image pixel AUROC differences; and the rows
+    recorded for each."""
+    values = [pooled[key] for key in keys]
+    best = int(np.argmax(values))
+    errors = []
+    for key in keys:
+        difference = per_image[key] - per_image[keys[best]]
+        difference = difference[np.isfinite(difference)]
+        errors.append(float(np.std(difference, ddof=1) / np.sqrt(len(difference))) if len(difference) > 1 else 0.0)
+    pick = next(k for k, value in enumerate(values) if value >= values[best] - errors[k] - 1e-12)
+    rows = [{"inference.map_scales": list(key[1]), "pixel_auroc": values[k], "standard_error": errors[k],
+             "chosen": k == pick} for k, key in enumerate(keys)]
+    return pick, rows
 
 
 def _fused(outputs: list[ResponseOutput], keep: list[int], size: tuple[int, int]) -> ResponseOutput:
@@ -291,11 +344,18 @@ def evaluate(prepared: Prepared, images: Sequence[np.ndarray], evidence_many: Ev
                 prepared.fit_features[(option.response, option.scales)])
     scores: dict[Candidate, list[float]] = {option: [] for option in prepared.options}
     maps: dict[tuple[str, tuple[int, ...]], list[np.ndarray]] = {}
+    scale_sets = {}
+    for name, response in prepared.responses.items():
+        sets = [o.scales for o in prepared.options if o.response == name]
+        if keep_maps and isinstance(response, LevelFusion):  # the map of every first few levels
+            widest = prepared.widest[name]
+            sets += [widest[:k] for k in range(1, len(widest) + 1)]
+        scale_sets[name] = list(dict.fromkeys(sets))
     for start in range(0, len(images), chunk):
         for item in evidence_many(images[start:start + chunk], desc):
             for name in prepared.responses:
                 outputs = prepared.outputs(name, item)
-                for scales in dict.fromkeys(o.scales for o in prepared.options if o.response == name):
+                for scales in scale_sets[name]:
                     fused = _fused(outputs, prepared.keep(name, scales), item.size)
                     if keep_maps:
                         maps.setdefault((name, scales), []).append(fused.anomaly_map[0].float().cpu().numpy())
@@ -320,7 +380,7 @@ def choose(config: RadarConfig, images: Sequence[np.ndarray], evidence_many: Evi
     if len(options) == 1 or n - n_fit < 2:
         note = ("one candidate" if len(options) == 1 else
                 f"{n} calibration images are too few to hold out a check half; the first candidate is kept")
-        return Selection(options[0], asked, [], 0, 0, 0, note)
+        return Selection(options[0], asked, [], 0, 0, 0, note, map_scales=config.inference.map_scales)
     rng = np.random.default_rng([config.seed, SEED_OFFSET])
     order = rng.permutation(n)
     fit = [images[i] for i in sorted(order[:n_fit].tolist())]
@@ -328,7 +388,8 @@ def choose(config: RadarConfig, images: Sequence[np.ndarray], evidence_many: Evi
     defective, masks, kinds = synthetic_copies(check, fit, config.inference.selection_copies, rng)
     prepared = prepare(config, options, fit, evidence_many, evidence_of, progress)
     image_aurocs: dict[Candidate, list[float]] = {option: [] for option in options}
-    pixel_aurocs: dict[Candidate, list[float]] = {option: [] for option in options}
+    map_pooled: dict[tuple[str, tuple[int, ...]], list[float]] = {}
+    map_images: dict[tuple[str, tuple[int, ...]], list[float]] = {}
     group_sizes = []
     for group in KIND_GROUPS:
         picked = [i for i, kind in enumerate(kinds) if kind in group]
@@ -341,10 +402,13 @@ def choose(config: RadarConfig, images: Sequence[np.ndarray], evidence_many: Evi
         labels = np.array([0] * len(check) + [1] * len(picked))
         for option in options:
             image_aurocs[option].append(auroc(labels, evaluated.scores[option]) or 0.0)
-            pixels = evaluated.maps[(option.response, option.scales)][len(check):]
-            pixel_aurocs[option].append(_pixel_auroc(pixels, [masks[i] for i in picked]) or 0.0)
+        group_masks = [masks[i] for i in picked]
+        for key, key_maps in evaluated.maps.items():
+            map_pooled.setdefault(key, []).append(_pixel_auroc(key_maps[len(check):], group_masks) or 0.0)
+            map_images.setdefault(key, []).extend(_image_pixel_aurocs(key_maps[len(check):], group_masks))
+    pooled = {key: float(np.mean(values)) for key, values in map_pooled.items()}
     table = [{**option.settings(), "image_auroc": float(np.mean(image_aurocs[option])),
-              "pixel_auroc": float(np.mean(pixel_aurocs[option])), "chosen": False} for option in options]
+              "pixel_auroc": pooled[(option.response, option.scales)], "chosen": False} for option in options]
     aurocs = [row["image_auroc"] for row in table]
     # the error of a mean over the kind groups, each scored on the check
     # images and its own defective copies
@@ -362,5 +426,12 @@ def choose(config: RadarConfig, images: Sequence[np.ndarray], evidence_many: Evi
     learned = prepared.responses[chosen.response]
     if learned.learns_from_images:
         learned.image_score = chosen.image_score  # it learned with every image score open; it keeps the chosen one
+    map_scales = config.inference.map_scales
+    map_rows: list[dict[str, Any]] = []
+    if map_scales is None and isinstance(learned, LevelFusion) and len(chosen.scales) > 1:
+        keys = [(chosen.response, chosen.scales[:k]) for k in range(1, len(chosen.scales) + 1)]
+        pick, map_rows = choose_map(keys, pooled, {key: np.array(map_images[key]) for key in keys})
+        map_scales = keys[pick][1]
     return Selection(chosen, asked, table, len(fit), len(check), len(defective), note, error,
-                     response=learned if learned.learns_from_images else None)
+                     response=learned if learned.learns_from_images else None, map_scales=map_scales,
+                     maps=map_rows)
