@@ -6,7 +6,7 @@ model (``radar=None``: a service whose model is still loading), which has
 the same routes and schema as a loaded one, so no model is trained or read.
 Every operation in ``app.openapi()`` becomes a section (summary, description,
 parameters, request body, responses and their schemas) and every component
-schema a table; the serve module's docstring, which describes the service's
+schema a table; the serve package's docstring, which describes the service's
 behaviour, is the page's introduction and closing notes. Plain Markdown: no
 JavaScript viewer, nothing loaded from the network.
 

@@ -81,3 +81,15 @@ def test_importing_the_package_loads_no_app_or_engine_and_changes_no_global():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[] True"
+
+
+def test_the_service_and_the_ray_engine_stand_on_their_own_parts():
+    """``radar_ad.apps.serve`` imports no other app (the command line starts
+    it, never the other way round); the Ray engine's I/O
+    (``scale.ray_io``) knows nothing of its actors (``scale.ray_detect``)."""
+    graph = import_graph()
+    wrong = [f"{module} -> {target}" for module, targets in graph.items()
+             if module.startswith("radar_ad.apps.serve") for target in targets
+             if target.startswith("radar_ad.apps.") and not target.startswith("radar_ad.apps.serve")]
+    assert not wrong, wrong
+    assert "radar_ad.scale.ray_detect" not in graph["radar_ad.scale.ray_io"]

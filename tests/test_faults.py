@@ -197,7 +197,7 @@ def test_a_nan_score_is_an_error_row_or_fail_safe_anomalous_never_normal(overflo
             watcher.poll()
             time.sleep(0.02)
     row = next(csv.DictReader((out / "results.csv").open()))
-    assert row["verdict"] == "error" and "not a number" in row["message"]
+    assert row["verdict"] == "error" and "not a number" in row["error"]
 
 
 # ------------------------------------------------------- 3. export never overwrites

@@ -17,10 +17,9 @@ pytest.importorskip("uvicorn", reason="radar serve needs uvicorn")
 pytest.importorskip("multipart", reason="radar serve needs python-multipart")
 httpx = pytest.importorskip("httpx", reason="the serve tests use httpx as the client")
 
-from radar_ad.apps import serve as serve_module  # noqa: E402
 from radar_ad.apps.cli import main  # noqa: E402
-from radar_ad.apps.monitoring import THUMBNAIL_PX  # noqa: E402
-from radar_ad.apps.serve import background_server, create_app  # noqa: E402
+from radar_ad.apps.serve import background_server, create_app, runner  # noqa: E402
+from radar_ad.apps.serve.monitoring import THUMBNAIL_PX  # noqa: E402
 from radar_ad.drift import read_state  # noqa: E402
 from radar_ad.errors import ConfigError  # noqa: E402
 
@@ -165,8 +164,8 @@ def test_a_state_that_is_not_a_folder_is_refused_in_one_line(fitted, monkeypatch
     def never(*args, **kwargs):
         raise AssertionError("the setting should have been refused before the server ran")
 
-    monkeypatch.setattr(serve_module, "_server", never)
-    monkeypatch.setattr(serve_module, "bind_socket", never)
+    monkeypatch.setattr(runner, "uvicorn_server", never)
+    monkeypatch.setattr(runner, "bind_socket", never)
     for args, message in ((["--state", str(taken)], "--state must be a folder the service can write"),
                           (["--recent", "501"], "--recent must be an integer from 0 to 500")):
         assert main(["serve", str(model_dir), *args]) == 2

@@ -32,7 +32,7 @@ from test_serve import first_output_line  # noqa: E402
 
 from radar_ad.apps import serve as serve_module  # noqa: E402
 from radar_ad.apps.cli import main  # noqa: E402
-from radar_ad.apps.serve import background_server, create_app  # noqa: E402
+from radar_ad.apps.serve import background_server, create_app, runner  # noqa: E402
 from radar_ad.errors import ConfigError, NonFiniteError  # noqa: E402
 from radar_ad.persistence import model_fingerprint  # noqa: E402
 
@@ -325,9 +325,9 @@ def test_cli_refuses_nonsense_limits_in_one_line(fitted, monkeypatch, capsys, ar
     def never(*args, **kwargs):
         raise AssertionError("the setting should have been refused before the server ran")
 
-    # a missed refusal fails instead of serving forever (the runner calls both through the serve module)
-    monkeypatch.setattr(serve_module, "_server", never)
-    monkeypatch.setattr(serve_module, "bind_socket", never)
+    # a missed refusal fails instead of serving forever
+    monkeypatch.setattr(runner, "uvicorn_server", never)
+    monkeypatch.setattr(runner, "bind_socket", never)
     assert main(["serve", str(model_dir), *args]) == 2
     stderr = capsys.readouterr().err.strip()
     assert len(stderr.splitlines()) == 1 and stderr.startswith(f"radar: error: {message}"), stderr

@@ -25,9 +25,8 @@ httpx = pytest.importorskip("httpx", reason="the serve tests use httpx as the cl
 
 from test_serve import first_output_line  # noqa: E402
 
-from radar_ad.apps import serve as serve_module  # noqa: E402
 from radar_ad.apps.cli import main  # noqa: E402
-from radar_ad.apps.serve import background_server, create_app, model_identity  # noqa: E402
+from radar_ad.apps.serve import background_server, create_app, model_identity, runner  # noqa: E402
 from radar_ad.backend import threads_per_worker  # noqa: E402
 from radar_ad.persistence import model_fingerprint  # noqa: E402
 
@@ -159,8 +158,8 @@ def test_workers_out_of_bounds_are_refused_in_one_line(fitted, monkeypatch, caps
     def never(*args, **kwargs):
         raise AssertionError("the setting should have been refused before the server ran")
 
-    monkeypatch.setattr(serve_module, "_server", never)
-    monkeypatch.setattr(serve_module, "bind_socket", never)
+    monkeypatch.setattr(runner, "uvicorn_server", never)
+    monkeypatch.setattr(runner, "bind_socket", never)
     assert main(["serve", str(model_dir), "--workers", workers]) == 2
     stderr = capsys.readouterr().err.strip()
     assert stderr == f"radar: error: --workers must be an integer from 1 to 64, got {workers}", stderr

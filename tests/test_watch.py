@@ -113,7 +113,7 @@ def assert_row_matches(row: dict[str, str], prediction) -> None:
     assert float(row["p_value"]) == pytest.approx(prediction.p_value, abs=1e-6)
     assert float(row["mask_fraction"]) == pytest.approx(prediction.mask.mean(), abs=1e-6)
     assert datetime.fromisoformat(row["time"]).tzinfo is not None
-    assert row["message"] == ""
+    assert row["error"] == ""
 
 
 def test_each_dropped_image_is_inspected_once_like_predict(fitted, expected, tmp_path, capsys):
@@ -181,8 +181,8 @@ def test_file_that_stays_broken_becomes_an_error_row(fitted, expected, tmp_path,
     assert loop.summary.errors == 1 and loop.summary.inspected == 1
     error, ok = rows(out)
     assert error["file"] == str(inbox / "broken.png") and error["verdict"] == "error"
-    assert error["score"] == "" and "cannot read image" in error["message"]
-    assert "\n" not in error["message"]
+    assert error["score"] == "" and "cannot read image" in error["error"]
+    assert "\n" not in error["error"]
     assert_row_matches(ok, expected[good]["prediction"])
     stderr = capsys.readouterr().err
     assert "broken.png" in stderr and "3 attempts" in stderr
@@ -203,6 +203,24 @@ def test_restart_appends_and_skips_listed_files(fitted, expected, tmp_path):
     assert [r["file"] for r in found] == [str(inbox / n) for n in (first, second, third)]
     assert_row_matches(found[2], expected[third]["prediction"])
     assert (out / "results.csv").read_text().count("file,score") == 1  # one header
+
+
+def test_restart_reads_back_a_results_csv_whose_last_column_is_message(fitted, expected, tmp_path):
+    """A results.csv that names its error column ``message`` is read back
+    and appended to, in the same columns."""
+    radar, _ = fitted
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    inbox.mkdir()
+    first, second = pick(expected, anomalous=False, n=2)
+    drop(expected[first]["path"], inbox, first)
+    assert watch_at_most(radar, inbox, out, max_images=1, **FAST).inspected == 1
+    results = out / "results.csv"
+    results.write_text(results.read_text().replace(",time,error\r\n", ",time,message\r\n", 1))
+    drop(expected[second]["path"], inbox, second)
+    assert watch_at_most(radar, inbox, out, max_images=1, **FAST).inspected == 1
+    found = rows(out)
+    assert [r["file"] for r in found] == [str(inbox / n) for n in (first, second)]
+    assert found[1]["message"] == "" and found[1]["verdict"] == "normal"
 
 
 def test_no_existing_skips_images_already_there(fitted, expected, tmp_path):

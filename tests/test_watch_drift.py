@@ -23,7 +23,7 @@ def _rows(out: Path) -> list[dict[str, str]]:
     if not path.is_file():
         return []
     with path.open(newline="") as handle:
-        return [row for row in csv.DictReader(handle) if row.get("message") is not None]
+        return [row for row in csv.DictReader(handle) if row.get("error") is not None]
 
 
 def _fill(inbox: Path, images: list[Path], start: int = 0) -> None:

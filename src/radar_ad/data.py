@@ -1,4 +1,5 @@
-"""Finding, loading and checking images; the MVTec-AD folder layout.
+"""Finding, decoding (from a path or an image file's bytes) and checking
+images; the MVTec-AD folder layout.
 
 Everything a user can point the tool at goes through here, so every way an
 input can be unusable (missing, empty, truncated, not an image, too small)
@@ -7,6 +8,7 @@ becomes one :class:`DataError` with a one-line message.
 
 from __future__ import annotations
 
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,12 +17,14 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .config import DataConfig
-from .errors import DataError, first_line
+from .errors import DataError, ImageFileError, first_line
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # The largest image read, checked from the header before anything is decoded
 # (PIL's own process-wide limit is left as the user's program set it).
 MAX_PIXELS = 64_000_000
+# The most images a batch (`radar detect --batch-size`, either engine) holds in memory at once.
+MAX_BATCH_IMAGES = 1024
 # Float arrays a little outside [0, 1] (rounding of a conversion) are clipped; beyond this they are refused.
 FLOAT_TOLERANCE = 1e-3
 
@@ -99,7 +103,7 @@ def evaluation_images(path: str | Path) -> list[LabeledImage]:
     return items
 
 
-def _to_uint8(image: Image.Image, path: Path) -> Image.Image:
+def _to_uint8(image: Image.Image, name: str) -> Image.Image:
     """Bring 16-bit, palette, alpha and bilevel images to 8-bit L or RGB."""
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
@@ -107,7 +111,7 @@ def _to_uint8(image: Image.Image, path: Path) -> Image.Image:
         top = 65535.0 if values.max(initial=0) > 255 or mode.startswith("I;16") else 255.0
         return Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
     if mode == "F":
-        raise DataError(f"{path}: 32-bit float images are not supported; save as 8 or 16 bit")
+        raise DataError(f"{name}: 32-bit float images are not supported; save as 8 or 16 bit")
     if mode == "P":
         image = image.convert("RGBA")
         mode = "RGBA"
@@ -133,20 +137,74 @@ def load_image(path: str | Path, config: DataConfig, min_size: int = 1,
         raise DataError(f"expected an image file, got a folder: {path}")
     if path.stat().st_size == 0:
         raise DataError(f"empty file (0 bytes): {path}")
+    return _load(path, str(path), config, min_size, max_pixels)
+
+
+def load_image_bytes(content: bytes, name: str, config: DataConfig, min_size: int = 1,
+                     max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """:func:`load_image` of an image file's bytes (read from anywhere);
+    ``name`` says which file in its errors."""
+    if not content:
+        raise DataError(f"empty file (0 bytes): {name}")
+    return _load(content, name, config, min_size, max_pixels)
+
+
+def _load(source: Path | bytes, name: str, config: DataConfig, min_size: int, max_pixels: int) -> np.ndarray:
+    with warnings.catch_warnings():
+        # PIL's own warning level (its MAX_IMAGE_PIXELS) counts as too large as well
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with open_image(source, name, max_pixels) as opened:
+            decode_opened(opened, name, max_pixels)
+            try:
+                image = _to_uint8(opened, name)
+            except (OSError, SyntaxError, ValueError) as exc:
+                raise DataError(f"cannot read image {name}: {first_line(exc)}") from None
+    return _to_array(image, config, min_size, name)
+
+
+def open_image(source: Path | bytes, name: str, max_pixels: int = MAX_PIXELS,
+               formats: tuple[str, ...] | None = None) -> Image.Image:
+    """An image file (a path, or its bytes) identified and its pixel count
+    checked from the header alone, before anything is decoded (a small file
+    can declare a huge image); :func:`decode_opened` decodes it.
+
+    ``formats``: the PIL formats tried (None: every one PIL has). Raises
+    :class:`~radar_ad.errors.ImageFileError` naming ``name``: ``"too large"``
+    past ``max_pixels`` (or past PIL's own limit), ``"not an image"``,
+    ``"unreadable"``.
+    """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
-                check_pixels(opened, max_pixels, str(path))
-                opened.load()
-                image = _to_uint8(opened, path)
+        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=formats)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise DataError(f"{path}: image has more than {max_pixels} pixels") from None
+        raise _too_large(name, max_pixels) from None
     except UnidentifiedImageError:
-        raise DataError(f"not an image file: {path}") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from None
-    return _to_array(image, config, min_size, str(path))
+        raise ImageFileError(f"not an image file: {name}", kind="not an image") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageFileError(f"cannot read image {name}: {first_line(exc)}", kind="unreadable",
+                             reason=first_line(exc)) from None
+    try:
+        check_pixels(image, max_pixels, name)
+    except ImageFileError:
+        image.close()
+        raise
+    return image
+
+
+def decode_opened(image: Image.Image, name: str, max_pixels: int = MAX_PIXELS) -> None:
+    """Decode an image from :func:`open_image` in place: truncated or
+    corrupt data fails here, as :class:`~radar_ad.errors.ImageFileError`
+    ``"corrupt"`` naming ``name``."""
+    try:
+        image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise _too_large(name, max_pixels) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageFileError(f"cannot read image {name}: {first_line(exc)}", kind="corrupt",
+                             reason=first_line(exc)) from None
+
+
+def _too_large(name: str, max_pixels: int) -> ImageFileError:
+    return ImageFileError(f"{name}: image has more than {max_pixels} pixels", kind="too large")
 
 
 def check_pixels(image: Image.Image, max_pixels: int, name: str) -> None:
@@ -154,7 +212,8 @@ def check_pixels(image: Image.Image, max_pixels: int, name: str) -> None:
     a small file can declare a huge image."""
     width, height = image.size
     if width * height > max_pixels:
-        raise DataError(f"{name}: image is {width}x{height}, more than {max_pixels} pixels")
+        raise ImageFileError(f"{name}: image is {width}x{height}, more than {max_pixels} pixels", kind="too large",
+                             size=(width, height))
 
 
 def _to_array(image: Image.Image, config: DataConfig, min_size: int, name: str) -> np.ndarray:
@@ -189,7 +248,7 @@ def load_mask(path: Path | None, shape: tuple[int, int] | None) -> np.ndarray:
         return np.zeros(shape, dtype=bool)
     try:
         with Image.open(path) as opened:
-            mask = _to_uint8(opened, path).convert("L")
+            mask = _to_uint8(opened, str(path)).convert("L")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"cannot read mask {path}: {exc}") from None
     if shape is not None and mask.size != (shape[1], shape[0]):
@@ -217,7 +276,7 @@ def as_image_array(image: object, config: DataConfig, min_size: int = 1) -> np.n
     if isinstance(image, Image.Image):
         try:
             image.load()  # a lazily opened, truncated file fails here, not deep inside a conversion
-            pil = _to_uint8(image, Path("<image>"))
+            pil = _to_uint8(image, "<image>")
         except (OSError, SyntaxError, ValueError) as exc:
             raise DataError(f"cannot decode image (truncated or corrupt?): {first_line(exc)}") from None
     elif isinstance(image, np.ndarray):

@@ -35,6 +35,21 @@ class DataError(RadarError):
     """An input path, folder or image that cannot be used."""
 
 
+class ImageFileError(DataError):
+    """An image file that cannot be decoded, with the why in parts that a
+    front end may word its own way: ``kind`` is ``"too large"`` (more pixels
+    than allowed; ``size``, ``(width, height)``, when the header was read),
+    ``"not an image"`` (no known format), ``"unreadable"`` (its header) or
+    ``"corrupt"`` (its data: truncated, say); ``reason``: the decoder's own
+    words, one line."""
+
+    def __init__(self, message: str, *, kind: str, reason: str = "", size: tuple[int, int] | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.reason = reason
+        self.size = size
+
+
 class ConfigError(RadarError, ValueError):
     """A setting with a value outside what the method allows."""
 

@@ -105,9 +105,9 @@ def check_model_target(path: Path) -> None:
 
 def _written_by_us(entry: Path) -> bool:
     """Whether an entry of a model directory is one radar-ad writes there:
-    its four files, or a conformal file that ``radar calibrate`` kept."""
+    one of :data:`MODEL_FILES`, or a conformal file that ``radar calibrate`` kept."""
     return entry.is_file() and not entry.is_symlink() and (
-        entry.name in (CONFIG_FILE, WEIGHTS_FILE, CALIBRATION_FILE, CONFORMAL_FILE)
+        entry.name in MODEL_FILES
         or re.fullmatch(r"conformal\.\d{8}T\d{6}Z(-\d+)?\.safetensors", entry.name) is not None)
 
 

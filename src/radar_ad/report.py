@@ -79,28 +79,8 @@ def png_data_uri(array: np.ndarray) -> str:
     return "data:image/png;base64," + png_base64(array)
 
 
-# What `radar detect` and `radar watch` write per image, and the pictures of a prediction.
-RESULT_COLUMNS = ("file", "score", "threshold", "p_value", "verdict", "mask_fraction")
-# `radar detect`'s results.csv: an image that could not be scored is a row with verdict "error" and why.
-DETECT_COLUMNS = (*RESULT_COLUMNS, "error")
+# The pictures of a prediction, as `radar detect` and `radar watch` name their files.
 MAP_KINDS = ("anomaly", "mask", "overlay")
-
-
-def result_fields(prediction: Any) -> list[str]:
-    """A prediction's values for :data:`RESULT_COLUMNS` after ``file``."""
-    return [f"{prediction.score:.6f}", f"{prediction.threshold:.6f}", format_p_value(prediction.p_value),
-            prediction.verdict, f"{prediction.mask.mean():.6f}"]
-
-
-def error_fields(threshold: float) -> list[str]:
-    """:data:`RESULT_COLUMNS` after ``file`` for an image that got no verdict."""
-    return ["", f"{threshold:.6f}", "", "error", ""]
-
-
-def format_p_value(p_value: float | None) -> str:
-    """A p-value as the CSV files and pages show it (empty: a model without
-    conformal images)."""
-    return "" if p_value is None else f"{p_value:.6f}"
 
 
 def prediction_maps(prediction: Any) -> dict[str, np.ndarray]:

@@ -27,8 +27,6 @@ from ..registry import BACKENDS, choices
 
 # The arguments of this run (what an interrupted `radar train` is resumed with).
 _INVOCATION: list[str] = []
-# Images a `radar detect` batch may hold in memory at once.
-MAX_BATCH_IMAGES = 1024
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="RADAR: one-step diffusion anomaly detection and segmentation.")
@@ -249,11 +247,12 @@ def detect(
     and each row is written as soon as its image is scored. --engine ray
     scores them on a Ray cluster into Parquet part files (OUT/results) instead.
     """
-    from ..data import list_images
+    from ..data import MAX_BATCH_IMAGES, list_images
     from ..files import atomic_file, unique_stem
     from ..pipeline import Radar
     from ..progress import progress_bar
-    from ..report import DETECT_COLUMNS, error_fields, result_fields, save_prediction_maps
+    from ..records import DETECT_COLUMNS, csv_fields, error_record, result_record
+    from ..report import save_prediction_maps
     from ..scale.ray_detect import MAX_WORKERS, is_uri, read_path_list
 
     if engine not in ("local", "ray"):
@@ -305,7 +304,8 @@ def detect(
             path, pred = streamed.item, streamed.prediction
             if pred is None:
                 failed += 1
-                writer.writerow([str(path), *error_fields(radar.decision_.threshold_), streamed.error])
+                writer.writerow([str(path), *csv_fields(error_record(radar.decision_.threshold_, streamed.error or ""),
+                                                        DETECT_COLUMNS[1:])])
             else:
                 flagged += pred.is_anomalous
                 if monitor is not None:
@@ -314,7 +314,7 @@ def detect(
                     stem = unique_stem(path.stem, used.__contains__)
                     used.add(stem)
                     save_prediction_maps(pred, out_dir, stem)
-                writer.writerow([str(path), *result_fields(pred), ""])
+                writer.writerow([str(path), *csv_fields(result_record(pred), DETECT_COLUMNS[1:])])
             bar.update(1)
     drift_line = "" if monitor is None else f"; {monitor.status().describe()}"
     typer.echo(f"{len(images)} images, {flagged} anomalous; results in {out_dir / 'results.csv'}{drift_line}")
@@ -454,7 +454,7 @@ def serve(
         require(module, "serve", "`radar serve`", "python-multipart" if module == "multipart" else None)
     from contextlib import suppress
 
-    from .runner import serve as run_server
+    from .serve import serve as run_server
 
     def announce(url: str) -> None:
         several = f"{workers} workers; " if workers > 1 else ""

@@ -39,11 +39,14 @@ from ..drift import DriftStatus, DriftStore
 from ..errors import ConfigError, DataError, RadarError, first_line
 from ..files import unique_stem
 from ..pipeline import Radar
-from ..report import MAP_KINDS, RESULT_COLUMNS, result_fields, save_prediction_maps
+from ..records import RESULT_COLUMNS, csv_fields, error_record, result_record
+from ..report import MAP_KINDS, save_prediction_maps
 
 RESULTS_FILE = "results.csv"
 # `radar detect`'s columns, then when the row was written and, for an error row, why.
-COLUMNS = (*RESULT_COLUMNS, "time", "message")
+COLUMNS = (*RESULT_COLUMNS, "time", "error")
+# The header of a results.csv whose last column is named "message", which a restarted watcher reads back too.
+MESSAGE_COLUMNS = (*RESULT_COLUMNS, "time", "message")
 MAPS_FOR = ("all", "anomalous", "none")
 # Longest an idle loop takes to notice a stop requested by a signal.
 _WAKE_EVERY = 0.1
@@ -163,7 +166,7 @@ class Watcher:
         try:
             with open(self.results, newline="", encoding=_ENCODING, errors=_ERRORS) as handle:
                 reader = csv.reader(handle)
-                if next(reader, None) != list(COLUMNS):
+                if next(reader, None) not in (list(COLUMNS), list(MESSAGE_COLUMNS)):
                     raise DataError(f"{self.results} was not written by `radar watch` (its columns are "
                                     f"not {', '.join(COLUMNS)}); choose another output folder")
                 for row in reader:
@@ -185,11 +188,11 @@ class Watcher:
         handle.flush()
         return handle
 
-    def _write_row(self, path: Path, values: tuple[str, ...], message: str = "") -> None:
-        """One whole line in one write, flushed, so a reader tailing the file
-        never sees half a row."""
-        stamp = datetime.now().astimezone()
-        self._handle.write(_csv_line((str(path), *values, stamp.isoformat(timespec="milliseconds"), message)))
+    def _write_row(self, path: Path, record: dict[str, Any]) -> None:
+        """One image's record (:mod:`radar_ad.records`) as one whole line in
+        one write, flushed, so a reader tailing the file never sees half a row."""
+        stamp = datetime.now().astimezone().isoformat(timespec="milliseconds")
+        self._handle.write(_csv_line((str(path), *csv_fields({**record, "time": stamp}, COLUMNS[1:]))))
         self._handle.flush()
 
     def close(self) -> None:
@@ -312,7 +315,7 @@ class Watcher:
             if state.failures <= self.retries:
                 return 0  # perhaps still being written: try again on a later poll
             message = first_line(exc)
-            self._write_row(path, ("", _image_threshold(self.radar), "", "error", ""), message)
+            self._write_row(path, error_record(_image_threshold(self.radar), message))
             self._counts["errors"] += 1
             state.done = state.signature
             print(f"radar: {path}: gave up after {state.failures} attempts: {message}",
@@ -321,7 +324,7 @@ class Watcher:
         milliseconds = (time.perf_counter() - started) * 1000
         if self.maps_for == "all" or (self.maps_for == "anomalous" and prediction.is_anomalous):
             save_prediction_maps(prediction, self.out, self._stem_for(path))
-        self._write_row(path, tuple(result_fields(prediction)))
+        self._write_row(path, result_record(prediction))
         self._counts["inspected"] += 1
         self._counts["anomalous"] += prediction.is_anomalous
         state.done = state.signature
@@ -421,13 +424,13 @@ def watch_folder(model_dir: str | Path, input_dir: str | Path, out: str | Path, 
                  maps_for=maps_for, quiet=quiet)
 
 
-def _image_threshold(radar: Radar) -> str:
+def _image_threshold(radar: Radar) -> float | None:
     """The image threshold for an error row (which has no prediction to take
-    it from); empty for a model object that does not expose it."""
+    it from); None for a model object that does not expose it."""
     try:
-        return f"{float(radar.decision_.threshold_):.6f}"
+        return float(radar.decision_.threshold_)
     except (AttributeError, RadarError):
-        return ""
+        return None
 
 
 def _csv_line(values: tuple[str, ...]) -> str:

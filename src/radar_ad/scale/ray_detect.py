@@ -20,10 +20,11 @@ for one: the images flow one way through four stages.
    writes its map PNGs to ``OUT/maps`` through ``pyarrow.fs`` and returns one
    small row per image; an image that cannot be scored is a row with verdict
    ``error`` and the reason, never a failed job.
-4. The driver writes the rows as Parquet part files,
-   ``OUT/results/part-<UTC time>-<n>.parquet``, each complete or absent
-   (written under a temporary name and renamed on a local disk; an object
-   store writes an object at once).
+4. The driver writes the rows as Parquet part files in ``OUT/results``.
+
+Where the images, the results and the maps live, and how they are read and
+written, is :mod:`radar_ad.scale.ray_io`; its names are importable from here
+too.
 
 Importing this module needs neither Ray nor pyarrow (the ``ray`` extra):
 they are imported where they are used.
@@ -31,9 +32,6 @@ they are imported where they are used.
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import logging
 import math
 import os
@@ -46,46 +44,70 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from .. import errors
 from ..backend import available_cores, threads_per_worker, use_threads
 from ..config import DataConfig
-from ..data import IMAGE_SUFFIXES, MAX_PIXELS, as_image_array, check_pixels, list_images
-from ..errors import ConfigError, DataError, ModelError, RadarError, first_line, require
-from ..files import atomic_file
-from ..persistence import CONFIG_FILE, MODEL_FILES, model_fingerprint
+from ..data import MAX_BATCH_IMAGES, load_image_bytes
+from ..errors import ConfigError, ModelError, RadarError, first_line
+from ..persistence import CONFIG_FILE, MODEL_FILES
 from ..progress import progress_bar
-from ..report import prediction_maps
+from ..records import ERROR_VERDICT, error_record, result_record
+from .ray_io import (
+    MAPS_DIR,
+    PART_PREFIX,
+    PART_ROWS,
+    PART_SECONDS,
+    PART_SUFFIX,
+    PURPOSE,
+    RESULTS_DIR,
+    MapFiles,
+    PartWriter,
+    filesystem,
+    finished_images,
+    is_uri,
+    join,
+    list_inputs,
+    map_stem,
+    normalized,
+    part_files,
+    prepare_output,
+    read_bytes,
+    read_path_list,
+    read_results,
+    require_ray,
+    result_row,
+    result_schema,
+    run_key,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
-    import pyarrow.fs as pafs
 
-PURPOSE = "`radar detect --engine ray`"
-RESULTS_DIR = "results"
-MAPS_DIR = "maps"
-PART_PREFIX, PART_SUFFIX = "part-", ".parquet"
+    from ..pipeline import Prediction
+
+__all__ = [
+    "DECODE_CPUS", "ERROR_VERDICT", "MAPS_DIR", "MAX_BATCH_IMAGES", "MAX_BLOCKS", "MAX_WORKERS", "PART_PREFIX",
+    "PART_ROWS", "PART_SECONDS", "PART_SUFFIX", "PURPOSE", "RAY_LOG_LEVEL", "RESULTS_DIR", "SCORING_SHARE",
+    "RayDetectSummary", "Scorer", "decode_batch", "decode_image", "detect_on_ray", "filesystem", "finished_images",
+    "is_uri", "join", "list_inputs", "map_stem", "model_files", "normalized", "part_files", "read_image",
+    "read_path_list", "read_results", "require_ray", "result_schema", "run_key",
+]
+
 MAX_WORKERS = 1024
-MAX_BATCH_IMAGES = 1024
 # Blocks of image paths handed to the decoding tasks (a million images in blocks of 100, not 62,500 of 16).
 MAX_BLOCKS = 10_000
-# A part file is written every this many rows or seconds (and at the end):
-# a killed run loses at most that much work, and a rerun redoes it.
-PART_ROWS = 10_000
-PART_SECONDS = 60.0
 # Logical CPUs: the scoring actors together reserve this share of the
 # cluster's, the rest is left to the decoding tasks that feed them (actors
 # that reserved every CPU would leave the decoding no room, and the job
 # would wait forever); each decoding task reserves DECODE_CPUS.
 SCORING_SHARE = 0.75
 DECODE_CPUS = 0.25
-ERROR_VERDICT = "error"
 RAY_LOG_LEVEL = "RAY_BACKEND_LOG_LEVEL"
 
 
@@ -120,245 +142,22 @@ class RayDetectSummary:
         return f"{done}; {pace}results in {join(self.out, RESULTS_DIR)} ({len(self.parts)} new part files)"
 
 
-def require_ray() -> ModuleType:
-    """Ray (with Ray Data) and pyarrow, or a one-line error naming the extra."""
-    ray = require("ray", "ray", PURPOSE)
-    require("ray.data", "ray", PURPOSE, "ray[data]")
-    require("pyarrow", "ray", PURPOSE)
-    return ray
-
-
-# ------------------------------------------------------------------ locations
-def is_uri(location: str) -> bool:
-    """``s3://bucket/key``, ``gs://...``, ``file:///...``: a location for pyarrow.fs, not a local path."""
-    return "://" in location
-
-
-def normalized(location: str | os.PathLike[str]) -> str:
-    """How a results row names an image: a URI as given, a local path made
-    absolute (the same name from any working folder, on any worker)."""
-    text = os.fspath(location)
-    return text if is_uri(text) else os.path.abspath(text)
-
-
-def join(location: str, *names: str) -> str:
-    return "/".join([location.rstrip("/"), *names])
-
-
-def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
-    """The pyarrow file system of a path or URI, and the path in it."""
-    import pyarrow.fs as pafs
-
-    if not is_uri(location):
-        return pafs.LocalFileSystem(), os.path.abspath(location)
-    try:
-        return pafs.FileSystem.from_uri(location)
-    except (OSError, ValueError) as exc:  # an unknown scheme, a bucket or credentials it cannot find
-        raise DataError(f"cannot open {location}: {first_line(exc)}") from None
-
-
-def read_path_list(path: str | os.PathLike[str]) -> list[str]:
-    """The image paths or URIs named in a text file, one a line; blank lines
-    and lines starting with ``#`` are left out (``--from-list``)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"list file not found: {path}", setting="from_list") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read the list file {path}: {first_line(exc)}", setting="from_list") from None
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
-
-
-def list_inputs(paths: Sequence[str | os.PathLike[str]], exclude: str | None = None) -> list[str]:
-    """The images of ``paths`` (files and folders, searched recursively;
-    local paths or URIs), normalized (:func:`normalized`). ``exclude``: a
-    local output folder whose tree is left out, as ``radar detect`` does."""
-    require_ray()
-    from pyarrow.fs import FileSelector, FileType
-
-    images: list[str] = []
-    for path in [os.fspath(path) for path in paths]:
-        if not is_uri(path):
-            local_exclude = exclude if exclude is not None and not is_uri(exclude) else None
-            images += [normalized(image) for image in list_images(path, exclude=local_exclude)]
-            continue
-        fs, where = filesystem(path)
-        info = fs.get_file_info(where)
-        if info.type == FileType.NotFound:
-            raise DataError(f"path not found: {path}")
-        if info.type == FileType.File:
-            images.append(path)
-            continue
-        scheme = path.split("://", 1)[0]
-        found = sorted(f"{scheme}://{entry.path}" for entry in fs.get_file_info(FileSelector(where, recursive=True))
-                       if entry.type == FileType.File and entry.extension.lower() in
-                       [suffix.lstrip(".") for suffix in IMAGE_SUFFIXES] and not entry.base_name.startswith("."))
-        if not found:
-            raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {path}")
-        images += found
-    return images
-
-
-# ------------------------------------------------------------------- results
-def result_schema() -> pa.Schema:
-    """The Parquet schema of ``OUT/results``: one row per image and attempt;
-    ``maps`` names its PNGs relative to ``OUT``; ``error`` is null unless
-    ``verdict`` is ``"error"``."""
-    import pyarrow as pa
-
-    return pa.schema([("path", pa.string()), ("verdict", pa.string()), ("score", pa.float64()),
-                      ("threshold", pa.float64()), ("p_value", pa.float64()), ("mask_fraction", pa.float64()),
-                      ("maps", pa.list_(pa.string())), ("error", pa.string()), ("model", pa.string())])
-
-
-def run_key(model: Path, backend: str | None, settings: dict[str, Any] | None) -> str:
-    """What the verdicts depend on besides the image: the model's
-    fingerprint, the backend and the settings changed on loading (16 hex digits)."""
-    what = {"model": model_fingerprint(model), "backend": backend, "settings": settings or {}}
-    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def part_files(out: str) -> list[str]:
-    """The part files in ``OUT/results`` (paths in ``out``'s file system),
-    oldest first (their names sort by time)."""
-    from pyarrow.fs import FileSelector, FileType
-
-    fs, root = filesystem(out)
-    entries = fs.get_file_info(FileSelector(join(root, RESULTS_DIR), allow_not_found=True))
-    return sorted(entry.path for entry in entries if entry.type == FileType.File
-                  and entry.base_name.startswith(PART_PREFIX) and entry.base_name.endswith(PART_SUFFIX))
-
-
-def read_results(out: str | os.PathLike[str], columns: Sequence[str] | None = None) -> pa.Table:
-    """Every image's latest row in ``OUT/results`` (a rerun's row replaces an
-    earlier error row of the same image), in the order they were written;
-    ``columns``: only these (``path`` is always read)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    out = os.fspath(out)
-    fs, _ = filesystem(out)
-    schema = result_schema()
-    if columns is not None:
-        schema = pa.schema([schema.field(name) for name in dict.fromkeys(["path", *columns])])
-    tables = []
-    for part in part_files(out):
-        try:
-            tables.append(pq.read_table(part, filesystem=fs, schema=schema, columns=schema.names))
-        except (OSError, pa.ArrowInvalid) as exc:
-            raise DataError(f"cannot read the results part {part}: {first_line(exc)}") from None
-    if not tables:
-        return schema.empty_table()
-    table = pa.concat_tables(tables)
-    latest = {path: row for row, path in enumerate(table.column("path").to_pylist())}
-    return table.take(sorted(latest.values()))
-
-
-def finished_images(out: str, key: str | None = None) -> set[str]:
-    """The images with a verdict in ``OUT/results``: what a rerun skips.
-    With ``key`` (:func:`run_key`), results of another model or other
-    settings are refused in one line."""
-    table = read_results(out, columns=["verdict", "model"])
-    if key is not None:
-        others = sorted({str(model) for model in table.column("model").to_pylist() if model != key})
-        if others:
-            raise DataError(f"{out} holds results of another model or other settings (key {', '.join(others)}; "
-                            f"this run's is {key}): use another --out, or --redo to score every image again "
-                            "with this model", setting="out")
-    return {path for path, verdict in zip(table.column("path").to_pylist(), table.column("verdict").to_pylist())
-            if verdict != ERROR_VERDICT}
-
-
-class _PartWriter:
-    """Rows in, Parquet part files out: a new part every :data:`PART_ROWS`
-    rows or :data:`PART_SECONDS` seconds, each written whole (a temporary
-    name, then a rename, on a local disk) under a name no file has yet."""
-
-    def __init__(self, out: str) -> None:
-        self.fs, root = filesystem(out)
-        self.local = not is_uri(out)
-        self.scheme = "" if self.local else out.split("://", 1)[0]
-        self.folder = join(root, RESULTS_DIR)
-        self.stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f".{time.time_ns() // 1000 % 1_000_000:06d}Z"
-        self.pending: list[pa.Table] = []
-        self.rows = 0
-        self.last = time.monotonic()
-        self.written: list[str] = []
-
-    def add(self, rows: pa.Table) -> None:
-        self.pending.append(rows)
-        self.rows += rows.num_rows
-        if self.rows >= PART_ROWS or time.monotonic() - self.last >= PART_SECONDS:
-            self.flush()
-
-    def flush(self) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-        from pyarrow.fs import FileType
-
-        self.last = time.monotonic()
-        if not self.rows:
-            return
-        table = pa.concat_tables(self.pending).cast(result_schema())
-        name = ""
-        for n in range(len(self.written), len(self.written) + 1000):
-            name = join(self.folder, f"{PART_PREFIX}{self.stamp}-{n:05d}{PART_SUFFIX}")
-            if self.fs.get_file_info(name).type == FileType.NotFound:
-                break
-        if self.local:
-            with atomic_file(name) as tmp:
-                pq.write_table(table, str(tmp))
-        else:
-            pq.write_table(table, name, filesystem=self.fs)
-        self.written.append(f"{self.scheme}://{name}" if self.scheme else name)
-        self.pending, self.rows = [], 0
-
-
 # ------------------------------------------------------------------- decoding
 def decode_image(content: bytes, name: str, data: DataConfig, min_size: int) -> np.ndarray:
-    """An image file's bytes as the model reads it (``radar_ad.data.load_image``:
-    its colour mode and resize), as uint8 ``(H, W)`` or ``(H, W, C)``, the
-    exact pixels the model would see (``(H, W[, C])`` uint8 is what
-    ``as_image_array`` reads back without loss). A :class:`DataError` naming
-    ``name`` for anything that is not a usable image."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(content)) as opened:
-                check_pixels(opened, MAX_PIXELS, name)
-                opened.load()
-                array = as_image_array(opened, data, min_size)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise DataError(f"{name}: image has more than {MAX_PIXELS} pixels") from None
-    except UnidentifiedImageError:
-        raise DataError(f"not an image file: {name}") from None
-    except DataError as exc:
-        message = first_line(exc)
-        raise DataError(message if name in message else f"{name}: {message}") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"cannot read image {name}: {first_line(exc)}") from None
+    """An image file's bytes as the model reads it
+    (:func:`~radar_ad.data.load_image_bytes`: its colour mode and resize), as
+    uint8 ``(H, W)`` or ``(H, W, C)``, the exact pixels the model would see
+    (``(H, W[, C])`` uint8 is what ``as_image_array`` reads back without
+    loss). A :class:`DataError` naming ``name`` for anything that is not a
+    usable image."""
+    array = load_image_bytes(content, name, data, min_size)
     pixels = (array * 255 + 0.5).astype(np.uint8)  # exact: the array is uint8 / 255
     return pixels[0] if pixels.shape[0] == 1 else np.ascontiguousarray(pixels.transpose(1, 2, 0))
 
 
 def read_image(location: str, data: DataConfig, min_size: int) -> np.ndarray:
     """:func:`decode_image` of a file read through pyarrow.fs (a path or a URI)."""
-    from pyarrow.fs import FileType
-
-    fs, where = filesystem(location)
-    try:
-        with fs.open_input_file(where) as handle:
-            content = handle.read()
-    except OSError as exc:  # only now ask why: one request per image on an object store, not two
-        kind = fs.get_file_info(where).type
-        if kind == FileType.NotFound:
-            raise DataError(f"image not found: {location}") from None
-        if kind == FileType.Directory:
-            raise DataError(f"expected an image file, got a folder: {location}") from None
-        raise DataError(f"cannot read image {location}: {first_line(exc)}") from None
-    if not content:
-        raise DataError(f"empty file (0 bytes): {location}")
-    return decode_image(content, location, data, min_size)
+    return decode_image(read_bytes(location), location, data, min_size)
 
 
 def decode_batch(batch: pa.Table, data: DataConfig, min_size: int) -> pa.Table:
@@ -397,14 +196,6 @@ def model_files(model: Path) -> tuple[str, dict[str, bytes]]:
     return "", {name: (model / name).read_bytes() for name in names}
 
 
-def map_stem(location: str) -> str:
-    """The map files' name stem of an image: its own stem and a digest of its
-    full location (unique without coordination between actors, and the
-    same on a rerun)."""
-    stem = PurePosixPath(location.replace("\\", "/")).stem or "image"
-    return f"{stem}-{hashlib.sha256(location.encode()).hexdigest()[:10]}"
-
-
 class Scorer:
     """Ray Data stage 3, one per actor: loads the model once, then scores
     batches of decoded images into result rows (:func:`result_schema`).
@@ -437,10 +228,7 @@ class Scorer:
             self.failure = f"{type(exc).__name__}: {first_line(exc)}"
         finally:  # every engine holds the model in memory once loaded
             shutil.rmtree(folder, ignore_errors=True)
-        self.out = out
-        self.local = not is_uri(out)
-        self.fs, self.root = filesystem(out)
-        self.maps = maps
+        self.map_files = MapFiles(out) if maps else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import pyarrow as pa
@@ -453,48 +241,26 @@ class Scorer:
         usable = [i for i, error in enumerate(errors) if error is None]
         pixels, shapes = batch.column("pixels"), batch.column("shape")
         arrays = [np.frombuffer(pixels[i].as_py(), dtype=np.uint8).reshape(shapes[i].as_py()) for i in usable]
-        rows: list[dict[str, Any]] = [self._error_row(location, threshold, error or "")
+        rows: list[dict[str, Any]] = [result_row(location, error_record(threshold, error or ""))
                                       for location, error in zip(locations, errors)]
         for streamed in self.radar.predict_stream(arrays, chunk_size=max(1, len(arrays)), keep_going=True):
             i = usable[streamed.index]
             if streamed.prediction is None:
-                rows[i] = self._error_row(locations[i], threshold, streamed.error or "cannot be scored")
+                rows[i] = result_row(locations[i], error_record(threshold, streamed.error or "cannot be scored"))
             else:
-                rows[i] = self._result_row(locations[i], streamed.prediction)
+                rows[i] = self._row(locations[i], streamed.prediction)
         return pa.Table.from_pylist(rows, schema=result_schema())
 
-    @staticmethod
-    def _error_row(location: str, threshold: float, error: str) -> dict[str, Any]:
-        return {"path": location, "verdict": ERROR_VERDICT, "score": None, "threshold": threshold, "p_value": None,
-                "mask_fraction": None, "maps": [], "error": error}
-
-    def _result_row(self, location: str, prediction: Any) -> dict[str, Any]:
-        row = {"path": location, "verdict": prediction.verdict, "score": float(prediction.score),
-               "threshold": float(prediction.threshold), "p_value": prediction.p_value,
-               "mask_fraction": float(prediction.mask.mean()), "maps": [], "error": None}
-        if self.maps:
-            try:
-                row["maps"] = self._write_maps(prediction, map_stem(location))
-            except OSError as exc:  # the output refused a file: this image's row says so, the next may work
-                return {**self._error_row(location, float(prediction.threshold), ""),
-                        "error": f"cannot write its maps: {exc.strerror or first_line(exc)}"}
-        return row
-
-    def _write_maps(self, prediction: Any, stem: str) -> list[str]:
-        """``maps/<stem>_<kind>.png`` under ``out`` (whole or absent, as the part files)."""
-        names = []
-        for kind, array in prediction_maps(prediction).items():
-            buffer = io.BytesIO()
-            Image.fromarray(array).save(buffer, format="PNG")
-            name = f"{MAPS_DIR}/{stem}_{kind}.png"
-            if self.local:
-                with atomic_file(Path(self.root) / name) as tmp:
-                    tmp.write_bytes(buffer.getvalue())
-            else:
-                with self.fs.open_output_stream(join(self.root, name)) as stream:
-                    stream.write(buffer.getvalue())
-            names.append(name)
-        return names
+    def _row(self, location: str, prediction: Prediction) -> dict[str, Any]:
+        record = result_record(prediction)
+        if self.map_files is None:
+            return result_row(location, record)
+        try:
+            maps = self.map_files.write(prediction, map_stem(location))
+        except OSError as exc:  # the output refused a file: this image's row says so, the next may work
+            return result_row(location, error_record(record["threshold"], "cannot write its maps: "
+                                                     f"{exc.strerror or first_line(exc)}"))
+        return result_row(location, record, maps)
 
 
 # ------------------------------------------------------------------ the run
@@ -630,7 +396,7 @@ def detect_on_ray(model: str | os.PathLike[str], images: Sequence[str | os.PathL
     radar = Radar.load(model, device="cpu", backend=backend, settings=settings)
     radar.warn_false_alarms()
     name, files = model_files(model)
-    _prepare_output(out, maps)
+    prepare_output(out, maps)
     wanted = list(dict.fromkeys(normalized(image) for image in images))
     key = run_key(model, backend, settings)
     finished = set() if redo else finished_images(out, key)
@@ -646,21 +412,6 @@ def detect_on_ray(model: str | os.PathLike[str], images: Sequence[str | os.PathL
                 ray.shutdown()
     summary.seconds = time.perf_counter() - began
     return summary
-
-
-def _prepare_output(out: str, maps: bool) -> None:
-    """``out`` as a folder (made if missing) with ``results`` (and, with
-    ``maps``, ``maps``) in it."""
-    from pyarrow.fs import FileType
-
-    fs, root = filesystem(out)
-    try:
-        if fs.get_file_info(root).type == FileType.File:
-            raise DataError(f"out must be a folder, got a file: {out}", setting="out")
-        for folder in (RESULTS_DIR, MAPS_DIR) if maps else (RESULTS_DIR,):
-            fs.create_dir(join(root, folder), recursive=True)
-    except OSError as exc:
-        raise DataError(f"cannot write to {out}: {first_line(exc)}", setting="out") from None
 
 
 def _run(ray: ModuleType, radar: Any, todo: list[str], name: str, files: dict[str, bytes], out: str,
@@ -681,7 +432,7 @@ def _run(ray: ModuleType, radar: Any, todo: list[str], name: str, files: dict[st
         raise ConfigError(f"device {device}: the Ray cluster has no GPU", setting="device")
     gpu_share = {"num_gpus": min(1.0, gpus / actors)} if gpus else {}
     shipped = [ray.put(files)]
-    parts = _PartWriter(out)
+    parts = PartWriter(out)
     try:
         with _quiet_ray_data():
             dataset = ray.data.from_items([{"path": image} for image in todo], override_num_blocks=blocks)

@@ -35,12 +35,15 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from ..drift import DriftMonitor, DriftStatus, DriftStore
-from ..errors import ConfigError, RadarError, first_line
-from ..files import locked, write_json
-from ..report import overlay
+from ...drift import DriftMonitor, DriftStatus, DriftStore
+from ...errors import ConfigError, RadarError, first_line
+from ...files import locked, write_json
+from ...report import overlay
 from .metrics import MISSING, Metrics
 
+# Recent results kept for the page (each a few kB with its thumbnail).
+DEFAULT_RECENT = 50
+MAX_RECENT_BOUND = 500
 THUMBNAIL_PX = 96
 THUMBNAIL_QUALITY = 80
 RECENT_FILE = "recent.json"

@@ -1,7 +1,8 @@
 """``radar serve``'s runner: load the model, bind the socket, then serve it
-from this process (:mod:`radar_ad.apps.serve`'s app on uvicorn) or from a
-pool of worker processes (:mod:`radar_ad.apps.pool`), until SIGINT or
-SIGTERM."""
+from this process (:mod:`~radar_ad.apps.serve.app` on uvicorn) or from a pool
+of worker processes (:mod:`~radar_ad.apps.serve.pool`), until SIGINT or
+SIGTERM; and :func:`background_server`, the app on a thread for a ``with``
+block."""
 
 from __future__ import annotations
 
@@ -11,35 +12,32 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
-from . import serve as app_module
-from .metrics import pool_metrics_folder
-from .monitoring import LineMonitor, state_folder
-from .pool import Supervisor, WorkerSpec
-from .serve import (
+from fastapi import FastAPI
+
+from ...errors import ConfigError, first_line
+from .app import DEFAULT_WORKERS, MAX_WORKERS_BOUND, create_app, model_identity, uvicorn_server
+from .guards import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT,
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_UPLOAD_BYTES,
     DEFAULT_MAX_UPLOADS,
-    DEFAULT_RECENT,
-    DEFAULT_WORKERS,
-    MAX_RECENT_BOUND,
     MAX_UPLOAD_BYTES_BOUND,
-    MAX_WORKERS_BOUND,
-    PORT_BOUND,
     check_int,
     check_limits,
-    create_app,
-    model_identity,
-    socket_url,
 )
+from .metrics import pool_metrics_folder
+from .monitoring import DEFAULT_RECENT, MAX_RECENT_BOUND, LineMonitor, state_folder
+from .pool import Supervisor, WorkerSpec
+
+PORT_BOUND = 65535
 
 
 def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, backend: str | None = None,
@@ -54,7 +52,7 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, back
     ``on_start(url)`` and serve until SIGINT (Ctrl-C) or SIGTERM, then return.
 
     ``workers`` > 1: that many processes on the one port, each with its own
-    model copy, its share of the cores and its own limits (see the module
+    model copy, its share of the cores and its own limits (see the package
     docstring); call it from the main thread, which handles the signals.
     ``state``: the folder of the drift monitor and recent results, shared by
     the workers and kept across restarts."""
@@ -68,7 +66,7 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, back
     if workers > 1 and threading.current_thread() is not threading.main_thread():
         raise ConfigError("serving with several workers needs the main thread (it handles SIGINT and SIGTERM)",
                           setting="workers")
-    from ..pipeline import Radar
+    from ...pipeline import Radar
 
     with _sigterm_as_interrupt():  # SIGTERM while the model loads: as Ctrl-C (KeyboardInterrupt)
         if workers == 1:  # one process, the model loaded before anything listens
@@ -78,7 +76,7 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, back
             _tell_note(app.state.line)
             with _listening(host, port, on_start) as sock, suppress(KeyboardInterrupt):
                 # uvicorn finishes the open requests, then raises the signal again: KeyboardInterrupt
-                app_module._server(app).run(sockets=[sock])
+                uvicorn_server(app).run(sockets=[sock])
             return
         # The same load as each worker's, on the CPU: the parent only
         # supervises and should hold no GPU memory; a device a worker cannot
@@ -110,7 +108,7 @@ def _tell_note(line: LineMonitor) -> None:
 @contextmanager
 def _listening(host: str, port: int, on_start: Callable[[str], None] | None) -> Iterator[socket.socket]:
     """The bound socket, announced through ``on_start(url)``; closed after."""
-    sock = app_module.bind_socket(host, port)
+    sock = bind_socket(host, port)
     try:
         if on_start is not None:
             on_start(socket_url(sock))
@@ -144,3 +142,50 @@ def _upload_bytes(max_upload_mb: Any) -> int:
         raise ConfigError(f"max_upload_mb must be > 0 and at most {bound} (MiB), got {max_upload_mb!r}",
                           setting="max_upload_mb")
     return max(1, int(max_upload_mb * 2**20))
+
+
+# ------------------------------------------------------------------- sockets
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening socket bound before the server starts, so a busy port is a
+    one-line error and ``port=0`` picks a free port with no race."""
+    check_int("port", port, 0, PORT_BOUND)  # the OS would take 99999 modulo 65536
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+    except (OSError, UnicodeError) as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {first_line(exc)}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or first_line(exc)}") from None
+    return sock
+
+
+def socket_url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+
+
+@contextmanager
+def background_server(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Run ``app`` on a thread for the duration of a ``with`` block and yield
+    its base URL (tests, benchmarks, notebooks)."""
+    sock = bind_socket(host, port)
+    server = uvicorn_server(app)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="radar-serve")
+    thread.start()
+    deadline = time.monotonic() + 30
+    try:
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the radar server thread did not start")
+            time.sleep(0.01)
+        yield socket_url(sock)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()

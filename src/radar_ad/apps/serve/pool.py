@@ -1,7 +1,7 @@
 """The pool behind ``radar serve --workers N``: a supervisor (the parent
 process) and the worker processes it spawns on one listening socket, each
-with its own model copy (the behaviour is described in
-:mod:`radar_ad.apps.serve`). The supervisor learns over a pipe when a
+with its own model copy (the package docstring, :mod:`radar_ad.apps.serve`,
+describes the behaviour). The supervisor learns over a pipe when a
 worker's model is loaded or could not be, and shares the number of loaded
 workers with them all, so that every worker's ``/ready`` speaks for the pool.
 """
@@ -26,16 +26,17 @@ from typing import Any
 
 import uvicorn
 
-from ..errors import ModelError, RadarError, first_line
+from ...errors import ModelError, RadarError, first_line
+from .app import GRACEFUL_SECONDS, ServedModel, create_app, model_identity, uvicorn_server
 from .metrics import mark_dead, use_pool_folder
-from .serve import DEFAULT_RECENT, GRACEFUL_SECONDS, ServedModel, _server, create_app, model_identity
+from .monitoring import DEFAULT_RECENT
 
 
 @dataclass(frozen=True)
 class WorkerSpec:
     """What a worker process needs to load and serve its copy of the model
     (it reaches the worker pickled, as an argument of the spawned process):
-    ``state`` and ``recent`` as :func:`~radar_ad.apps.serve.create_app`'s,
+    ``state`` and ``recent`` as :func:`~radar_ad.apps.serve.app.create_app`'s,
     ``metrics_folder`` the pool's metrics (None without prometheus-client)."""
 
     model_dir: str
@@ -172,12 +173,12 @@ def _worker_main(spec: WorkerSpec, sock: socket.socket, reports: Connection, wor
     code = 0
     loader: threading.Thread | None = None
     try:
-        from ..backend import threads_per_worker, use_threads
+        from ...backend import threads_per_worker, use_threads
 
         use_threads(threads_per_worker(spec.workers))  # before the model: N workers share the cores
         app = create_app(None, **spec.limits, workers=spec.workers, state=spec.state, recent=spec.recent,
                          workers_ready=workers_ready, metrics_folder=spec.metrics_folder)
-        server = _server(app)
+        server = uvicorn_server(app)
         loader = threading.Thread(target=_load_in_worker, args=(spec, app.state.model, server, reports),
                                   daemon=True, name="radar-load")
         loader.start()
@@ -214,7 +215,7 @@ def _load_in_worker(spec: WorkerSpec, served: ServedModel, server: uvicorn.Serve
         time.sleep(0.01)
     started = time.perf_counter()
     try:
-        from ..pipeline import Radar
+        from ...pipeline import Radar
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the parent loaded the same model and said its warnings once
