@@ -30,7 +30,7 @@ from radar_ad import Radar
 from radar_ad.bench.harness import DEFAULT_VALIDATION_FRACTION, validation_split
 from radar_ad.data import evaluation_images, load_mask, training_images
 from radar_ad.metrics import image_metrics, pixel_metrics
-from radar_ad.pipeline import calibration_split
+from radar_ad.splits import three_way_split
 
 # group -> variants (dotted-key overrides on top of the model's config)
 GROUPS: dict[str, list[dict[str, Any]]] = {
@@ -73,7 +73,7 @@ def main() -> int:
     radar = Radar.load(args.model)
     base = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
     normal = training_images(args.dataset)
-    split = calibration_split(len(normal), radar.config)
+    split = three_way_split(len(normal), radar.config)
     train_idx, held_out = split.train, split.calibration
     conformal = [normal[i] for i in split.conformal]  # only scored, as in the model
     half = len(held_out) // 2
@@ -92,8 +92,8 @@ def main() -> int:
     for group in groups:
         for overrides in GROUPS[group]:
             model = with_variant(radar, base, overrides)
-            model.calibrate(on_training if overrides.get("calibrate_on") == "training" else calibrate,
-                            conformal=conformal)
+            model.refit_calibration(on_training if overrides.get("calibrate_on") == "training" else calibrate,
+                                    conformal=conformal)
             began = time.perf_counter()
             predictions = model.predict_many(paths)
             seconds = (time.perf_counter() - began) / len(paths)

@@ -51,9 +51,10 @@ from radar_ad.data import as_image_array, evaluation_images, load_mask, training
 from radar_ad.metrics import pixel_metrics
 from radar_ad.network import build_scheduler
 from radar_ad.noise_map import noise_map, one_step_noise
-from radar_ad.pipeline import Radar, calibration_split
-from radar_ad.response import gaussian_smooth, local_energy, response_map
+from radar_ad.pipeline import Radar
+from radar_ad.response import blur_sobel_map, gaussian_smooth, local_energy
 from radar_ad.responses.segmentation import SegmentationHead, synthetic_crops, train_head
+from radar_ad.splits import three_way_split
 
 CELL = 4
 BANK = 40_000
@@ -69,7 +70,7 @@ class Search:
         items = evaluation_images(dataset)
         self.defective, _ = validation_split(items, 0.2, config.seed)
         normal_files = training_images(dataset)
-        split = calibration_split(len(normal_files), config)
+        split = three_way_split(len(normal_files), config)
         conformal = [normal_files[i] for i in split.conformal]
         half = sorted(rng.permutation(len(conformal))[: len(conformal) // 2].tolist())
         self.normal = [conformal[i] for i in half]
@@ -117,8 +118,8 @@ class Search:
             config = self.config.updated(changes)
             began = time.perf_counter()
             twin = self.radar.with_settings(changes)
-            twin = twin.calibrate([self.load(p, config).transpose(1, 2, 0) for p in self.calibration],
-                                  conformal=[self.load(p, config).transpose(1, 2, 0) for p in self.conformal])
+            twin = twin.refit_calibration([self.load(p, config).transpose(1, 2, 0) for p in self.calibration],
+                                          conformal=[self.load(p, config).transpose(1, 2, 0) for p in self.conformal])
             calibration_seconds = time.perf_counter() - began
             images = self.images if config.data == self.config.data else [
                 self.load(p, config) for p in self.normal] + [self.load(item.path, config) for item in self.defective]
@@ -149,7 +150,7 @@ class Search:
         for t in timesteps:
             n = self.noise([torch.from_numpy(image)], t).double()
             parts += [local_energy(n, 3)[:, None], local_energy(n, 9)[:, None],
-                      torch.log(response_map(n)[:, None] + 1e-6)]
+                      torch.log(blur_sobel_map(n)[:, None] + 1e-6)]
         return F.avg_pool2d(torch.cat(parts, 1), CELL, ceil_mode=True)[0]
 
     @staticmethod

@@ -35,7 +35,7 @@ from radar_ad.bench.candidates import (
 from radar_ad.data import as_image_array, training_images
 from radar_ad.network import build_scheduler, build_unet
 from radar_ad.patches import PyramidSampler
-from radar_ad.pipeline import calibration_split
+from radar_ad.splits import three_way_split
 from radar_ad.training import train_unet
 
 
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     shared = Radar.load(args.model)
     config = shared.config
     files = training_images(args.dataset)
-    split = calibration_split(len(files), config)
+    split = three_way_split(len(files), config)
     train = [torch.from_numpy(as_image_array(files[i], config.data, config.patch_size)) for i in split.train]
     networks, seconds = [], []
     for scale in config.network.scales:

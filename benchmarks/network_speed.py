@@ -46,6 +46,7 @@ from scipy.stats import spearmanr
 from radar_ad import Radar
 from radar_ad.backend import TorchBackend
 from radar_ad.data import as_image_array, list_images
+from radar_ad.evidence_passes import EvidencePasses
 from radar_ad.registry import BACKENDS
 from radar_ad.synthetic import SyntheticSpec, make_dataset
 
@@ -89,7 +90,7 @@ def recorded_patches(radar: Radar, images: list[np.ndarray]) -> Batch:
     recorder = Recorder(radar.backend_)
     twin.backend_ = recorder  # type: ignore[assignment]  # duck-typed: the pipeline only calls it
     scales = tuple(radar.config.inference.scales or radar.config.network.scales)
-    for _ in twin._evidence_chunks(images, scales):
+    for _ in EvidencePasses(twin.backend_, twin.config).chunks(images, scales):
         pass
     patches, index, level = zip(*recorder.batches)
     return torch.cat(patches), torch.cat(index), torch.cat(level)
@@ -234,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     calibration = rebatched(recorded_patches(radar, [as_image_array(f, radar.config.data, radar.config.patch_size)
                                                      for f in calibration_files[:8]]), 64)
     machine = {**cpu_description(), "matmul_peak_gflops": matmul_peak()}
-    network = radar.network_
+    network = radar.torch_backend_
     assert network is not None
     from torch.utils.flop_counter import FlopCounterMode
     with FlopCounterMode(display=False) as counter:

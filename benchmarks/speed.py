@@ -56,6 +56,7 @@ from radar_ad import Radar, RadarConfig
 from radar_ad.backend import available_cores
 from radar_ad.data import list_images
 from radar_ad.errors import RadarError
+from radar_ad.evidence_passes import EvidencePasses
 from radar_ad.patches import grid_positions
 from radar_ad.pyramid import level_size
 from radar_ad.registry import BACKENDS
@@ -121,7 +122,7 @@ def network_gflop(radar: Radar, image: Path) -> float:
     torch_model = radar.with_backend("torch")
     scales = tuple(radar.config.inference.scales or radar.config.network.scales)
     with FlopCounterMode(display=False) as counter:
-        for _ in torch_model._evidence_chunks([radar_array(radar, image)], scales):
+        for _ in EvidencePasses(torch_model.backend_, torch_model.config).chunks([radar_array(radar, image)], scales):
             pass
     return counter.get_total_flops() / 1e9
 
@@ -172,12 +173,13 @@ def time_backend(radar: Radar, images: list[Path], batch: int, rounds: int) -> t
 def time_evidence(radar: Radar, images: list[Path], scales: tuple[int, ...], rounds: int) -> float:
     """Median seconds per image of the one-step evidence alone at ``scales``."""
     arrays = [radar_array(radar, image) for image in images]
-    for _ in radar._evidence_chunks(arrays[:2], scales):  # warm-up
+    passes = EvidencePasses(radar.backend_, radar.config)
+    for _ in passes.chunks(arrays[:2], scales):  # warm-up
         pass
     per_image = []
     for _ in range(rounds):
         start = time.perf_counter()
-        for _ in radar._evidence_chunks(arrays, scales):
+        for _ in passes.chunks(arrays, scales):
             pass
         per_image.append((time.perf_counter() - start) / len(arrays))
     return statistics.median(per_image)
@@ -235,7 +237,7 @@ def main() -> int:
         if at_stride.calibration_ is None:
             if calibration is None:
                 parser.error(f"stride {stride} needs --calibration: normal images to recalibrate at it")
-            at_stride.calibrate(calibration)
+            at_stride.refit_calibration(calibration)
         gflop = network_gflop(at_stride, images[0])
         timings, shares, latencies, predictions = {}, {}, {}, {}
         for name in names:

@@ -54,6 +54,8 @@ def render() -> str:
     from radar_ad.apps.cli import app
 
     command = typer.main.get_command(app)
+    # hidden commands (the deprecated spellings of renamed verbs) are left out, as from the help
+    command.commands = {name: sub for name, sub in command.commands.items() if not sub.hidden}
     # the context `typer ... utils docs` hands the generator: the app's markup mode in ctx.obj
     ctx = typer.Context(command, info_name=PROGRAM, obj={typer.cli.MARKUP_MODE_KEY: app.rich_markup_mode})
     to_parse = bool(typer.cli.HAS_RICH and app.rich_markup_mode == "rich")

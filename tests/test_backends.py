@@ -66,7 +66,7 @@ def test_same_maps_and_verdicts_as_pytorch(pyramid_fitted, surfaces, backend_rad
 
 def test_describes_itself(backend_radar):
     description = backend_radar.backend_.describe()
-    assert description["backend"] == backend_radar.backend and description["layers"] == list(LAYERS)
+    assert description["backend"] == backend_radar.backend_name and description["layers"] == list(LAYERS)
     assert backend_radar.backend_.label
 
 

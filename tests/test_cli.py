@@ -257,7 +257,7 @@ def test_detect_reads_16bit_rgba_and_palette_images(fitted, surfaces, tmp_path):
 
 def test_calibrate_replaces_only_the_conformal_images(fitted, surfaces, tmp_path):
     from radar_ad import Radar
-    from radar_ad.pipeline import calibrate_false_alarms
+    from radar_ad.workflows import calibrate_false_alarms
 
     radar_model, model_dir = fitted
     model = tmp_path / "model"
@@ -316,7 +316,7 @@ def test_calibrate_a_model_without_conformal_images_from_the_command_line(fitted
     normal.mkdir()
     for image in sorted((surfaces / "train" / "good").glob("*.png"))[:12]:  # (in real use: images it never saw)
         shutil.copy(image, normal / image.name)
-    result = radar("calibrate", model, normal, "-q")
+    result = radar("calibrate-false-alarms", model, normal, "-q")
     assert result.returncode == 0, result.stderr
     assert "12 conformal images" in result.stdout and "previous conformal images kept as" in result.stdout
     assert "warning" not in result.stderr  # 12 images reach a p-value of 1/13 <= 0.1
@@ -330,6 +330,14 @@ def test_calibrate_a_model_without_conformal_images_from_the_command_line(fitted
                                                                  else "normal")
 
     # the folder must hold images; an exported file is refused in one line
-    assert_one_line_error(radar("calibrate", model, tmp_path / "nowhere"), "not found")
+    assert_one_line_error(radar("calibrate-false-alarms", model, tmp_path / "nowhere"), "not found")
     (tmp_path / "model.onnx").write_bytes(b"x")
-    assert_one_line_error(radar("calibrate", tmp_path / "model.onnx", normal), "exported file")
+    assert_one_line_error(radar("calibrate-false-alarms", tmp_path / "model.onnx", normal), "exported file")
+
+    # the verb's old name still works for one release, hidden, after a one-line warning
+    result = radar("calibrate", model, normal, "-q")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "radar: warning: `radar calibrate` is deprecated; use `radar calibrate-false-alarms`"]
+    assert "12 conformal images" in result.stdout and len(list(model.glob("conformal.*.safetensors"))) == 2
+    assert "calibrate " not in radar("--help").stdout

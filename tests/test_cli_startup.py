@@ -16,8 +16,8 @@ from radar_ad.registry import BACKENDS, ONE_CLASS_MODELS, RESPONSES, Registry
 
 from test_cli import radar
 
-VERBS = ("train", "calibrate", "drift", "detect", "evaluate", "export", "demo", "make-data", "serve", "watch",
-         "benchmark")
+VERBS = ("train", "calibrate-false-alarms", "calibrate", "drift", "detect", "evaluate", "export", "demo", "make-data",
+         "serve", "watch", "benchmark")
 
 # Runs every quick command through the real entry point's main in one fresh
 # interpreter, then reports which heavy modules that imported.

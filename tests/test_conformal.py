@@ -19,7 +19,7 @@ from radar_ad.decision import (
     smallest_false_alarm_rate,
 )
 from radar_ad.errors import ConfigError, DataError
-from radar_ad.pipeline import calibration_split
+from radar_ad.splits import three_way_split
 
 
 def test_p_values_follow_the_formula_with_ties():
@@ -120,24 +120,24 @@ def test_false_alarm_settings_are_bounded_and_nullable():
 
 def test_split_keeps_the_conformal_images_out_of_everything():
     config = RadarConfig().updated({"train.calibration_fraction": 0.2, "train.conformal_fraction": 0.25})
-    split = calibration_split(100, config)
+    split = three_way_split(100, config)
     assert (len(split.train), len(split.calibration), len(split.conformal)) == (55, 20, 25)
     assert not set(split.conformal) & (set(split.train) | set(split.calibration))
     assert not set(split.train) & set(split.calibration)
     assert sorted(split.train + split.calibration + split.conformal) == list(range(100))
 
-    paper = calibration_split(100, config.updated({"train.calibrate_on_training": True}))
+    paper = three_way_split(100, config.updated({"train.calibrate_on_training": True}))
     assert paper.train == paper.calibration and paper.conformal == split.conformal
 
     # no conformal split: exactly the two-way split of radar-ad 0.3 (same seeds, same images)
-    none = calibration_split(100, config.updated({"train.conformal_fraction": 0.0}))
+    none = three_way_split(100, config.updated({"train.conformal_fraction": 0.0}))
     order = np.random.default_rng(config.seed).permutation(100)
     assert none.conformal == [] and none.calibration == sorted(order[:20].tolist())
 
-    exact = calibration_split(100, config.updated({"train.conformal_size": 40}))
+    exact = three_way_split(100, config.updated({"train.conformal_size": 40}))
     assert len(exact.conformal) == 40
     with pytest.raises(DataError, match="conformal_size"):
-        calibration_split(30, config.updated({"train.conformal_size": 25}))
+        three_way_split(30, config.updated({"train.conformal_size": 25}))
     # a small folder: the fraction shrinks to what leaves enough to train and calibrate
-    small = calibration_split(8, config)
+    small = three_way_split(8, config)
     assert len(small.calibration) == 5 and len(small.train) >= 1

@@ -13,6 +13,7 @@ from radar_ad import Radar, RadarConfig
 from radar_ad.backends.onnx import CALIBRATION_KEY, CONFORMAL_KEY, GRAPH_KEY, METADATA_KEY
 from radar_ad.data import as_image_array, evaluation_images
 from radar_ad.errors import ConfigError, ModelError
+from radar_ad.evidence_passes import EvidencePasses
 from radar_ad.noise_map import border_weights
 from radar_ad.patches import grid_positions, stitch
 
@@ -44,7 +45,7 @@ def assert_parity(reference, other, paths):
 def test_onnx_file_predicts_like_pytorch(pyramid_fitted, surfaces, exported):
     radar, _ = pyramid_fitted
     loaded = Radar.load(exported)
-    assert loaded.backend == "onnx" and radar.backend == "torch"
+    assert loaded.backend_name == "onnx" and radar.backend_name == "torch"
     paths = [item.path for item in evaluation_images(surfaces)]
     assert_parity(radar, loaded, paths)
     # the test split has both verdicts, so "identical" is not "all normal"
@@ -55,7 +56,7 @@ def test_onnx_file_predicts_like_pytorch(pyramid_fitted, surfaces, exported):
 def test_onnx_backend_of_a_model_directory(pyramid_fitted, surfaces):
     radar, model_dir = pyramid_fitted
     onnx_radar = Radar.load(model_dir, backend="onnx")
-    assert onnx_radar.backend == "onnx"
+    assert onnx_radar.backend_name == "onnx"
     assert_parity(radar, onnx_radar, [item.path for item in evaluation_images(surfaces)][:6])
 
 
@@ -88,7 +89,7 @@ def test_graph_alone_reproduces_the_evidence_of_every_level(pyramid_fitted, surf
     image = as_image_array(surfaces / "test" / "good" / "001.png", radar.config.data, 28)
     patch, stride = radar.config.patch_size, radar.config.stride
     session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
-    expected = radar._evidence_of([torch.from_numpy(image)])
+    expected = EvidencePasses(radar.backend_, radar.config).evidence_of([torch.from_numpy(image)])
     for level, scale in enumerate(radar.config.network.scales):
         _, height, width = image.shape
         size = (max(1, round(height / scale)), max(1, round(width / scale)))

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from radar_ad.features import image_features, window_max_rms
+from radar_ad.features import FEATURE_NAMES, image_features, square_sums, window_max_features
 from radar_ad.registry import RESPONSES
 
 
@@ -41,9 +41,10 @@ def test_two_sided_features_are_each_parts_largest_window_rms():
     parts = torch.zeros(2, 2, 80, 80)
     parts[1, 1, 40:60, 20:40] = 3.0  # a deficit region filling one window
     parts[0, 0, :20, :20] = 2.0
-    features = window_max_rms(parts, 20, 20).numpy()
+    features = window_max_features(square_sums(parts, 20, 20)).numpy()
     np.testing.assert_allclose(features, [[2.0, 0.0], [0.0, 3.0]])
     # windows larger than the image are clipped to it
-    np.testing.assert_allclose(window_max_rms(torch.ones(1, 2, 10, 10), 20, 20).numpy(), [[1.0, 1.0]])
+    np.testing.assert_allclose(window_max_features(square_sums(torch.ones(1, 2, 10, 10), 20, 20)).numpy(),
+                               [[1.0, 1.0]])
     assert (len(RESPONSES.get("two_sided").feature_names) == 2
-            and RESPONSES.get("sobel").feature_names == ("global_l2", "window_max_l2"))
+            and RESPONSES.get("sobel").feature_names == FEATURE_NAMES == ("global_norm", "window_max_norm"))

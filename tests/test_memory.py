@@ -22,10 +22,10 @@ from radar_ad.backend import BackendOutput, NoiseBackend
 from radar_ad.noise_map import border_weights, noise_map, one_step_evidence
 from radar_ad.patches import stitch, tile
 from radar_ad.registry import RESPONSES
-from radar_ad.response import Response, build_response, respond
+from radar_ad.response import Response, build_response, respond_in_tiles
 
 RESPONSE_NAMES = RESPONSES.names()
-# the responses computed on one noise map (per level), which respond() tiles
+# the responses computed on one noise map (per level), which respond_in_tiles() tiles
 MAP_RESPONSES = tuple(name for name in RESPONSE_NAMES if issubclass(RESPONSES.get(name), Response))
 # settings that move every context a tile needs: filters, energy window,
 # smoothing radius, feature windows that overlap and do not tile the image
@@ -62,7 +62,7 @@ def cheap_radar(response: str = "two_sided", channels: int = 1, **overrides: obj
     normal = [(rng.random(shape) * 255).astype(np.uint8) for _ in range(24)]
     config = settled(response, channels, **overrides)
     radar = Radar(config)._learned(None, CheapBackend(), channels, {}, None, "the network")
-    return radar.calibrate(normal[:16], conformal=normal[16:])
+    return radar.refit_calibration(normal[:16], conformal=normal[16:])
 
 
 def evidence_of(config: RadarConfig, images) -> object:
@@ -96,7 +96,7 @@ def test_tiled_response_equals_the_whole_image(name, settings):
     for maps in (noise, colour):
         whole = response(maps)
         for size in (40, 64):
-            assert_same(whole, respond(response, maps, tile=size, min_pixels=0))
+            assert_same(whole, respond_in_tiles(response, maps, tile=size, min_pixels=0))
 
 
 @pytest.mark.parametrize("name", MAP_RESPONSES)
@@ -105,7 +105,7 @@ def test_tiles_of_a_thin_image_clip_kernels_to_the_whole_image(name):
     the image, not to a tile."""
     response = fitted_response(name, {"inference.map_sigma": 20.0, "inference.window": 50})
     noise = torch.randn(1, 1, 15, 700, generator=torch.Generator().manual_seed(3))
-    assert_same(response(noise), respond(response, noise, tile=32, min_pixels=0))
+    assert_same(response(noise), respond_in_tiles(response, noise, tile=32, min_pixels=0))
 
 
 def test_streamed_noise_map_equals_tile_then_stitch():

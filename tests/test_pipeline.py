@@ -13,7 +13,7 @@ from radar_ad.data import evaluation_images, load_mask
 from radar_ad.errors import ConfigError, DataError, ModelError, NotFittedError
 from radar_ad.evaluation import evaluate
 from radar_ad.persistence import CONFIG_FILE, WEIGHTS_FILE
-from radar_ad.pipeline import calibration_split
+from radar_ad.splits import three_way_split
 
 from conftest import tiny_config
 
@@ -92,12 +92,12 @@ def test_fit_is_deterministic(surfaces):
     np.testing.assert_array_equal(a.predict(path).anomaly_map, b.predict(path).anomaly_map)
 
 
-def test_calibration_split_holds_out_images():
+def test_three_way_split_holds_out_images():
     config = tiny_config(**{"train.calibration_fraction": 0.15, "train.conformal_size": None})
-    train, calib, conformal = calibration_split(40, config)
+    train, calib, conformal = three_way_split(40, config)
     assert (len(calib), len(conformal)) == (6, 8) and not set(train) & set(calib)
     assert len(train) + len(calib) + len(conformal) == 40
-    both = calibration_split(40, tiny_config(**{"train.calibrate_on_training": True}))
+    both = three_way_split(40, tiny_config(**{"train.calibrate_on_training": True}))
     assert both.train == both.calibration == sorted(set(range(40)) - set(both.conformal))
 
 
@@ -159,19 +159,19 @@ def test_paper_protocol_calibrates_on_training_images():
 
 def test_calibrate_follows_changed_inference_settings(fitted, surfaces):
     """Changing the timestep after fitting rebuilds the noising step (not a
-    stale one) and calibrate() refits the thresholds for it."""
+    stale one) and refit_calibration() refits the thresholds for it."""
     _, model_dir = fitted
     radar = Radar.load(model_dir)
     image = surfaces / "test" / "blob" / "000.png"
     before = radar.predict(image)
     radar = radar.with_settings({"inference.timestep": 50})
     normal = [item.path for item in evaluation_images(surfaces) if not item.is_defective]
-    radar.calibrate(normal)
+    radar.refit_calibration(normal)
     after = radar.predict(image)
     assert not np.allclose(before.noise_map, after.noise_map)
     assert after.pixel_threshold != before.pixel_threshold
     with pytest.raises(DataError, match="at least"):
-        radar.calibrate(normal[:2])
+        radar.refit_calibration(normal[:2])
 
 
 def test_paper_response_round_trip_and_switching_needs_calibration(fitted, surfaces, tmp_path):
@@ -183,12 +183,15 @@ def test_paper_response_round_trip_and_switching_needs_calibration(fitted, surfa
     assert radar.config.inference.response == "two_sided"
     normal = [item.path for item in evaluation_images(surfaces) if not item.is_defective]
     radar = radar.with_settings({"inference.response": "sobel"})
-    radar.calibrate(normal)
+    radar.refit_calibration(normal)
     paths = [item.path for item in evaluation_images(surfaces)][:4]
     predictions = radar.predict_many(paths)
     saved = radar.save(tmp_path / "paper")
     meta = json.loads((saved / CONFIG_FILE).read_text())
-    assert meta["feature_names"] == ["global_l2", "window_max_l2"] and meta["response_statistics"] is None
+    assert meta["feature_names"] == ["global_norm", "window_max_norm"] and meta["response_statistics"] is None
+    # a file written with the features' earlier names loads the same: the names are only recorded
+    meta["feature_names"] = ["global_l2", "window_max_l2"]
+    (saved / CONFIG_FILE).write_text(json.dumps(meta))
     loaded = Radar.load(saved)
     for a, b in zip(predictions, loaded.predict_many(paths)):
         assert a.score == b.score
@@ -196,7 +199,7 @@ def test_paper_response_round_trip_and_switching_needs_calibration(fitted, surfa
     loaded = loaded.with_settings({"inference.response": "two_sided"})
     with pytest.raises(ConfigError, match="calibrate"):
         loaded.predict(paths[0])
-    loaded.calibrate(normal)
+    loaded.refit_calibration(normal)
     assert loaded.predict(paths[0]).features.shape == (2,)
     # any response setting changed after calibration is refused, not silently used
     loaded = loaded.with_settings({"inference.map_sigma": 2.0})
@@ -257,7 +260,7 @@ def test_training_never_writes_into_or_removes_a_users_folder(surfaces, tmp_path
     """A user's own folder where the checkpoint would go is refused before
     training and left as it was; the checkpoint folder training makes is
     marked as its own and removed once the model is written."""
-    from radar_ad.pipeline import train_model
+    from radar_ad.workflows import train_model
 
     users = tmp_path / "model.checkpoint"
     users.mkdir()
@@ -268,3 +271,42 @@ def test_training_never_writes_into_or_removes_a_users_folder(surfaces, tmp_path
     assert (users / "notes.txt").read_text() == "mine" and not (tmp_path / "model").exists()
     train_model(config, surfaces, tmp_path / "other", progress=False)
     assert (tmp_path / "other" / CONFIG_FILE).is_file() and not (tmp_path / "other.checkpoint").exists()
+
+
+def test_renamed_names_warn_and_do_what_the_new_ones_do(fitted, monkeypatch):
+    """A renamed name keeps its old spelling for one release: each use warns
+    (DeprecationWarning) and does what the new name does."""
+    import warnings
+
+    import radar_ad.pipeline as pipeline
+    import radar_ad.response as response
+    from radar_ad import outputs, workflows
+
+    radar, _ = fitted
+    with pytest.warns(DeprecationWarning, match="Radar.backend_name"):
+        assert radar.backend == radar.backend_name == "torch"
+    with pytest.warns(DeprecationWarning, match="Radar.torch_backend_"):
+        assert radar.network_ is radar.torch_backend_ is not None
+    calls = []
+    twin = Radar(tiny_config())
+    monkeypatch.setattr(twin, "refit_calibration", lambda *args: calls.append(("refit", args)) or twin)
+    monkeypatch.setattr(twin, "calibrate_false_alarms", lambda *args: calls.append(("false alarms", args)) or twin)
+    with pytest.warns(DeprecationWarning, match="Radar.refit_calibration"):
+        assert twin.calibrate(["a.png"], False, ["b.png"]) is twin
+    with pytest.warns(DeprecationWarning, match="Radar.calibrate_false_alarms"):
+        assert twin.calibrate_conformal(["c.png"], True, "line 2") is twin
+    assert calls == [("refit", (["a.png"], False, ["b.png"])), ("false alarms", (["c.png"], True, "line 2"))]
+    with pytest.warns(DeprecationWarning, match="radar_ad.splits.three_way_split"):
+        assert pipeline.calibration_split is three_way_split
+    with pytest.warns(DeprecationWarning, match="respond_in_tiles"):
+        assert response.respond is response.respond_in_tiles
+    with pytest.warns(DeprecationWarning, match="blur_sobel_map"):
+        assert response.response_map is response.blur_sobel_map
+    # names that moved to a module of their own still load from the pipeline, without a warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert pipeline.train_model is workflows.train_model
+        assert pipeline.calibrate_false_alarms is workflows.calibrate_false_alarms
+        assert pipeline.Prediction is outputs.Prediction and pipeline.stream_predictions is outputs.stream_predictions
+    with pytest.raises(AttributeError):
+        pipeline.no_such_name  # noqa: B018

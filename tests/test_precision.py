@@ -20,7 +20,7 @@ def bfloat16(fitted, surfaces):
     radar, _ = fitted
     model = radar.with_settings({"inference.precision": "bfloat16"})
     normal = training_images(surfaces)
-    return model.calibrate(normal[:30], conformal=normal[30:40])
+    return model.refit_calibration(normal[:30], conformal=normal[30:40])
 
 
 def test_bfloat16_runs_the_network_in_bfloat16_and_ranks_like_float32(fitted, surfaces, bfloat16):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from radar_ad.evidence_passes import EvidencePasses
 from radar_ad.pyramid import downsample, level_size, mirror_indices, pad_to, upsample, upsample_region
 
 
@@ -40,7 +41,8 @@ def test_a_region_upsampled_equals_the_same_region_of_the_whole(size, coarse):
 def test_images_smaller_than_a_patch_at_the_coarsest_level_get_every_level(pyramid_fitted):
     radar, _ = pyramid_fitted  # 28 px patches, scales 1/2/4
     image = (np.random.default_rng(0).random((40, 33)) * 255).astype(np.uint8)  # level 4: 10 x 8 px
-    evidence = radar._evidence_of([torch.from_numpy(image[None].astype(np.float32) / 255)])
+    passes = EvidencePasses(radar.backend_, radar.config)
+    evidence = passes.evidence_of([torch.from_numpy(image[None].astype(np.float32) / 255)])
     assert evidence.scales == (1, 2, 4)
     assert [tuple(n.shape[-2:]) for n in evidence.noise] == [(40, 33), (20, 16), (10, 8)]
     assert all(torch.isfinite(part).all() for part in evidence.noise + evidence.repair)

@@ -109,7 +109,8 @@ def test_a_model_with_it_saves_loads_exports_and_gives_every_backend_the_same_ve
     normal = sorted((surfaces / "train" / "good").glob("*.png"))
     twin = radar.with_settings({"inference.response": "segmentation", "inference.image_score": "max",
                                 "inference.segmentation_examples": 40, "inference.segmentation_steps": 30,
-                                "inference.segmentation_crop": 48}).calibrate(normal[:24], conformal=normal[24:36])
+                                "inference.segmentation_crop": 48})
+    twin = twin.refit_calibration(normal[:24], conformal=normal[24:36])
     images = sorted((surfaces / "test").rglob("*.png"))
     expected = twin.predict_many(images)
     loaded = Radar.load(twin.save(tmp_path / "model"))

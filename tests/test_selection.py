@@ -29,7 +29,7 @@ def normal_images(surfaces) -> list:
 @pytest.fixture(scope="module")
 def chosen(pyramid_fitted, normal_images) -> Radar:
     radar, _ = pyramid_fitted
-    return radar.with_settings(OPEN).calibrate(normal_images[:30], conformal=normal_images[30:42])
+    return radar.with_settings(OPEN).refit_calibration(normal_images[:30], conformal=normal_images[30:42])
 
 
 def test_candidates_span_every_response_level_set_and_image_score(pyramid_fitted):
@@ -82,7 +82,7 @@ def test_the_choice_is_recorded_deterministic_and_what_the_model_runs(chosen, py
     else:
         assert maps == [] and inference.map_scales is None
     # the same seed chooses the same, to the last digit
-    again = pyramid_fitted[0].with_settings(OPEN).calibrate(normal_images[:30], conformal=normal_images[30:42])
+    again = pyramid_fitted[0].with_settings(OPEN).refit_calibration(normal_images[:30], conformal=normal_images[30:42])
     assert again.selection() == record
     # it travels in radar.json, and a loaded model scores as the fitted one
     model_dir = chosen.save(tmp_path / "model")

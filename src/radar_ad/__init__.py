@@ -13,14 +13,15 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.9.0"
 
 # public name -> the module that defines it
-_LAZY = {"Prediction": ".pipeline", "Radar": ".pipeline", "RadarConfig": ".config", "RadarError": ".errors"}
+_LAZY = {"Prediction": ".outputs", "Radar": ".pipeline", "RadarConfig": ".config", "RadarError": ".errors"}
 
 __all__ = ["Prediction", "Radar", "RadarConfig", "RadarError", "__version__"]
 
 if TYPE_CHECKING:
     from .config import RadarConfig
     from .errors import RadarError
-    from .pipeline import Prediction, Radar
+    from .outputs import Prediction
+    from .pipeline import Radar
 
 
 def __getattr__(name: str) -> Any:

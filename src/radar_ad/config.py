@@ -84,7 +84,7 @@ def _frozen_setattr(self: Any, name: str, value: Any) -> None:
     key = f"{section}.{name}" if section else name
     raise ConfigError(f"settings are immutable: {key} cannot be assigned; use "
                       f"config.updated({{{key!r}: ...}}) for a new config, or "
-                      f"radar.with_settings({{{key!r}: ...}}) and then radar.calibrate(images) "
+                      f"radar.with_settings({{{key!r}: ...}}) and then radar.refit_calibration(images) "
                       "for a fitted model", setting=key)
 
 
@@ -126,8 +126,8 @@ class NetworkConfig:
     ``attention`` says, per resolution level (finest first), whether that
     level uses attention blocks; the paper puts attention in the U-Net but
     does not say where or how wide. The default (widths 16/32/32, attention
-    at the coarsest level only) was chosen for speed at equal quality (README,
-    "Real time").
+    at the coarsest level only) is the fast one among those of equal quality
+    (the results page, "Speed").
 
     ``scales``: the levels of the image pyramid the network learns, as
     downsampling factors (1 is the working resolution, 2 half of it ...),
@@ -367,7 +367,7 @@ class DecisionConfig:
     The verdict: with ``false_alarm_rate`` alpha, an image is anomalous when
     its conformal p-value is at most alpha, which keeps the share of normal
     images flagged at most alpha (the conformal guarantee; README "False
-    alarms"). ``null`` is the earlier rule: the one-class model's own
+    alarms"). ``null``: the contamination rule, the one-class model's own
     threshold at ``contamination``, with no stated false-alarm rate. Either
     way the p-value ranks the one-class model's score.
 

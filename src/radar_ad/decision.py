@@ -43,6 +43,20 @@ def is_anomalous(score: Any, threshold: float) -> Any:
     return score > threshold
 
 
+def flag_non_finite(scores: np.ndarray, policy: str) -> np.ndarray:
+    """Which scores are not finite, when ``policy`` (``decision.non_finite``)
+    is "anomalous": they are then flagged. With "error" a non-finite score
+    raises :class:`NonFiniteError`: it never becomes a verdict, least of all
+    "normal"."""
+    bad = ~np.isfinite(scores)
+    if bad.any() and policy == "error":
+        where = "" if len(scores) == 1 else f" (image {int(np.argmax(bad)) + 1} of {len(scores)})"
+        raise NonFiniteError(f"the anomaly score is {scores[bad][0]}{where}, not a number a verdict can come "
+                             "from: the image or the model is broken (decision.non_finite: anomalous flags "
+                             "such images instead)")
+    return bad
+
+
 def conformal_p_values(reference: np.ndarray, scores: Any) -> np.ndarray:
     """``(1 + #{reference >= score}) / (n + 1)`` for each score (NaN for a
     non-finite score): the conformal p-value against ``reference``, the
@@ -107,14 +121,14 @@ def false_alarm_warning(alpha: float | None, n_conformal: int, confidence: float
     if alpha is not None and confidence is not None and confident_rate(alpha, n_conformal, confidence) == 0:
         return (f"decision.false_alarm_confidence {confidence:g} at decision.false_alarm_rate {alpha:g} needs at "
                 f"least {confident_images_needed(alpha, confidence)} conformal images to flag anything; with "
-                f"{n_conformal} no image can be flagged (`radar calibrate` with a larger folder, or a lower "
-                "confidence)")
+                f"{n_conformal} no image can be flagged (`radar calibrate-false-alarms` with a larger folder, or a "
+                "lower confidence)")
     if alpha is None or alpha + _EPSILON >= smallest_false_alarm_rate(n_conformal):
         return None
     return (f"decision.false_alarm_rate {alpha:g} is below 1/(n+1) = {smallest_false_alarm_rate(n_conformal):.3g} "
             f"for the {n_conformal} conformal images: no image can be flagged; it needs at least "
             f"{conformal_images_needed(alpha)} (train with more normal images or a larger "
-            "train.conformal_size, or `radar calibrate` with a larger folder)")
+            "train.conformal_size, or `radar calibrate-false-alarms` with a larger folder)")
 
 
 class OneClassModel:
@@ -186,10 +200,10 @@ class ImageDecision:
 
     The range term is there because an IsolationForest cannot extrapolate:
     every point beyond its data lands in the same leaves as the most extreme
-    calibration point, so an image with ten times the normal response scored
-    no higher than a normal one a little out of range (README, "Score and
-    threshold"). With the term, scores keep growing outside the range of
-    normal images, in either direction.
+    calibration point, so without it an image with ten times the normal
+    response scores no higher than a normal one a little out of range. With
+    the term, scores keep growing outside the range of normal images, in
+    either direction.
     """
 
     def __init__(self, config: DecisionConfig, seed: int = 0, model: str | None = None) -> None:

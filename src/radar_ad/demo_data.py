@@ -20,9 +20,9 @@ def demo_config(steps: int | None = None) -> RadarConfig:
     the one-class model and the self-validation; the default 20 %
     conformal share (20 images) is just enough for the 0.05 false-alarm
     rate (19 needed). The segmentation head learns from fewer, smaller
-    crops than the default (its surfaces are small, and the whole demo
-    stays within a few minutes on two CPU cores); the response, levels and
-    image score are chosen as by default."""
+    crops than the default (its surfaces are small, and the demo is meant to
+    run on a laptop's CPU); the response, levels and image score are chosen
+    as by default."""
     config = RadarConfig().updated({
         "network.block_out_channels": [16, 32, 32],
         "network.attention": [False, False, True],

@@ -199,8 +199,8 @@ class DriftStatus:
                    if self.normal_martingale >= self.flag_martingale
                    else f"more images flagged ({self.flagged} of {self.seen}) than defects and false alarms explain")
             return (f"DRIFT: {why} (martingale {self.martingale:.3g} reached {self.level:.4g} at image "
-                    f"{self.alarm_at}; recalibrate with `radar calibrate` if the change is the new normal, then "
-                    "reset)")
+                    f"{self.alarm_at}; recalibrate with `radar calibrate-false-alarms` if the change is the new "
+                    "normal, then reset)")
         full = "; full, reset to go on testing" if self.full else ""
         return (f"no drift (martingale {self.martingale:.3g}, alarm at {self.level:.4g}; "
                 f"{self.tested} of {self.seen} images tested as normal, {self.flagged} flagged{full})")
@@ -221,7 +221,7 @@ class DriftMonitor:
         conformal = np.asarray(conformal_scores, dtype=np.float64).ravel()
         conformal = conformal[np.isfinite(conformal)]
         if len(conformal) == 0:
-            raise DataError("the drift monitor needs a model with conformal images (`radar calibrate`)")
+            raise DataError("the drift monitor needs a model with conformal images (`radar calibrate-false-alarms`)")
         if not 0 < delta < 1:
             raise DataError(f"drift delta must be in (0, 1), got {delta!r}")
         self.threshold = float(threshold)

@@ -23,7 +23,8 @@ from .data import LabeledImage, evaluation_images, image_size, load_mask
 from .errors import ConfigError
 from .files import json_ready
 from .metrics import image_metrics, pixel_metrics
-from .pipeline import Prediction, Radar
+from .outputs import Prediction
+from .pipeline import Radar
 from .progress import progress_bar
 
 PIXEL_RESOLUTIONS = ("model", "native")
@@ -83,6 +84,7 @@ def evaluate(radar: Radar, dataset: str | Path, *, progress: bool = False,
     with progress_bar(total=len(items), enabled=progress, desc="evaluating", unit="img") as bar:
         for streamed in radar.predict_stream([item.path for item in items]):
             item, prediction = items[streamed.index], streamed.prediction
+            assert prediction is not None  # without keep_going a failure raises instead
             seconds += streamed.seconds
             results.append(ImageResult(item.path, item.label, prediction.score, prediction.is_anomalous,
                                        prediction.p_value))

@@ -1,8 +1,9 @@
-"""Image features from response maps: the paper's two (global and largest
-window L2 norm of the Sobel response), the largest window RMS of each
-part of a multi-part response, and the map statistics that can be an
-image's score on their own (:func:`map_scores`: the largest local mean of
-the anomaly map, raw or standardised within the image). Each response
+"""Image features from response maps: the paper's two (the global and the
+largest window norm of the Sobel response, :data:`FEATURE_NAMES`), the
+largest window RMS of each part of a multi-part response, and the map
+statistics that can be an image's score on their own (:func:`map_scores`:
+the largest local mean of the anomaly map, raw or standardised within the
+image). Each response
 (:mod:`radar_ad.responses`) says which features it gives; the setting
 ``inference.image_score`` says whether those or a map statistic score the
 image.
@@ -23,7 +24,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-FEATURE_NAMES = ("global_l2", "window_max_l2")
+# The paper's two features (:func:`rms_features`), each the norm ``feature_norm``
+# names: the RMS by default, the L2 norm with "sum". Model files keep the names
+# they were written with; nothing reads them back.
+FEATURE_NAMES = ("global_norm", "window_max_norm")
 
 
 @dataclass
@@ -100,17 +104,11 @@ def window_max_features(sums: SquareSums) -> torch.Tensor:
 
 def image_features(response: torch.Tensor, window: int = 20, stride: int = 20,
                    norm: str = "rms") -> torch.Tensor:
-    """``(B, H, W)`` response maps -> ``(B, 2)`` features: the L2 norm of the
-    whole map and the largest L2 norm over ``window`` x ``window`` windows
-    (stride ``stride``; clipped to the image when it is smaller)."""
+    """``(B, H, W)`` response maps -> ``(B, 2)`` features: the norm of the
+    whole map and the largest norm over ``window`` x ``window`` windows
+    (stride ``stride``; clipped to the image when it is smaller), RMS or L2
+    as ``norm`` says (:func:`rms_features`)."""
     return rms_features(square_sums(response.unsqueeze(1), window, stride), norm)
-
-
-def window_max_rms(parts: torch.Tensor, window: int = 20, stride: int = 20) -> torch.Tensor:
-    """``(B, P, H, W)`` response parts -> ``(B, P)``: each part's largest
-    window RMS. (No global feature: on DAGM's validation split the global RMS
-    of a part only diluted the window maximum.)"""
-    return window_max_features(square_sums(parts, window, stride))
 
 
 def window_means(squared: torch.Tensor, window: int, stride: int) -> torch.Tensor:

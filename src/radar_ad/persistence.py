@@ -2,8 +2,9 @@
 written atomically and read back with every way it can be broken reported
 as one :class:`ModelError` line.
 
-This module moves bytes and checks formats; ``Radar.save`` and
-``Radar.load`` (:mod:`radar_ad.pipeline`) decide what goes in.
+This module moves bytes and checks formats; ``Radar.save``
+(:mod:`radar_ad.pipeline`) decides what goes in, and :mod:`radar_ad.loading`
+reads it back into a model.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ MAX_METADATA_BYTES = 16 * 2**20
 @dataclass
 class Conformal:
     """The conformal images' features and where they came from (``source``:
-    "training split" or the folder ``radar calibrate`` read; ``created``: UTC)."""
+    "training split" or the folder ``radar calibrate-false-alarms`` read; ``created``: UTC)."""
 
     features: np.ndarray
     info: dict[str, str] = field(default_factory=dict)
@@ -105,7 +106,7 @@ def check_model_target(path: Path) -> None:
 
 def _written_by_us(entry: Path) -> bool:
     """Whether an entry of a model directory is one radar-ad writes there:
-    one of :data:`MODEL_FILES`, or a conformal file that ``radar calibrate`` kept."""
+    one of :data:`MODEL_FILES`, or a conformal file that ``radar calibrate-false-alarms`` kept."""
     return entry.is_file() and not entry.is_symlink() and (
         entry.name in MODEL_FILES
         or re.fullmatch(r"conformal\.\d{8}T\d{6}Z(-\d+)?\.safetensors", entry.name) is not None)

@@ -8,12 +8,15 @@ import base64
 import html
 import io
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
 from .files import atomic_file
+
+if TYPE_CHECKING:
+    from .outputs import Prediction
 
 # Anchor colours of a perceptually ordered black-red-yellow-white heat scale.
 _ANCHORS = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]],
@@ -83,7 +86,7 @@ def png_data_uri(array: np.ndarray) -> str:
 MAP_KINDS = ("anomaly", "mask", "overlay")
 
 
-def prediction_maps(prediction: Any) -> dict[str, np.ndarray]:
+def prediction_maps(prediction: Prediction) -> dict[str, np.ndarray]:
     """The heat map, the mask and the overlay of a prediction (one per
     :data:`MAP_KINDS`), coloured on the model's fixed scale [0, 2 x pixel
     threshold], so colours mean the same in every image, file and tool."""
@@ -95,7 +98,7 @@ def prediction_maps(prediction: Any) -> dict[str, np.ndarray]:
     }
 
 
-def save_prediction_maps(prediction: Any, out: Path, stem: str) -> None:
+def save_prediction_maps(prediction: Prediction, out: Path, stem: str) -> None:
     """``<stem>_anomaly.png``, ``<stem>_mask.png`` and ``<stem>_overlay.png`` in ``out``."""
     for kind, array in prediction_maps(prediction).items():
         save_png(array, out / f"{stem}_{kind}.png")

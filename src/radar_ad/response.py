@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import AUTO, RadarConfig
+from .deprecation import module_getattr
 from .features import SquareSums, map_score_name, map_scores, square_sums
 from .noise_map import Evidence
 from .pyramid import upsample
@@ -136,7 +137,7 @@ def sobel_magnitude(x: torch.Tensor, ksize: int = 5) -> torch.Tensor:
     return torch.sqrt(gx * gx + gy * gy)
 
 
-def response_map(noise_map: torch.Tensor, blur_ksize: int = 5, sobel_ksize: int = 5) -> torch.Tensor:
+def blur_sobel_map(noise_map: torch.Tensor, blur_ksize: int = 5, sobel_ksize: int = 5) -> torch.Tensor:
     """Pixel anomaly map ``(B, H, W)`` from a predicted-noise map ``(B, C, H, W)``.
 
     Colour channels are processed separately and combined as the root sum of
@@ -262,7 +263,7 @@ class Response:
         ``inference.window`` and ``inference.window_stride``."""
         return self.inference.window, self.inference.window_stride
 
-    # The pieces of __call__, which :func:`respond` also runs region by region
+    # The pieces of __call__, which :func:`respond_in_tiles` also runs region by region
     # on a large image. A response that overrides __call__ instead (and
     # leaves context() None) is always run on the whole image.
     def context(self, size: tuple[int, int]) -> tuple[int, int] | None:
@@ -445,7 +446,7 @@ class LevelFusion(EvidenceResponse):
 
     def respond_levels(self, evidence: Evidence) -> list[ResponseOutput]:
         """Each level's output, its anomaly map at the level's resolution."""
-        return [respond(response, evidence.noise[evidence.level(level)])
+        return [respond_in_tiles(response, evidence.noise[evidence.level(level)])
                 for level, response in zip(self.scales, self.levels_)]
 
     @staticmethod
@@ -543,8 +544,8 @@ TILE = 256
 TILED_ABOVE = 512 * 512  # pixels; smaller images are computed whole
 
 
-def respond(response: Response, noise_map: torch.Tensor, tile: int | None = None,
-            min_pixels: int | None = None) -> ResponseOutput:
+def respond_in_tiles(response: Response, noise_map: torch.Tensor, tile: int | None = None,
+                     min_pixels: int | None = None) -> ResponseOutput:
     """``response(noise_map)``, computed in ``tile`` x ``tile`` tiles
     (default :data:`TILE`) when the map has more than ``min_pixels`` pixels
     (default :data:`TILED_ABOVE`) and the response says what context it
@@ -595,3 +596,8 @@ def strided_quantiles(parts: Iterable[torch.Tensor], count: int, quantile: float
     step = max(1, math.ceil(count / QUANTILE_SAMPLE))
     sample = torch.cat([p.transpose(0, 1).flatten(1)[:, ::step].clone() for p in parts], dim=1)
     return [float(q) for q in np.quantile(sample.numpy(), quantile, axis=1)]
+
+
+# the old spellings of renamed functions, kept for one release
+__getattr__ = module_getattr(__name__, renamed={"respond": (__name__, "respond_in_tiles"),
+                                                "response_map": (__name__, "blur_sobel_map")})

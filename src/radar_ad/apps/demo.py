@@ -21,10 +21,12 @@ from ..demo_data import DEMO_SPEC, demo_config
 from ..errors import ModelError
 from ..evaluation import evaluate
 from ..files import write_json, write_text
+from ..outputs import Prediction
 from ..persistence import CONFIG_FILE
-from ..pipeline import Prediction, Radar, train_model
+from ..pipeline import Radar
 from ..report import colorize, html_report, overlay, to_rgb
 from ..synthetic import make_dataset
+from ..workflows import train_model
 
 
 @dataclass

@@ -39,8 +39,9 @@ from ..errors import DataError, NotFittedError, require
 from ..features import FEATURE_NAMES, image_features, window_means
 from ..network import build_scheduler, predict_noise
 from ..noise_map import border_weights
+from ..outputs import IMAGES_PER_PASS  # images whose patches share U-Net batches
 from ..patches import stitch, tile
-from ..pipeline import IMAGES_PER_PASS, Radar  # IMAGES_PER_PASS: images whose patches share U-Net batches
+from ..pipeline import Radar
 from ..response import blur
 
 # The start timestep (0-based, as in diffusers) of the long chains, as in the paper.
@@ -64,7 +65,7 @@ class MethodOutput:
 class MethodPrediction:
     """One image's verdict from a :class:`OneClassMethod`; ``mask`` is
     ``anomaly_map > pixel_threshold_`` ``(H, W)`` bool; ``p_value`` as
-    :class:`~radar_ad.pipeline.Prediction`'s."""
+    :class:`~radar_ad.outputs.Prediction`'s."""
 
     score: float
     is_anomalous: bool

@@ -26,11 +26,13 @@ import numpy as np
 
 from ..config import AUTO, RadarConfig
 from ..data import as_image_array, evaluation_images, load_mask, training_images
+from ..evidence_passes import EvidencePasses
 from ..files import json_ready
 from ..metrics import pixel_metrics
-from ..pipeline import Radar, calibration_split
+from ..pipeline import Radar
 from ..progress import progress_bar
 from ..selection import Candidate, Evaluated, auroc, candidates, evaluate, prepare
+from ..splits import three_way_split
 from .harness import validation_split
 
 OPEN = {"inference.response": AUTO, "inference.scales": None, "inference.image_score": AUTO}
@@ -69,7 +71,7 @@ def load_splits(radar: Radar, root: Path, validation_fraction: float = 0.2, prog
     ``root`` at the model's input size (masks resized to it)."""
     config = radar.config
     normal = training_images(root)
-    split = calibration_split(len(normal), config)
+    split = three_way_split(len(normal), config)
     conformal = split.conformal
     half = sorted(conformal[i] for i in np.random.default_rng(config.seed).permutation(len(conformal))
                   [:len(conformal) // 2].tolist())
@@ -105,8 +107,9 @@ def score_sets(radar: Radar, config: RadarConfig, options: Sequence[Candidate], 
     candidates learned and fitted on ``calibration`` as calibration does;
     ``radar`` computes the evidence (a model with other noise settings, a
     timestep say, comes from :meth:`Radar.with_settings`)."""
-    prepared = prepare(config, options, calibration, radar._evidence_many, radar._evidence_of, progress)
-    return [evaluate(prepared, labelled.images, radar._evidence_many, keep_maps=True) for labelled in sets]
+    passes = EvidencePasses(radar.backend_, radar.config)
+    prepared = prepare(config, options, calibration, passes.evidence_each, passes.evidence_of, progress)
+    return [evaluate(prepared, labelled.images, passes.evidence_each, keep_maps=True) for labelled in sets]
 
 
 def metrics(labelled: LabelledSet, scores: np.ndarray, maps: list[np.ndarray] | None,

@@ -8,7 +8,7 @@ import torch
 
 from ..features import FEATURE_NAMES, SquareSums, rms_features
 from ..registry import RESPONSES
-from ..response import Response, response_map
+from ..response import Response, blur_sobel_map
 
 
 @RESPONSES.register("sobel")
@@ -27,7 +27,7 @@ class SobelResponse(Response):
         return self.inference.blur_ksize // 2 + self.inference.sobel_ksize // 2, 0
 
     def feature_maps(self, noise_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        return response_map(noise_map, self.inference.blur_ksize, self.inference.sobel_ksize)[:, None]
+        return blur_sobel_map(noise_map, self.inference.blur_ksize, self.inference.sobel_ksize)[:, None]
 
     def anomaly(self, maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         return maps[:, 0]

@@ -21,9 +21,9 @@ from ..response import (
     Response,
     RunningMoments,
     Statistics,
+    blur_sobel_map,
     gaussian_smooth,
     local_energy,
-    response_map,
     smoothing_radius,
     strided_quantiles,
 )
@@ -51,7 +51,7 @@ def response_parts(noise_map: torch.Tensor, statistics: ResponseStatistics, ener
     each in standard deviations of the calibration pixels (0 where normal
     or on the other side). ``size``: the whole map's (H, W) when
     ``noise_map`` is a region of it."""
-    structure = response_map(noise_map, blur_ksize, sobel_ksize).double()
+    structure = blur_sobel_map(noise_map, blur_ksize, sobel_ksize).double()
     energy = local_energy(noise_map, energy_window, size)
     excess = (structure - statistics.structure_mean) / statistics.structure_std
     deficit = (statistics.energy_mean - energy) / statistics.energy_std
@@ -65,7 +65,7 @@ def fit_response_statistics(noise_maps: Sequence[torch.Tensor], energy_window: i
     memory stays near one map's."""
     energy, structure = RunningMoments(), RunningMoments()
     for noise in noise_maps:
-        structure.add(response_map(noise, blur_ksize, sobel_ksize).double())
+        structure.add(blur_sobel_map(noise, blur_ksize, sobel_ksize).double())
         energy.add(local_energy(noise, energy_window))
     statistics = ResponseStatistics(energy.mean, max(energy.std, 1e-12), structure.mean, max(structure.std, 1e-12))
     parts = (response_parts(noise, statistics, energy_window, blur_ksize, sobel_ksize) for noise in noise_maps)

@@ -49,7 +49,7 @@ THUMBNAIL_QUALITY = 80
 RECENT_FILE = "recent.json"
 RECENT_LOCK = "recent.lock"
 RECENT_FORMAT = 1
-NO_CONFORMAL = ("the model has no conformal images, so no p-values to test (`radar calibrate MODEL "
+NO_CONFORMAL = ("the model has no conformal images, so no p-values to test (`radar calibrate-false-alarms MODEL "
                 "NORMAL_DIR` adds them)")
 LOADING = "the model is still loading"
 
