@@ -31,7 +31,7 @@ from ..metrics import pixel_metrics
 from ..pipeline import Radar, calibration_split
 from ..progress import progress_bar
 from ..selection import Candidate, Evaluated, auroc, candidates, evaluate, prepare
-from .harness import validation_split
+from .splits import validation_split
 
 OPEN = {"inference.response": AUTO, "inference.scales": None, "inference.image_score": AUTO}
 
