@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from radar_ad import Radar
-from radar_ad.bench.harness import DEFAULT_VALIDATION_FRACTION, validation_split
+from radar_ad.bench.splits import DEFAULT_VALIDATION_FRACTION, validation_split
 from radar_ad.data import evaluation_images, load_mask, training_images
 from radar_ad.metrics import image_metrics, pixel_metrics
 from radar_ad.splits import three_way_split

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
-from radar_ad.bench.harness import validation_split
+from radar_ad.bench.splits import validation_split
 from radar_ad.data import as_image_array, evaluation_images, load_mask, training_images
 from radar_ad.metrics import pixel_metrics
 from radar_ad.network import build_scheduler

@@ -41,7 +41,7 @@ import numpy as np
 from scipy.stats import beta
 
 from radar_ad import Radar, RadarConfig
-from radar_ad.bench.harness import DEFAULT_VALIDATION_FRACTION, validation_split
+from radar_ad.bench.splits import DEFAULT_VALIDATION_FRACTION, validation_split
 from radar_ad.data import evaluation_images, training_images
 from radar_ad.decision import conformal_threshold
 from radar_ad.demo_data import DEMO_SPEC, demo_config

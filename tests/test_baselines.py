@@ -1,6 +1,7 @@
 """The comparison methods on a tiny untrained network (patch 16): shapes,
 determinism, the stated chain lengths, the chain's direction, the one-class
-protocol, and the texture map finding a pasted defect."""
+protocol (RADAR's decision and output type, its non-finite policy), and the
+texture map finding a pasted defect."""
 
 import numpy as np
 import pytest
@@ -8,17 +9,18 @@ import torch
 
 from radar_ad import Radar, RadarConfig
 from radar_ad.bench.baselines import (
+    Baseline,
     DDIMReconstruction,
     DDPMReconstruction,
     MethodOutput,
-    MethodPrediction,
     OneClassMethod,
     OneStepReconstruction,
     StatisticalBaseline,
     baseline_names,
     reconstruction_baselines,
 )
-from radar_ad.errors import DataError, NotFittedError
+from radar_ad.errors import DataError, NonFiniteError, NotFittedError
+from radar_ad.pipeline import Prediction
 from radar_ad.synthetic import make_surface
 
 # One training step (still in warm-up): the network is as good as untrained,
@@ -180,15 +182,48 @@ def test_one_class_method_fits_on_normal_images_and_predicts(gray_radar):
         method.predict(normal[:1])
     assert method.fit(normal) is method
     predictions = method.predict(normal[:2] + images(1, [(16, 32)], seed=3))
-    assert len(predictions) == 3 and all(isinstance(p, MethodPrediction) for p in predictions)
+    assert len(predictions) == 3 and all(isinstance(p, Prediction) for p in predictions)
     for p in predictions:
-        assert p.is_anomalous == (p.score > method.decision_.threshold_)
+        assert p.is_anomalous == (p.score > method.decision_.threshold_) and p.threshold == method.decision_.threshold_
         np.testing.assert_array_equal(p.mask, p.anomaly_map > method.pixel_threshold_)
+        assert p.noise_map.shape == (0, *p.anomaly_map.shape) and p.image.shape == (1, *p.anomaly_map.shape)
     assert predictions[2].mask.shape == (16, 32)
     assert method.predict([]) == []
     for too_few in (normal[:3], []):
         with pytest.raises(DataError, match="at least"):
             OneClassMethod(OneStepReconstruction(gray_radar), config).fit(too_few)
+
+
+class MeanBaseline(Baseline):
+    """A stand-in method: the image is its own map, its mean and spread the features."""
+
+    key = "mean"
+
+    def analyse(self, images: list[np.ndarray]) -> list[MethodOutput]:
+        return [MethodOutput(image.mean(axis=0), np.array([image.mean(), image.std()])) for image in images]
+
+
+@pytest.mark.parametrize("policy", ["error", "anomalous"])
+def test_a_non_finite_score_never_becomes_a_verdict(policy):
+    config = RadarConfig().updated({"decision.non_finite": policy})
+    normal = images(1, [(16, 16)] * 10, seed=5)
+    method = OneClassMethod(MeanBaseline(), config).fit(normal[:6], normal[6:])
+    broken = normal[0].copy()
+    broken[0, 0, 0] = np.nan
+    if policy == "error":
+        with pytest.raises(NonFiniteError, match=r"image 2 of 2"):
+            method.predict([normal[1], broken])
+        return
+    kept, flagged = method.predict([normal[1], broken])
+    assert flagged.is_anomalous and flagged.p_value is None and not np.isfinite(flagged.score)
+    assert kept.p_value is not None
+
+
+def test_the_old_prediction_name_is_a_deprecated_alias():
+    from radar_ad.bench import baselines
+
+    with pytest.warns(DeprecationWarning, match="Prediction"):
+        assert baselines.MethodPrediction is Prediction
 
 
 def with_flat_patch(image: np.ndarray, top: int, left: int, size: int) -> np.ndarray:

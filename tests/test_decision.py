@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from radar_ad.config import DecisionConfig
-from radar_ad.decision import ImageDecision, pixel_threshold
-from radar_ad.errors import ConfigError, DataError
+from radar_ad.decision import ImageDecision, non_finite_scores, pixel_threshold
+from radar_ad.errors import ConfigError, DataError, NonFiniteError
 from radar_ad.registry import ONE_CLASS_MODELS
 
 
@@ -28,6 +28,21 @@ def test_refit_from_stored_features_is_identical():
     probe = rng.normal(size=(50, 2)) * 3
     np.testing.assert_array_equal(a.score(probe), b.score(probe))
     assert a.threshold_ == b.threshold_
+
+
+def test_decide_gives_the_rules_verdict_and_p_value_and_no_verdict_from_a_non_finite_score():
+    rng = np.random.default_rng(4)
+    decision = ImageDecision(DecisionConfig(), 0).fit(rng.normal(size=(30, 2)), rng.normal(size=(19, 2)))
+    probe = np.array([[0.0, 0.0], [9.0, 9.0], [np.nan, 0.0]])
+    with pytest.raises(NonFiniteError, match="image 3 of 3"):
+        decision.decide(probe)  # decision.non_finite "error", the default
+    normal, far, broken = decision.decide(probe, non_finite="anomalous")
+    scores = decision.score(probe[:2])
+    assert (normal.score, far.score) == tuple(scores.tolist())
+    assert (normal.is_anomalous, far.is_anomalous) == tuple(decision.is_anomalous(scores).tolist()) == (False, True)
+    assert [normal.p_value, far.p_value] == decision.p_values(scores).tolist()
+    assert broken.is_anomalous and broken.p_value is None and np.isnan(broken.score)
+    assert non_finite_scores(np.array([1.0, np.inf]), "anomalous").tolist() == [False, True]
 
 
 def test_too_few_calibration_images():

@@ -7,7 +7,9 @@ rebuilt from the stored calibration features with a fixed seed, which gives
 the very same model (scikit-learn's fit is deterministic given its seed).
 
 :func:`is_anomalous` is THE verdict rule: RADAR, every baseline and every
-front end (detect, watch, serve) decide with it.
+front end (detect, watch, serve) decide with it. :meth:`ImageDecision.decide`
+applies it to image features together with the conformal p-value and the
+non-finite policy (:func:`non_finite_scores`).
 
 The conformal part: the one-class scores of normal images that nothing was
 fitted on (the conformal split) make every new score a p-value
@@ -20,6 +22,7 @@ it is the same rule as ``score > conformal_threshold(scores, alpha)``.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -43,11 +46,12 @@ def is_anomalous(score: Any, threshold: float) -> Any:
     return score > threshold
 
 
-def flag_non_finite(scores: np.ndarray, policy: str) -> np.ndarray:
-    """Which scores are not finite, when ``policy`` (``decision.non_finite``)
-    is "anomalous": they are then flagged. With "error" a non-finite score
-    raises :class:`NonFiniteError`: it never becomes a verdict, least of all
-    "normal"."""
+def non_finite_scores(scores: np.ndarray, policy: str) -> np.ndarray:
+    """Which of the ``(N,)`` scores are not finite (NaN or infinite), for
+    the policy ``decision.non_finite`` to flag: with ``"anomalous"`` they are
+    returned (and flagged); with ``"error"`` one raises
+    :class:`NonFiniteError`: a non-finite score never becomes a verdict,
+    least of all "normal"."""
     bad = ~np.isfinite(scores)
     if bad.any() and policy == "error":
         where = "" if len(scores) == 1 else f" (image {int(np.argmax(bad)) + 1} of {len(scores)})"
@@ -184,6 +188,18 @@ def one_class_class(name: str) -> type[OneClassModel]:
     return FeatureScore if name == FeatureScore.name else ONE_CLASS_MODELS.get(name)
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """One image's decision (:meth:`ImageDecision.decide`): its anomaly
+    ``score``, whether it ``is_anomalous``, and its conformal ``p_value``
+    (``None`` for a decision without conformal images, or a non-finite score
+    the policy flagged)."""
+
+    score: float
+    is_anomalous: bool
+    p_value: float | None
+
+
 class ImageDecision:
     """Anomaly score and verdict for image features.
 
@@ -281,6 +297,19 @@ class ImageDecision:
 
     def is_anomalous(self, scores: np.ndarray) -> np.ndarray:
         return is_anomalous(np.asarray(scores), self.threshold_)
+
+    def decide(self, features: np.ndarray, non_finite: str | None = None) -> list[Verdict]:
+        """One :class:`Verdict` per row of the ``(N, F)`` features: the
+        score (one call for all rows: a forest has a large per-call
+        overhead), the verdict rule against ``threshold_`` and the p-value,
+        with the non-finite policy ``non_finite`` (:func:`non_finite_scores`;
+        default the config's, which a model may change without a refit)."""
+        scores = self.score(features)
+        flagged = non_finite_scores(scores, non_finite or self.config.non_finite)
+        p_values = self.p_values(scores)
+        return [Verdict(score, bool(is_anomalous(score, self.threshold_) or flagged[i]),
+                        None if p_values is None or flagged[i] else float(p_values[i]))
+                for i, score in enumerate(scores.tolist())]
 
 
 def _check_finite(features: np.ndarray, which: str) -> None:

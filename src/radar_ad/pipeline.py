@@ -50,7 +50,7 @@ from .backend import NOISE_SETTINGS, NoiseBackend, TorchBackend
 from .calibration import Calibration, describe_false_alarms, fit_calibration, with_conformal, with_decision_settings
 from .config import RadarConfig
 from .data import as_image_array, training_images
-from .decision import MIN_CALIBRATION_IMAGES, ImageDecision, flag_non_finite, is_anomalous
+from .decision import MIN_CALIBRATION_IMAGES, ImageDecision
 from .deprecation import module_getattr, warn_renamed
 from .drift import DriftMonitor
 from .errors import ConfigError, DataError, ModelError, NotCalibratedError, NotFittedError
@@ -356,17 +356,13 @@ class Radar:
                     for result in respond_in_order(calibration.response, groups)]
         if not analysed:
             return []
-        # one call for all images: a forest has a large per-call overhead
         decision = calibration.decision
-        scores = decision.score(np.stack([feats for _, _, feats in analysed]))
-        fail_safe = flag_non_finite(scores, self.config.decision.non_finite)
-        p_values = decision.p_values(scores)
-        return [Prediction(score=score, is_anomalous=bool(is_anomalous(score, decision.threshold_)) or fail_safe[i],
-                           threshold=decision.threshold_, pixel_threshold=calibration.pixel_threshold,
-                           features=feats, noise_map=noise, anomaly_map=anomaly,
-                           mask=anomaly > calibration.pixel_threshold, image=image,
-                           p_value=None if p_values is None or fail_safe[i] else float(p_values[i]))
-                for i, (image, (noise, anomaly, feats), score) in enumerate(zip(arrays, analysed, scores.tolist()))]
+        verdicts = decision.decide(np.stack([feats for _, _, feats in analysed]), self.config.decision.non_finite)
+        return [Prediction(score=verdict.score, is_anomalous=verdict.is_anomalous, threshold=decision.threshold_,
+                           pixel_threshold=calibration.pixel_threshold, features=feats, noise_map=noise,
+                           anomaly_map=anomaly, mask=anomaly > calibration.pixel_threshold, image=image,
+                           p_value=verdict.p_value)
+                for image, (noise, anomaly, feats), verdict in zip(arrays, analysed, verdicts)]
 
     def predict_stream(self, images: Sequence[ImageLike], chunk_size: int = IMAGES_PER_PASS,
                        keep_going: bool = False) -> Iterator[StreamedPrediction[ImageLike, Prediction]]:

@@ -18,12 +18,16 @@ analysed and the reconstruction methods run without it.
 
 Every method hands the same one-class protocol as RADAR (:class:`OneClassMethod`)
 an ``(H, W)`` anomaly map and a fixed-length feature vector per image, so a
-benchmark compares the evidence, not the decision machinery.
+benchmark compares the evidence, not the decision machinery: the calibration
+and the decision are RADAR's own (:class:`~radar_ad.decision.ImageDecision`,
+:func:`~radar_ad.decision.pixel_threshold`), and so is the output
+(:class:`~radar_ad.outputs.Prediction`).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -34,12 +38,12 @@ import torch
 from diffusers import DDIMScheduler
 
 from ..config import RadarConfig
-from ..decision import ImageDecision, is_anomalous, pixel_threshold
+from ..decision import ImageDecision, pixel_threshold
 from ..errors import DataError, NotFittedError, require
 from ..features import FEATURE_NAMES, image_features, window_means
 from ..network import build_scheduler, predict_noise
 from ..noise_map import border_weights
-from ..outputs import IMAGES_PER_PASS  # images whose patches share U-Net batches
+from ..outputs import IMAGES_PER_PASS, Prediction  # IMAGES_PER_PASS: images whose patches share U-Net batches
 from ..patches import stitch, tile
 from ..pipeline import Radar
 from ..response import blur
@@ -59,19 +63,6 @@ class MethodOutput:
 
     anomaly_map: np.ndarray
     features: np.ndarray
-
-
-@dataclass
-class MethodPrediction:
-    """One image's verdict from a :class:`OneClassMethod`; ``mask`` is
-    ``anomaly_map > pixel_threshold_`` ``(H, W)`` bool; ``p_value`` as
-    :class:`~radar_ad.outputs.Prediction`'s."""
-
-    score: float
-    is_anomalous: bool
-    anomaly_map: np.ndarray
-    mask: np.ndarray
-    p_value: float | None = None
 
 
 class Baseline:
@@ -493,7 +484,13 @@ def baseline_names() -> dict[str, str]:
 class OneClassMethod:
     """Wraps a :class:`Baseline` with the SAME one-class protocol RADAR uses:
     the baseline's reference, the one-class model and the pixel threshold are
-    all fitted on normal calibration images only."""
+    all fitted on normal calibration images only, and each image is decided
+    by :meth:`ImageDecision.decide <radar_ad.decision.ImageDecision.decide>`
+    (the verdict rule, the p-value and the ``decision.non_finite`` policy).
+
+    Its predictions are :class:`~radar_ad.outputs.Prediction` objects whose
+    ``noise_map`` is empty, ``(0, H, W)``: a baseline reads no one-step noise.
+    """
 
     def __init__(self, baseline: Baseline, config: RadarConfig) -> None:
         self.baseline = baseline
@@ -514,19 +511,27 @@ class OneClassMethod:
                                                 decision.pixel_quantile)
         return self
 
-    def predict(self, images: list[np.ndarray]) -> list[MethodPrediction]:
-        """Score, verdict, map and mask per image, in input order."""
+    def predict(self, images: list[np.ndarray]) -> list[Prediction]:
+        """Score, verdict, map and mask per ``(C, H, W)`` image, in input order."""
         if not hasattr(self, "decision_"):
             raise NotFittedError(f"{self.baseline.key}: call fit() with normal calibration "
                                  "images before predict()")
         outputs = self.baseline.analyse(images)
         if not outputs:
             return []
-        scores = self.decision_.score(np.stack([output.features for output in outputs]))
-        p_values = self.decision_.p_values(scores)
-        return [MethodPrediction(score=float(score),
-                                 is_anomalous=bool(is_anomalous(score, self.decision_.threshold_)),
-                                 anomaly_map=output.anomaly_map,
-                                 mask=output.anomaly_map > self.pixel_threshold_,
-                                 p_value=None if p_values is None else float(p_values[i]))
-                for i, (output, score) in enumerate(zip(outputs, scores.tolist()))]
+        decision = self.decision_
+        verdicts = decision.decide(np.stack([output.features for output in outputs]))
+        return [Prediction(score=verdict.score, is_anomalous=verdict.is_anomalous, threshold=decision.threshold_,
+                           pixel_threshold=self.pixel_threshold_, features=output.features,
+                           noise_map=np.zeros((0, *output.anomaly_map.shape), dtype=np.float32),
+                           anomaly_map=output.anomaly_map, mask=output.anomaly_map > self.pixel_threshold_,
+                           image=np.asarray(image, dtype=np.float32), p_value=verdict.p_value)
+                for image, output, verdict in zip(images, outputs, verdicts)]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "MethodPrediction":  # the deprecated name of the baselines' output type
+        warnings.warn("radar_ad.bench.baselines.MethodPrediction is deprecated: the baselines return "
+                      "radar_ad.pipeline.Prediction", DeprecationWarning, stacklevel=2)
+        return Prediction
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -33,7 +33,7 @@ from ..pipeline import Radar
 from ..progress import progress_bar
 from ..selection import Candidate, Evaluated, auroc, candidates, evaluate, prepare
 from ..splits import three_way_split
-from .harness import validation_split
+from .splits import validation_split
 
 OPEN = {"inference.response": AUTO, "inference.scales": None, "inference.image_score": AUTO}
 

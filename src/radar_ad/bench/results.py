@@ -1,6 +1,6 @@
 """What a benchmark run produces, as plain data: the report
-(:mod:`radar_ad.bench.report`) reads these and the harness
-(:mod:`radar_ad.bench.harness`) fills them, so neither imports the other's
+(:mod:`radar_ad.bench.report`) reads these and the runner
+(:mod:`radar_ad.bench.runner`) fills them, so neither imports the other's
 internals."""
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """The noise-energy response: the deficit part of the two-sided response
-alone, for surfaces whose defects remove texture rather than add edges."""
+alone, for surfaces whose defects remove texture rather than add edges.
+
+:func:`energy_deficit` is that part, for both responses."""
 
 from __future__ import annotations
 
@@ -31,6 +33,16 @@ class EnergyStatistics(Statistics):
     deficit_scale: float = 1.0
 
 
+def energy_deficit(noise_map: torch.Tensor, energy_mean: float, energy_std: float, energy_window: int,
+                   size: tuple[int, int] | None = None) -> torch.Tensor:
+    """``(B, C, H, W)`` noise maps -> ``(B, H, W)`` float64: how far the local
+    noise energy (:func:`~radar_ad.response.local_energy`) lies below its
+    normal level ``energy_mean``, in standard deviations ``energy_std`` of
+    the calibration pixels; 0 at or above it. ``size``: the whole map's
+    (H, W) when ``noise_map`` is a region of it."""
+    energy = local_energy(noise_map, energy_window, size)
+    return ((energy_mean - energy) / energy_std).clamp_min(0)
+
 
 @RESPONSES.register("energy")
 class EnergyResponse(Response):
@@ -46,8 +58,8 @@ class EnergyResponse(Response):
     def _deficit(self, noise_map: torch.Tensor, statistics: EnergyStatistics,
                  size: tuple[int, int] | None = None) -> torch.Tensor:
         """``(B, C, H, W)`` -> ``(B, 1, H, W)`` energy deficit in standard deviations."""
-        energy = local_energy(noise_map, self.inference.energy_window, size)
-        return ((statistics.energy_mean - energy) / statistics.energy_std).clamp_min(0)[:, None]
+        return energy_deficit(noise_map, statistics.energy_mean, statistics.energy_std,
+                              self.inference.energy_window, size)[:, None]
 
     def fit(self, noise_maps: Sequence[torch.Tensor]) -> EnergyResponse:
         moments = RunningMoments()

@@ -27,6 +27,7 @@ from ..response import (
     smoothing_radius,
     strided_quantiles,
 )
+from .energy import energy_deficit
 
 
 @dataclass
@@ -43,7 +44,6 @@ class ResponseStatistics(Statistics):
     deficit_scale: float = 1.0
 
 
-
 def response_parts(noise_map: torch.Tensor, statistics: ResponseStatistics, energy_window: int,
                    blur_ksize: int = 5, sobel_ksize: int = 5, size: tuple[int, int] | None = None) -> torch.Tensor:
     """``(B, C, H, W)`` noise maps -> ``(B, 2, H, W)``: the Sobel response
@@ -52,10 +52,9 @@ def response_parts(noise_map: torch.Tensor, statistics: ResponseStatistics, ener
     or on the other side). ``size``: the whole map's (H, W) when
     ``noise_map`` is a region of it."""
     structure = blur_sobel_map(noise_map, blur_ksize, sobel_ksize).double()
-    energy = local_energy(noise_map, energy_window, size)
-    excess = (structure - statistics.structure_mean) / statistics.structure_std
-    deficit = (statistics.energy_mean - energy) / statistics.energy_std
-    return torch.stack([excess, deficit], dim=1).clamp_min(0)
+    excess = ((structure - statistics.structure_mean) / statistics.structure_std).clamp_min(0)
+    deficit = energy_deficit(noise_map, statistics.energy_mean, statistics.energy_std, energy_window, size)
+    return torch.stack([excess, deficit], dim=1)
 
 
 def fit_response_statistics(noise_maps: Sequence[torch.Tensor], energy_window: int, blur_ksize: int = 5,

@@ -101,7 +101,9 @@ def benchmark(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Compare RADAR with reconstruction and statistical baselines on the same network and images."""
-    from ...bench.harness import BenchmarkOptions, method_names, run_benchmark
+    from ...bench.methods import method_names
+    from ...bench.options import BenchmarkOptions
+    from ...bench.runner import run_benchmark
 
     if list_methods:
         for key, name in method_names().items():
