@@ -15,11 +15,10 @@ needs from normal calibration images. Responses are plug-ins
 - an :class:`EvidenceResponse` reads the whole evidence at once (a head
   that sees the image and every level).
 
-Either way :class:`EvidenceResponse` is what the pipeline holds, and it
-reads the image score as ``inference.image_score`` says (the response's own
-features for the one-class model, or a statistic of the anomaly map,
-:func:`~radar_ad.features.map_scores`). :func:`build_response` builds it
-from the config.
+Either way :class:`EvidenceResponse` is what the pipeline holds (built by
+:func:`build_response`), and it reads the image score as
+``inference.image_score`` says: the response's own features for the
+one-class model, or a statistic of the map (:func:`~radar_ad.features.map_scores`).
 
 A torch implementation (separable convolutions, OpenCV's default
 BORDER_REFLECT_101 border) rather than a call into OpenCV, so the same code
@@ -425,11 +424,10 @@ class LevelFusion(EvidenceResponse):
         super().__init__(config, scales, image_score)
         self.response = response or RESPONSES.get(config.inference.response)
         self.levels_ = [self.response(config) for _ in self.scales]
-        map_scales = config.inference.map_scales
-        if map_scales is not None and tuple(map_scales) != self.scales[:len(map_scales)]:
-            raise ValueError(f"inference.map_scales {list(map_scales)} must be the first levels of the "
-                             f"response's {list(self.scales)}")
-        self.map_levels = len(self.scales) if map_scales is None else len(map_scales)
+        drawn = config.inference.map_scales or self.scales  # the levels whose maps make the anomaly map
+        if tuple(drawn) != self.scales[:len(drawn)]:
+            raise ValueError(f"inference.map_scales {list(drawn)} must be the first of the levels {list(self.scales)}")
+        self.map_levels = len(drawn)
 
     def level_feature_names(self) -> tuple[str, ...]:
         return tuple(name if scale == 1 else f"{name}@{scale}" for scale in self.scales
@@ -598,6 +596,5 @@ def strided_quantiles(parts: Iterable[torch.Tensor], count: int, quantile: float
     return [float(q) for q in np.quantile(sample.numpy(), quantile, axis=1)]
 
 
-# the old spellings of renamed functions, kept for one release
 __getattr__ = module_getattr(__name__, renamed={"respond": (__name__, "respond_in_tiles"),
                                                 "response_map": (__name__, "blur_sobel_map")})
