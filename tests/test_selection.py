@@ -146,9 +146,9 @@ def test_the_map_keeps_the_fewest_levels_that_draw_the_defects_as_well_as_any():
 def test_the_map_from_the_first_levels_and_the_features_from_all(pyramid_fitted, normal_images):
     radar, _ = pyramid_fitted
     named = {"inference.response": "two_sided", "inference.image_score": "features"}
-    both = radar.with_settings({**named, "inference.scales": [1, 2, 4], "inference.map_scales": [1]}).calibrate(
+    both = radar.with_settings({**named, "inference.scales": [1, 2, 4], "inference.map_scales": [1]}).refit_calibration(
         normal_images[:30], conformal=normal_images[30:42])
-    finest = radar.with_settings({**named, "inference.scales": [1]}).calibrate(
+    finest = radar.with_settings({**named, "inference.scales": [1]}).refit_calibration(
         normal_images[:30], conformal=normal_images[30:42])
     image = normal_images[45]
     a, b = both.predict(image), finest.predict(image)
@@ -157,8 +157,8 @@ def test_the_map_from_the_first_levels_and_the_features_from_all(pyramid_fitted,
     assert a.features.size == 3 * b.features.size  # the image features read every level
     # a map statistic reads every level's map, not only the drawn ones
     scored = radar.with_settings({**named, "inference.scales": [1, 2, 4], "inference.image_score": "max"})
-    widest = scored.calibrate(normal_images[:30], conformal=normal_images[30:42]).predict(image)
-    drawn = scored.with_settings({"inference.map_scales": [1]}).calibrate(
+    widest = scored.refit_calibration(normal_images[:30], conformal=normal_images[30:42]).predict(image)
+    drawn = scored.with_settings({"inference.map_scales": [1]}).refit_calibration(
         normal_images[:30], conformal=normal_images[30:42]).predict(image)
     assert drawn.score == pytest.approx(widest.score, rel=1e-6)
     np.testing.assert_allclose(drawn.anomaly_map, b.anomaly_map, rtol=1e-6, atol=1e-6)

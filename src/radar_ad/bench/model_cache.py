@@ -78,6 +78,6 @@ def radar_variant(radar: Radar, settings: dict[str, Any], held_out: HeldOut) -> 
     try:
         twin.check_fitted()
     except NotCalibratedError:
-        return twin.calibrate(as_radar_images(held_out.calibration),
+        return twin.refit_calibration(as_radar_images(held_out.calibration),
                               conformal=as_radar_images(held_out.conformal)), True
     return twin, False
