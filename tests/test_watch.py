@@ -215,7 +215,9 @@ def test_restart_reads_back_a_results_csv_whose_last_column_is_message(fitted, e
     drop(expected[first]["path"], inbox, first)
     assert watch_at_most(radar, inbox, out, max_images=1, **FAST).inspected == 1
     results = out / "results.csv"
-    results.write_text(results.read_text().replace(",time,error\r\n", ",time,message\r\n", 1))
+    header = b"file,score,threshold,p_value,verdict,mask_fraction,time,"
+    assert results.read_bytes().startswith(header + b"error\r\n")
+    results.write_bytes(results.read_bytes().replace(header + b"error", header + b"message", 1))
     drop(expected[second]["path"], inbox, second)
     assert watch_at_most(radar, inbox, out, max_images=1, **FAST).inspected == 1
     found = rows(out)
