@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .pipeline import Prediction
+    from .outputs import Prediction
 
 ERROR_VERDICT = "error"
 # The columns of `radar detect`'s and `radar watch`'s results.csv that every output shares.
