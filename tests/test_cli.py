@@ -1,5 +1,7 @@
-"""The command line, bad inputs included: through ``main`` in this process
-(:func:`radar`) and through the real entry point in subprocesses (:func:`radars`)."""
+"""The command line, bad inputs included, through ``main`` in this process
+(:func:`radar`), the function the console script calls. What needs a process
+of its own (a kill, a signal, workers, the imports at startup) runs the real
+entry point in subprocesses in the test files of those jobs."""
 
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +23,7 @@ from conftest import TINY, write_gray
 def radar(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """``radar ARGS`` in this process, through the same ``main`` the console
     script calls: its exit code and output, without paying the package's
-    import again (about 7 s a command on 2 cores). :func:`radars` runs the
-    real entry point in subprocesses."""
+    import again (about 7 s a command on 2 cores)."""
     from radar_ad.apps.cli import main
 
     stdout, stderr = io.StringIO(), io.StringIO()
@@ -41,27 +41,6 @@ def radar(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess
     return subprocess.CompletedProcess(["radar", *map(str, args)], code, stdout.getvalue(), stderr.getvalue())
 
 
-def radars(commands: list, cwd: Path | None = None, at_once: int = 3) -> list[subprocess.CompletedProcess]:
-    """Independent ``radar`` commands in subprocesses, ``at_once`` at a time
-    (each pays the package's import; overlapping them saves the suite time),
-    their results in order."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("RADAR_DEBUG", None)
-    results: list[subprocess.CompletedProcess] = []
-    for first in range(0, len(commands), at_once):
-        started = [subprocess.Popen([sys.executable, "-m", "radar_ad", *map(str, args)], stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
-                   for args in commands[first:first + at_once]]
-        for process in started:
-            try:
-                stdout, stderr = process.communicate(timeout=600)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                raise
-            results.append(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr))
-    return results
-
-
 def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) -> None:
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
@@ -71,7 +50,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) ->
 
 
 def test_version_and_help():
-    version, result = radars([("--version",), ("--help",)])
+    version, result = radar("--version"), radar("--help")
     assert version.returncode == 0 and "radar-ad" in version.stdout
     assert result.returncode == 0
     for command in ("train", "detect", "evaluate", "demo", "make-data"):
@@ -188,9 +167,8 @@ def test_train_bad_data_writes_no_model(bad_inputs, tmp_path):
     cases = [((bad_inputs["empty_dir"],), "no images"), ((tmp_path / "nope",), "not found"),
              ((bad_inputs["zero_byte"],), "empty file"),
              ((bad_inputs["empty_dir"], "--set", "train.stepz=3"), "unknown setting")]
-    results = radars([("train", data, "--out", model, *rest) for (data, *rest), _ in cases])
-    for (_, fragment), result in zip(cases, results, strict=True):
-        assert_one_line_error(result, fragment)
+    for (data, *rest), fragment in cases:
+        assert_one_line_error(radar("train", data, "--out", model, *rest), fragment)
     assert not model.exists()
 
 
@@ -207,8 +185,8 @@ def test_bad_model_directories(fitted, surfaces, tmp_path):
     (other / "radar.json").write_text(json.dumps(meta))
     for f in ("unet.safetensors", "calibration.safetensors"):
         (other / f).write_bytes((model / f).read_bytes())
-    missing, partial, old = radars([("detect", tmp_path / "nomodel", image, "--out", tmp_path / "o"),
-                                    ("evaluate", incomplete, surfaces), ("evaluate", other, surfaces)])
+    missing = radar("detect", tmp_path / "nomodel", image, "--out", tmp_path / "o")
+    partial, old = radar("evaluate", incomplete, surfaces), radar("evaluate", other, surfaces)
     assert_one_line_error(missing, "model not found")
     assert_one_line_error(partial, "incomplete")
     assert_one_line_error(old, "format version 3")
@@ -221,7 +199,15 @@ def test_evaluate_needs_labelled_data(fitted, tmp_path):
     assert_one_line_error(radar("evaluate", model, tmp_path), "no test/ folder")
 
 
-def test_demo_writes_metrics_and_report(tmp_path):
+def test_demo_writes_metrics_and_report(tmp_path, monkeypatch):
+    import radar_ad.apps.demo as demo
+
+    # the demo's own data and config, with TINY's brief segmentation head:
+    # the self-validation that learns it is most of the demo's time, and is
+    # tested in test_selection
+    brief = {key: value for key, value in TINY.items() if key.startswith("inference.segmentation")}
+    demo_config = demo.demo_config
+    monkeypatch.setattr(demo, "demo_config", lambda steps=None: demo_config(steps).updated(brief))
     out = tmp_path / "demo"
     result = radar("demo", "--out", out, "--steps", "2", "-q")
     assert result.returncode == 0, result.stderr

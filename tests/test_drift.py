@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -21,6 +19,8 @@ from radar_ad.backend import cgroup_cpu_limit
 from radar_ad.decision import conformal_threshold
 from radar_ad.drift import SCORES_FILE, STATE_FILE, DriftMonitor, DriftStore, read_state, reset_state
 from radar_ad.errors import DataError
+
+from test_cli import radar as run_radar
 
 DELTA = 0.1  # large enough that a few hundred runs measure the alarm rate
 RUNS, LENGTH, N_CONFORMAL = 300, 300, 60
@@ -146,15 +146,11 @@ def test_damaged_state_is_one_line_and_other_conformal_images_start_afresh(tmp_p
 def test_radar_drift_command_shows_and_resets(tmp_path):
     conformal = np.random.default_rng(7).normal(size=50)
     DriftStore(tmp_path, DriftMonitor(conformal, 10.0, 0.01)).observe([0.0, 0.5])
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    shown = subprocess.run([sys.executable, "-m", "radar_ad", "drift", str(tmp_path)], capture_output=True,
-                           text=True, env=env, timeout=120)
+    shown = run_radar("drift", tmp_path)
     assert shown.returncode == 0 and "no drift" in shown.stdout and "2 of 2 images tested" in shown.stdout
-    reset = subprocess.run([sys.executable, "-m", "radar_ad", "drift", str(tmp_path), "--reset"],
-                           capture_output=True, text=True, env=env, timeout=120)
+    reset = run_radar("drift", tmp_path, "--reset")
     assert reset.returncode == 0 and "reset" in reset.stdout and read_state(tmp_path)["images_tested"] == 0
-    missing = subprocess.run([sys.executable, "-m", "radar_ad", "drift", str(tmp_path / "none")],
-                             capture_output=True, text=True, env=env, timeout=120)
+    missing = run_radar("drift", tmp_path / "none")
     assert missing.returncode == 2 and missing.stderr.startswith("radar: error: no drift state")
 
 

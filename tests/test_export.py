@@ -19,7 +19,6 @@ from radar_ad.patches import grid_positions, stitch
 
 from test_cli import assert_one_line_error
 from test_cli import radar as run_radar
-from test_cli import radars as run_radars
 
 # The stated parity: anomaly maps of the two backends agree to 1e-3 of the
 # model's pixel threshold (float32 kernels differ in summation order only).
@@ -159,8 +158,8 @@ def test_cli_bad_onnx_and_backend(pyramid_fitted, surfaces, tmp_path):
               "backend must be one of"),
              (("export", model_dir, "--out", tmp_path, "--format", "onnx"), "is a folder"),
              (("export", model_dir, "--out", tmp_path / "m.tflite", "--format", "tflite"), "--format must be onnx")]
-    for (_, fragment), result in zip(cases, run_radars([args for args, _ in cases]), strict=True):
-        assert_one_line_error(result, fragment)
+    for args, fragment in cases:
+        assert_one_line_error(run_radar(*args), fragment)
 
 
 def test_foreign_onnx_file_is_refused(tmp_path):

@@ -26,7 +26,10 @@ pytest.importorskip("uvicorn", reason="radar serve needs uvicorn")
 pytest.importorskip("multipart", reason="radar serve needs python-multipart")
 httpx = pytest.importorskip("httpx", reason="the serve tests use httpx as the client")
 
+from radar_ad.apps import serve as serve_module  # noqa: E402
 from radar_ad.apps.serve import background_server, create_app  # noqa: E402
+
+from test_cli import radar as run_radar  # noqa: E402
 
 
 def png_bytes(array: np.ndarray) -> bytes:
@@ -295,7 +298,11 @@ def test_cli_serves_a_model(fitted, surfaces):
 
 
 @pytest.mark.parametrize("problem", ["missing model", "bad backend", "busy port"])
-def test_cli_bad_setup_is_one_line(fitted, tmp_path: Path, problem):
+def test_cli_bad_setup_is_one_line(fitted, tmp_path: Path, monkeypatch, problem):
+    def never(*args, **kwargs):  # in this process: a failure, never a server that runs on
+        raise AssertionError("the setup should have been refused before the server ran")
+
+    monkeypatch.setattr(serve_module, "_server", never)
     _, model_dir = fitted
     args = {"missing model": [str(tmp_path / "nope")],
             "bad backend": [str(model_dir), "--backend", "tensorflow"],
@@ -303,13 +310,11 @@ def test_cli_bad_setup_is_one_line(fitted, tmp_path: Path, problem):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
-        args = [arg.format(port=taken.getsockname()[1]) for arg in args]
-        process = _cli(*args)
-        stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 2, stdout + stderr
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("radar: error:"), stderr
-    assert "Traceback" not in stdout + stderr
+        result = run_radar("serve", *[arg.format(port=taken.getsockname()[1]) for arg in args])
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("radar: error:"), result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
 
 
 def test_unexpected_failure_is_a_json_500(fitted, surfaces):

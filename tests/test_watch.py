@@ -21,6 +21,8 @@ import pytest
 from radar_ad.apps.watch import COLUMNS, Watcher, watch, watch_folder
 from radar_ad.errors import ConfigError, DataError, ModelError
 
+from test_cli import radar as run_radar
+
 FAST = {"interval": 0.05, "settle": 0.1}
 
 
@@ -317,25 +319,27 @@ def test_cli_watches_until_stopped(fitted, expected, tmp_path, stop_signal):
     assert_row_matches(rows(out)[0], expected[name]["prediction"])
 
 
-def test_cli_missing_input_folder(fitted, tmp_path):
+def never_watch(*args, **kwargs):
+    raise AssertionError("the arguments should have been refused before the watching began")
+
+
+def test_cli_missing_input_folder(fitted, tmp_path, monkeypatch):
     _, model = fitted
-    result = subprocess.run([sys.executable, "-m", "radar_ad", "watch", str(model), str(tmp_path / "nope"),
-                             "--out", str(tmp_path / "out")], capture_output=True, text=True, env=cli_env(),
-                            timeout=300)
+    monkeypatch.setattr("radar_ad.apps.watch.watch", never_watch)  # in this process: a failure, never a hang
+    result = run_radar("watch", model, tmp_path / "nope", "--out", tmp_path / "out")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("radar: error:") and "not found" in lines[0], result.stderr
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_names_the_flag_the_library_error_names(fitted, tmp_path):
+def test_cli_names_the_flag_the_library_error_names(fitted, tmp_path, monkeypatch):
     """The library says ``maps_for``; the command line says ``--maps-for``."""
     _, model = fitted
+    monkeypatch.setattr("radar_ad.apps.watch.watch", never_watch)
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    result = subprocess.run([sys.executable, "-m", "radar_ad", "watch", str(model), str(inbox), "--out",
-                             str(tmp_path / "out"), "--maps-for", "some"], capture_output=True, text=True,
-                            env=cli_env(), timeout=300)
+    result = run_radar("watch", model, inbox, "--out", tmp_path / "out", "--maps-for", "some")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("radar: error: --maps-for must be one of"), result.stderr
