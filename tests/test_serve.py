@@ -26,8 +26,8 @@ pytest.importorskip("uvicorn", reason="radar serve needs uvicorn")
 pytest.importorskip("multipart", reason="radar serve needs python-multipart")
 httpx = pytest.importorskip("httpx", reason="the serve tests use httpx as the client")
 
-from radar_ad.apps import serve as serve_module  # noqa: E402
 from radar_ad.apps.serve import background_server, create_app  # noqa: E402
+from radar_ad.apps.serve import runner as serve_runner  # noqa: E402
 
 from test_cli import radar as run_radar  # noqa: E402
 
@@ -302,7 +302,7 @@ def test_cli_bad_setup_is_one_line(fitted, tmp_path: Path, monkeypatch, problem)
     def never(*args, **kwargs):  # in this process: a failure, never a server that runs on
         raise AssertionError("the setup should have been refused before the server ran")
 
-    monkeypatch.setattr(serve_module, "_server", never)
+    monkeypatch.setattr(serve_runner, "uvicorn_server", never)
     _, model_dir = fitted
     args = {"missing model": [str(tmp_path / "nope")],
             "bad backend": [str(model_dir), "--backend", "tensorflow"],

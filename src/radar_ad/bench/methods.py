@@ -152,7 +152,7 @@ def method_specs(radar: Radar, methods: Sequence[str]) -> list[MethodSpec]:
         def fit_radar(held_out: HeldOut, settings: dict[str, Any] = changes) -> Predictor:
             return _RadarPredictor(radar_variant(radar, settings, held_out)[0])
 
-        specs.append(MethodSpec(row.key, row.name, False, draws, True, False, radar.backend, fit_radar))
+        specs.append(MethodSpec(row.key, row.name, False, draws, True, False, radar.backend_name, fit_radar))
     baselines: list[Baseline] = (
         [baseline for baseline in reconstruction_baselines(radar) if baseline.key in methods]
         if any(key in methods for key in baseline_names() if key != StatisticalBaseline.key) else [])

@@ -42,8 +42,9 @@ from ..errors import DataError, require
 from ..files import json_ready
 from ..metrics import image_metrics, pixel_metrics
 from ..network import pick_device
-from ..pipeline import IMAGES_PER_PASS, Prediction, calibration_split, stream_predictions
+from ..outputs import IMAGES_PER_PASS, Prediction, stream_predictions
 from ..progress import progress_bar
+from ..splits import three_way_split
 from ..synthetic import make_dataset
 from .baselines import StatisticalBaseline
 from .datasets import DatasetSource, HeldOut, TestSet, dataset_sources, load_held_out, load_test_set, relative_name
@@ -173,7 +174,7 @@ def benchmark_dataset(source: DatasetSource, config: RadarConfig, options: Bench
 
     # the model's own held-out normal images: never trained on, never tested on
     normal_files = training_images(root)
-    split = calibration_split(len(normal_files), config)
+    split = three_way_split(len(normal_files), config)
     calibration_files = [normal_files[i] for i in split.calibration]
     conformal_files = [normal_files[i] for i in split.conformal]
     held_out = load_held_out(calibration_files, conformal_files, config, options.progress)
@@ -185,7 +186,7 @@ def benchmark_dataset(source: DatasetSource, config: RadarConfig, options: Bench
         radar, recalibrated = radar_variant(radar, changes, held_out)
         log(f"{source.name}: " + ("recalibrating the cached model for this run's inference settings" if recalibrated
                                   else "refitting the cached model's one-class model for this run's settings"))
-    if options.backend != radar.backend:
+    if options.backend != radar.backend_name:
         radar = radar.with_backend(options.backend)
     limit = min(options.calibration_limit or DEFAULT_CALIBRATION_LIMIT, len(calibration))
     rng = np.random.default_rng(config.seed)
@@ -232,7 +233,7 @@ def benchmark_dataset(source: DatasetSource, config: RadarConfig, options: Bench
         "name": source.name, "path": str(root), "builtin": source.builtin,
         "config": config.to_dict(), "model_dir": str(model_dir), "model_reused": reused,
         "training_seconds": radar.training_.get("seconds"), "training": radar.training_,
-        "backend": radar.backend, "reference_method": reference,
+        "backend": radar.backend_name, "reference_method": reference,
         "splits": {
             "seed": config.seed,
             "n_train": len(split.train),

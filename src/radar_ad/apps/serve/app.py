@@ -269,7 +269,7 @@ def model_metadata(radar: Any) -> dict[str, Any]:
     return {
         **radar.metadata(),
         "radar_ad_version": __version__,
-        "backend": radar.backend,
+        "backend": radar.backend_name,
         "engine": radar.backend_.describe(),
         "patch_size": config.patch_size,
         "grayscale": config.data.grayscale,
