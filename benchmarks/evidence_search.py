@@ -52,7 +52,7 @@ from radar_ad.metrics import pixel_metrics
 from radar_ad.network import build_scheduler
 from radar_ad.noise_map import noise_map, one_step_noise
 from radar_ad.pipeline import Radar
-from radar_ad.response import blur_sobel_map, gaussian_smooth, local_energy
+from radar_ad.filters import blur_sobel_map, gaussian_smooth, local_energy
 from radar_ad.responses.segmentation import SegmentationHead, synthetic_crops, train_head
 from radar_ad.splits import three_way_split
 

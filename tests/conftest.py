@@ -33,9 +33,9 @@ TINY = {
     "inference.scales": [1],
     "inference.image_score": "features",
     # the segmentation head learns briefly: the tests are about behaviour, not its quality
-    "inference.segmentation_examples": 40,
-    "inference.segmentation_steps": 30,
-    "inference.segmentation_crop": 32,
+    "inference.responses.segmentation.examples": 40,
+    "inference.responses.segmentation.steps": 30,
+    "inference.responses.segmentation.crop": 32,
 }
 
 

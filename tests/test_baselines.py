@@ -26,7 +26,7 @@ from radar_ad.synthetic import make_surface
 # One training step (still in warm-up): the network is as good as untrained,
 # which is all these tests need, and the model is a real fitted Radar.
 TINY = {"network.block_out_channels": [8, 16], "network.attention": [False, True],
-        "decision.n_estimators": 50, "train.steps": 1, "train.batch_size": 8}
+        "decision.one_class_models.isolation_forest.n_estimators": 50, "train.steps": 1, "train.batch_size": 8}
 
 
 def shell(channels: int) -> Radar:

@@ -367,7 +367,10 @@ def test_a_full_disk_leaves_the_previous_files_intact(fitted, surfaces, tmp_path
 
 # ------------------------------------------------------- 12, 13. bounds and one-line errors
 @pytest.mark.parametrize("setting,value,fragment", [
-    ("decision.n_estimators", 10**9, "decision.n_estimators must be an integer in [1, 10000]"),
+    ("decision.one_class_models.isolation_forest.n_estimators", 10**9,
+     "decision.one_class_models.isolation_forest.n_estimators must be an integer in [1, 10000]"),
+    ("inference.responses.segmentation.examples", 10**9,
+     "inference.responses.segmentation.examples must be an integer in [1, 20000]"),
     ("network.layers_per_block", 1000, "network.layers_per_block must be an integer in [1, 8]"),
     ("network.block_out_channels", [16, 32, 10**6], "network.block_out_channels must be a list"),
     ("network.norm_num_groups", 0, "network.norm_num_groups must be an integer in [1, 1024]"),

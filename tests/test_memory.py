@@ -32,8 +32,8 @@ MAP_RESPONSES = tuple(name for name in RESPONSE_NAMES if issubclass(RESPONSES.ge
 ODD = {"inference.blur_ksize": 3, "inference.sobel_ksize": 7, "inference.energy_window": 15,
        "inference.map_sigma": 3.5, "inference.window": 33, "inference.window_stride": 7}
 # a response that learns from images learns briefly here: these tests are about tiling and memory
-BRIEF_LEARNING = {"inference.segmentation_examples": 8, "inference.segmentation_steps": 3,
-                  "inference.segmentation_crop": 32}
+BRIEF_LEARNING = {"inference.responses.segmentation.examples": 8, "inference.responses.segmentation.steps": 3,
+                  "inference.responses.segmentation.crop": 32}
 
 
 class CheapBackend(NoiseBackend):

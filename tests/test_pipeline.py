@@ -280,7 +280,7 @@ def test_renamed_names_warn_and_do_what_the_new_ones_do(fitted, monkeypatch):
 
     import radar_ad.pipeline as pipeline
     import radar_ad.response as response
-    from radar_ad import outputs, workflows
+    from radar_ad import RadarConfig, filters, outputs, workflows
 
     radar, _ = fitted
     with pytest.warns(DeprecationWarning, match="Radar.backend_name"):
@@ -300,8 +300,13 @@ def test_renamed_names_warn_and_do_what_the_new_ones_do(fitted, monkeypatch):
         assert pipeline.calibration_split is three_way_split
     with pytest.warns(DeprecationWarning, match="respond_in_tiles"):
         assert response.respond is response.respond_in_tiles
-    with pytest.warns(DeprecationWarning, match="blur_sobel_map"):
-        assert response.response_map is response.blur_sobel_map
+    with pytest.warns(DeprecationWarning, match="radar_ad.filters.blur_sobel_map"):
+        assert response.response_map is filters.blur_sobel_map
+    with pytest.warns(DeprecationWarning, match="response.gaussian_smooth is deprecated; use radar_ad.filters"):
+        assert response.gaussian_smooth is filters.gaussian_smooth
+    with pytest.warns(DeprecationWarning, match="the setting inference.segmentation_width is deprecated"):
+        moved = RadarConfig().updated({"inference.segmentation_width": 8})
+    assert moved.inference.responses["segmentation"].width == 8
     # names that moved to a module of their own still load from the pipeline, without a warning
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -4,7 +4,7 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter, uniform_filter
 
-from radar_ad.response import blur, blur_sobel_map, gaussian_smooth, local_energy, sobel_magnitude
+from radar_ad.filters import blur, blur_sobel_map, gaussian_smooth, local_energy, sobel_magnitude
 from radar_ad.responses.two_sided import ResponseStatistics, fit_response_statistics, response_parts, two_sided_map
 
 
@@ -75,7 +75,7 @@ def test_gaussian_smooth_equals_scipy():
 def test_banded_matrices_and_convolution_give_the_same_smoothing(monkeypatch):
     """Small maps are filtered by banded-matrix products, large ones by 1-D
     convolutions: both mirror the border the same way."""
-    import radar_ad.response as response_module
+    import radar_ad.filters as response_module
 
     x = torch.rand(3, 1, 45, 70, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     def filtered():

@@ -38,5 +38,6 @@ def test_deficit_equals_the_two_sided_responses_and_state_round_trips():
     assert energy.statistics_.deficit_scale == two_sided.statistics_.deficit_scale
     noise = _noise(3, n=2, size=48)
     np.testing.assert_array_equal(energy(noise).features[:, 0], two_sided(noise).features[:, 1])
-    restored = EnergyResponse.from_state(config, energy.state())
+    restored = EnergyResponse(config)
+    restored.load_state(energy.state())
     np.testing.assert_array_equal(restored(noise).anomaly_map, energy(noise).anomaly_map)

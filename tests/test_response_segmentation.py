@@ -1,6 +1,7 @@
 """The segmentation response: a head on the image and every level's one-step
 evidence, learned from synthetic defects, finds real-looking ones, is
-seeded, round-trips through the model's JSON, and runs behind every backend."""
+seeded, round-trips through its JSON state and its tensors (a model file
+of format 4 still loads), and runs behind every backend."""
 
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ from radar_ad.responses.segmentation import SegmentationResponse
 # 16 px patches at three levels, a narrow head: a few seconds of learning
 SETTINGS = {"inference.response": "segmentation", "inference.scales": [1, 2, 4], "inference.image_score": "features",
             "patch_size": 16, "network.block_out_channels": [16, 32], "network.attention": [False, False],
-            "inference.segmentation_examples": 80, "inference.segmentation_steps": 150,
-            "inference.segmentation_width": 8, "inference.segmentation_crop": 40}
+            "inference.responses.segmentation.examples": 80, "inference.responses.segmentation.steps": 150,
+            "inference.responses.segmentation.width": 8, "inference.responses.segmentation.crop": 40}
 
 
 def _texture(seed: int, shape=(96, 112)) -> np.ndarray:
@@ -70,33 +71,44 @@ def test_a_dark_pit_and_a_crack_light_up_and_normal_texture_does_not(response):
     assert output.anomaly_map[3, 38:43, 58:63].mean() > torch.quantile(output.anomaly_map[:3].flatten(), 0.99)
 
 
-def test_seeded_and_round_trips_through_json(response):
+def _restored(state, tensors):
+    restored = SegmentationResponse(RadarConfig().updated(SETTINGS))
+    restored.load_state(state, tensors)
+    return restored
+
+
+def test_seeded_and_round_trips_through_json_and_tensors(response):
     evidence = _evidence([_texture(30)])
     again = SegmentationResponse(RadarConfig().updated(SETTINGS)).learn([_texture(i) for i in range(6)], _evidence)
     assert torch.equal(again(evidence).anomaly_map, response(evidence).anomaly_map)
     state = json.loads(json.dumps(response.state()))
-    restored = SegmentationResponse.from_state(RadarConfig().updated(SETTINGS), state)
-    assert torch.equal(restored(evidence).anomaly_map, response(evidence).anomaly_map)
+    assert set(state) == {"channels"}  # the weights are tensors, not JSON
+    tensors = load(save(response.tensors()))
+    assert torch.equal(_restored(state, tensors)(evidence).anomaly_map, response(evidence).anomaly_map)
+    # a model file of format 4 held the head in its JSON, base64
+    legacy = {**state, "head": base64.b64encode(save(response.tensors())).decode()}
+    assert torch.equal(_restored(legacy, {})(evidence).anomaly_map, response(evidence).anomaly_map)
 
 
-@pytest.mark.parametrize("state, message", [
-    (None, "must be an object with channels, head"),
-    ({"channels": 1, "head": "not base64!"}, "cannot be read"),
-    ({"channels": 1, "head": "AAAA"}, "cannot be read"),
-    ({"channels": 9, "head": "AAAA"}, "cannot be read"),
+@pytest.mark.parametrize("state, tensors, message", [
+    (None, {}, "must be an object with channels"),
+    ({"channels": 1}, {}, "cannot be read"),
+    ({"channels": 1}, {"out.weight": torch.zeros(1)}, "cannot be read"),
+    ({"channels": 1, "head": "not base64!"}, {}, "cannot be read"),
+    ({"channels": 1, "head": "AAAA"}, {}, "cannot be read"),
+    ({"channels": 9}, {}, "cannot be read"),
 ])
-def test_a_broken_state_is_refused_in_one_line(state, message):
+def test_a_broken_state_is_refused_in_one_line(state, tensors, message):
     with pytest.raises(ValueError, match=message):
-        SegmentationResponse.from_state(RadarConfig().updated(SETTINGS), state)
+        _restored(state, tensors)
 
 
 def test_non_finite_weights_are_refused(response):
-    state = response.state()
-    weights = load(base64.b64decode(state["head"]))
+    weights = response.tensors()
+    weights["out.weight"] = weights["out.weight"].clone()
     weights["out.weight"][0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
-        SegmentationResponse.from_state(RadarConfig().updated(SETTINGS),
-                                        {"channels": 1, "head": base64.b64encode(save(weights)).decode()})
+        _restored({"channels": 1}, weights)
 
 
 def test_answering_before_learning_is_refused():
@@ -108,12 +120,14 @@ def test_a_model_with_it_saves_loads_exports_and_gives_every_backend_the_same_ve
     radar, _ = fitted
     normal = sorted((surfaces / "train" / "good").glob("*.png"))
     twin = radar.with_settings({"inference.response": "segmentation", "inference.image_score": "max",
-                                "inference.segmentation_examples": 40, "inference.segmentation_steps": 30,
-                                "inference.segmentation_crop": 48})
+                                "inference.responses.segmentation": {"examples": 40, "steps": 30, "crop": 48}})
     twin = twin.refit_calibration(normal[:24], conformal=normal[24:36])
     images = sorted((surfaces / "test").rglob("*.png"))
     expected = twin.predict_many(images)
-    loaded = Radar.load(twin.save(tmp_path / "model"))
+    saved = twin.save(tmp_path / "model")
+    assert (saved / "response.safetensors").is_file()
+    assert json.loads((saved / "radar.json").read_text())["response_statistics"] == {"channels": 1}
+    loaded = Radar.load(saved)
     for a, b in zip(expected, loaded.predict_many(images)):
         assert a.score == b.score and np.array_equal(a.anomaly_map, b.anomaly_map)
     exported = Radar.load(twin.export(tmp_path / "model.onnx"))

@@ -103,7 +103,7 @@ def test_radar_train_prints_the_choice_and_its_synthetic_auroc(surfaces, tmp_pat
     config.write_text(json.dumps({
         "patch_size": 16, "network": {"block_out_channels": [8, 16], "attention": [False, False]},
         "train": {"steps": 30, "batch_size": 16, "calibration_fraction": 0.4, "conformal_size": 10},
-        "inference": {"segmentation_examples": 24, "segmentation_steps": 10, "segmentation_crop": 32}}))
+        "inference": {"responses": {"segmentation": {"examples": 24, "steps": 10, "crop": 32}}}}))
     result = run_radar("train", surfaces, "--out", tmp_path / "model", "--config", config, "-q")
     assert result.returncode == 0, result.stderr
     line = result.stdout.strip().splitlines()[-1]

@@ -22,6 +22,7 @@ from .backend import NoiseBackend
 from .config import DecisionConfig, RadarConfig
 from .decision import ImageDecision, pixel_threshold
 from .evidence_passes import EvidencePasses, Pass, respond_in_order
+from .noise_map import Evidence
 from .persistence import Conformal
 from .response import EvidenceResponse, build_response
 from .selection import choose
@@ -68,15 +69,20 @@ def fit_calibration(config: RadarConfig, backend: NoiseBackend, images: list[np.
         config = config.updated(selection.settings())
         learned, record = selection.response, selection.record()
     passes = EvidencePasses(backend, config)
-    response = learned or build_response(config)
-    if response.learns_from_images and learned is None:
-        response.learn(images, passes.evidence_of, progress)
+    response = learned or build_response(config).learn(images, passes.evidence_of, progress)
     chunks: Iterable[Pass] = passes.chunks(images, response.scales, progress, "calibrating")
-    if response.needs_fit:
-        # the response is measured against statistics of these very maps,
-        # so they are all computed (and held, float32) first
-        chunks = [[(indices, evidence.to("cpu")) for indices, evidence in groups] for groups in chunks]
-        response.fit([evidence for groups in chunks for _, evidence in groups])
+    held: list[Pass] = []
+
+    def normal_evidence() -> list[Evidence]:
+        # a response measured against statistics of these very maps has them
+        # all computed (and held, float32) first, and then scored from there
+        if not held:
+            held.extend([(indices, evidence.to("cpu")) for indices, evidence in groups] for groups in chunks)
+        return [evidence for groups in held for _, evidence in groups]
+
+    response.fit(normal_evidence)
+    if held:
+        chunks = held
     maps, features = [], []
     for groups in chunks:
         for _, anomaly, feats in respond_in_order(response, groups):

@@ -12,14 +12,16 @@ edit that the model would have to notice later. The names a setting such as
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import field
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
+from .deprecation import warn_renamed
 from .errors import ConfigError
 from .registry import ONE_CLASS_MODELS, RESPONSES, choices
+from .settings import PluginSettings, as_dict, build, described, int_in, optional_int_in, require, settings
 
 FEATURE_NORMS = ("rms", "sum")
 # How the image score is read: "auto" (chosen at calibration, radar_ad.selection),
@@ -44,67 +46,22 @@ MAX_STEPS = 10_000_000
 MAX_BATCH_SIZE = 65_536
 MAX_DRAWS = 64
 MAX_WINDOW = 4096
-MAX_ESTIMATORS = 10_000
 MAX_NEIGHBORS = 10_000
-# synthetic defective images the segmentation head learns from, and its crops'
-# pixels in all (crops of evidence are held at once, float16, a few channels each)
-MAX_SEGMENTATION_EXAMPLES = 20_000
-MAX_HEAD_PIXELS = 2**26
-MAX_HEAD_WIDTH = 256
-MAX_HEAD_CROP = 1024
 MAX_SELECTION_COPIES = 64
-
-C = TypeVar("C")
-
-
-def _require(ok: bool, name: str, allowed: str, value: Any) -> None:
-    if not ok:
-        raise ConfigError(f"{name} must be {allowed}, got {value!r}", setting=name)
-
-
-def _int_in(value: Any, low: int, high: int, name: str, note: str = "") -> None:
-    _require(isinstance(value, int) and not isinstance(value, bool) and low <= value <= high,
-             name, f"an integer in [{low}, {high}]{note}", value)
-
-
-def _optional_int_in(value: Any, low: int, high: int, name: str, meaning: str) -> None:
-    if value is not None:
-        _int_in(value, low, high, name, f" or null ({meaning})")
+# Settings that moved into a plug-in's own section: old dotted key -> new one.
+# Config files and model files of format 4 use the old keys.
+MOVED_SETTINGS = {
+    **{f"inference.segmentation_{name}": f"inference.responses.segmentation.{name}"
+       for name in ("examples", "steps", "width", "crop", "sigma")},
+    "decision.n_estimators": "decision.one_class_models.isolation_forest.n_estimators",
+}
 
 
 def _check_scales(scales: Any, name: str) -> None:
-    _require(isinstance(scales, tuple) and 1 <= len(scales) <= MAX_LEVELS and all(
+    require(isinstance(scales, tuple) and 1 <= len(scales) <= MAX_LEVELS and all(
         isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= MAX_SCALE for s in scales)
         and list(scales) == sorted(set(scales)), name,
         f"a list of 1 to {MAX_LEVELS} increasing integers in [1, {MAX_SCALE}] (downsampling factors)", scales)
-
-
-def _frozen_setattr(self: Any, name: str, value: Any) -> None:
-    section = getattr(self, "section", "")
-    key = f"{section}.{name}" if section else name
-    raise ConfigError(f"settings are immutable: {key} cannot be assigned; use "
-                      f"config.updated({{{key!r}: ...}}) for a new config, or "
-                      f"radar.with_settings({{{key!r}: ...}}) and then radar.refit_calibration(images) "
-                      "for a fitted model", setting=key)
-
-
-def _frozen_delattr(self: Any, name: str) -> None:
-    _frozen_setattr(self, name, None)
-
-
-def _validate(self: Any) -> None:
-    self.validate()
-
-
-def settings(cls: type[C]) -> type[C]:
-    """A frozen dataclass whose assignments raise a :class:`ConfigError` that
-    names the call to use instead, and which validates itself when built."""
-    cls.__post_init__ = _validate  # type: ignore[attr-defined]
-    frozen = dataclass(frozen=True)(cls)
-    frozen.__setattr__ = _frozen_setattr  # type: ignore[method-assign]
-    frozen.__delattr__ = _frozen_delattr  # type: ignore[method-assign]
-    return frozen
-
 
 @settings
 class DataConfig:
@@ -112,11 +69,12 @@ class DataConfig:
     pixels (aspect kept); ``None`` keeps native size."""
 
     section: ClassVar[str] = "data"
-    grayscale: bool = True
-    resize: int | None = None
+    grayscale: bool = described(True, "Read images as grayscale; false reads RGB (`radar train --rgb`).")
+    resize: int | None = described(None, "Scale the longer side to this many pixels (aspect kept); null keeps the "
+                                         "native size.")
 
     def validate(self) -> None:
-        _optional_int_in(self.resize, 8, MAX_RESIZE, "data.resize", "native size")
+        optional_int_in(self.resize, 8, MAX_RESIZE, "data.resize", "native size")
 
 
 @settings
@@ -137,41 +95,44 @@ class NetworkConfig:
     """
 
     section: ClassVar[str] = "network"
-    block_out_channels: tuple[int, ...] = (16, 32, 32)
-    attention: tuple[bool, ...] = (False, False, True)
-    layers_per_block: int = 1
-    attention_head_dim: int = 8
-    norm_num_groups: int = 8
-    num_train_timesteps: int = 1000
-    beta_schedule: str = "linear"
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
-    scales: tuple[int, ...] = (1, 2, 4)
-    repair: bool = True
+    block_out_channels: tuple[int, ...] = described((16, 32, 32), "U-Net widths per level.")
+    attention: tuple[bool, ...] = described((False, False, True), "Attention blocks per level (finest first; by "
+                                                                  "default at the coarsest level, 7 px).")
+    layers_per_block: int = described(1, "ResNet blocks per level.")
+    attention_head_dim: int = described(8, "Channels per attention head.")
+    norm_num_groups: int = described(8, "GroupNorm groups.")
+    num_train_timesteps: int = described(1000, "T, the number of DDPM timesteps.")
+    beta_schedule: str = described("linear", "DDPM noise schedule.")
+    beta_start: float = described(1e-4, "DDPM schedule: the first beta.")
+    beta_end: float = described(0.02, "DDPM schedule: the last beta.")
+    scales: tuple[int, ...] = described((1, 2, 4), "The pyramid levels the network learns (downsampling factors), each"
+                                                   " a class label of the one network.")
+    repair: bool = described(True, "A second output per channel: the repair of a defective patch, learned from "
+                                   "synthetic defects.")
 
     def validate(self) -> None:
         _check_scales(self.scales, "network.scales")
-        _require(isinstance(self.repair, bool), "network.repair", "true or false", self.repair)
-        _require(1 <= len(self.block_out_channels) <= MAX_LEVELS and all(
+        require(isinstance(self.repair, bool), "network.repair", "true or false", self.repair)
+        require(1 <= len(self.block_out_channels) <= MAX_LEVELS and all(
             isinstance(c, int) and not isinstance(c, bool) and 0 < c <= MAX_CHANNELS
             for c in self.block_out_channels),
             "network.block_out_channels", f"a list of 1 to {MAX_LEVELS} integers in [1, {MAX_CHANNELS}]",
             self.block_out_channels)
-        _require(all(isinstance(a, bool) for a in self.attention), "network.attention",
+        require(all(isinstance(a, bool) for a in self.attention), "network.attention",
                  "a list of booleans", self.attention)
-        _int_in(self.norm_num_groups, 1, MAX_CHANNELS, "network.norm_num_groups")
-        _int_in(self.attention_head_dim, 1, MAX_CHANNELS, "network.attention_head_dim")
-        _require(len(self.attention) == len(self.block_out_channels),
+        int_in(self.norm_num_groups, 1, MAX_CHANNELS, "network.norm_num_groups")
+        int_in(self.attention_head_dim, 1, MAX_CHANNELS, "network.attention_head_dim")
+        require(len(self.attention) == len(self.block_out_channels),
                  "network.attention", "one boolean per entry of block_out_channels",
                  self.attention)
-        _require(all(c % self.norm_num_groups == 0 for c in self.block_out_channels),
+        require(all(c % self.norm_num_groups == 0 for c in self.block_out_channels),
                  "network.norm_num_groups", "a divisor of every block_out_channels entry",
                  self.norm_num_groups)
-        _int_in(self.layers_per_block, 1, MAX_LAYERS_PER_BLOCK, "network.layers_per_block")
-        _int_in(self.num_train_timesteps, 2, MAX_TIMESTEPS, "network.num_train_timesteps")
-        _require(self.beta_schedule in BETA_SCHEDULES, "network.beta_schedule", choices(BETA_SCHEDULES),
+        int_in(self.layers_per_block, 1, MAX_LAYERS_PER_BLOCK, "network.layers_per_block")
+        int_in(self.num_train_timesteps, 2, MAX_TIMESTEPS, "network.num_train_timesteps")
+        require(self.beta_schedule in BETA_SCHEDULES, "network.beta_schedule", choices(BETA_SCHEDULES),
                  self.beta_schedule)
-        _require(0 < self.beta_start < self.beta_end < 1, "network.beta_start/beta_end",
+        require(0 < self.beta_start < self.beta_end < 1, "network.beta_start/beta_end",
                  "0 < beta_start < beta_end < 1", (self.beta_start, self.beta_end))
 
 
@@ -197,37 +158,42 @@ class TrainConfig:
     """
 
     section: ClassVar[str] = "train"
-    steps: int = 2000
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_steps: int = 100
-    ema_decay: float = 0.0
-    max_timestep: int | None = None
-    checkpoint_every: int = 500
-    calibration_fraction: float = 0.15
-    calibrate_on_training: bool = False
-    conformal_fraction: float = 0.2
-    conformal_size: int | None = None
-    defect_share: float = 0.25
+    steps: int = described(2000, "Optimiser steps.")
+    batch_size: int = described(64, "Patches per step.")
+    learning_rate: float = described(1e-3, "AdamW learning rate (linear warm-up, cosine decay to 10 %).")
+    weight_decay: float = described(1e-4, "AdamW weight decay.")
+    warmup_steps: int = described(100, "Steps of linear learning-rate warm-up.")
+    ema_decay: float = described(0.0, "EMA of the weights (0 = off; e.g. 0.999 for long runs).")
+    max_timestep: int | None = described(None, "Draw training timesteps below this (null: all T, the standard "
+                                               "objective).")
+    checkpoint_every: int = described(500, "Steps between checkpoints.")
+    calibration_fraction: float = described(0.15, "Normal images held out for calibration.")
+    calibrate_on_training: bool = described(False, "The paper's protocol: calibrate on the training images.")
+    conformal_fraction: float = described(0.2, "Normal images held out from everything and only scored, for the "
+                                               "p-values (shrinks to what a small folder allows).")
+    conformal_size: int | None = described(None, "Exactly this many conformal images instead (an error when the folder"
+                                                 " is too small).")
+    defect_share: float = described(0.25, "Share of training patches with a synthetic defect (the repair's target; "
+                                          "their noise is left out of the noise loss); 0 (with `network.repair: "
+                                          "false`): the plain DDPM objective.")
 
     def validate(self) -> None:
-        _int_in(self.steps, 1, MAX_STEPS, "train.steps")
-        _require(0 <= self.defect_share <= 0.9, "train.defect_share", "in [0, 0.9] (0: no synthetic defects)",
+        int_in(self.steps, 1, MAX_STEPS, "train.steps")
+        require(0 <= self.defect_share <= 0.9, "train.defect_share", "in [0, 0.9] (0: no synthetic defects)",
                  self.defect_share)
-        _int_in(self.batch_size, 1, MAX_BATCH_SIZE, "train.batch_size")
-        _require(0 < self.learning_rate <= 1, "train.learning_rate", "in (0, 1]", self.learning_rate)
-        _require(0 <= self.weight_decay <= 1, "train.weight_decay", "in [0, 1]", self.weight_decay)
-        _int_in(self.warmup_steps, 0, MAX_STEPS, "train.warmup_steps")
-        _require(0 <= self.ema_decay < 1, "train.ema_decay", "in [0, 1) (0 turns EMA off)",
+        int_in(self.batch_size, 1, MAX_BATCH_SIZE, "train.batch_size")
+        require(0 < self.learning_rate <= 1, "train.learning_rate", "in (0, 1]", self.learning_rate)
+        require(0 <= self.weight_decay <= 1, "train.weight_decay", "in [0, 1]", self.weight_decay)
+        int_in(self.warmup_steps, 0, MAX_STEPS, "train.warmup_steps")
+        require(0 <= self.ema_decay < 1, "train.ema_decay", "in [0, 1) (0 turns EMA off)",
                  self.ema_decay)
-        _optional_int_in(self.max_timestep, 1, MAX_TIMESTEPS, "train.max_timestep", "every timestep")
-        _int_in(self.checkpoint_every, 1, MAX_STEPS, "train.checkpoint_every")
-        _require(0 < self.calibration_fraction < 1, "train.calibration_fraction",
+        optional_int_in(self.max_timestep, 1, MAX_TIMESTEPS, "train.max_timestep", "every timestep")
+        int_in(self.checkpoint_every, 1, MAX_STEPS, "train.checkpoint_every")
+        require(0 < self.calibration_fraction < 1, "train.calibration_fraction",
                  "in (0, 1)", self.calibration_fraction)
-        _require(0 <= self.conformal_fraction <= 0.5, "train.conformal_fraction",
+        require(0 <= self.conformal_fraction <= 0.5, "train.conformal_fraction",
                  "in [0, 0.5] (0: no conformal split)", self.conformal_fraction)
-        _require(self.conformal_size is None or 0 <= self.conformal_size <= MAX_CONFORMAL_SIZE,
+        require(self.conformal_size is None or 0 <= self.conformal_size <= MAX_CONFORMAL_SIZE,
                  "train.conformal_size", f"null (use conformal_fraction) or an integer in [0, {MAX_CONFORMAL_SIZE}]",
                  self.conformal_size)
 
@@ -262,10 +228,10 @@ class InferenceConfig:
     smoothed by a Gaussian of ``map_sigma`` px. ``"sobel"`` is the paper's
     response, ``"energy"`` the deficit part alone. ``"segmentation"`` is a
     small convolutional head on the image and every level's noise and
-    repair, trained on ``segmentation_examples`` synthetic defective copies
-    of calibration images (``segmentation_steps`` steps on
-    ``segmentation_crop`` px crops, ``segmentation_width`` channels; its map
-    smoothed by ``segmentation_sigma`` px). ``feature_norm`` "rms" divides
+    repair, trained on synthetic defective copies of calibration images.
+    ``responses``: each response's own settings, under its name (e.g.
+    ``inference.responses.segmentation.width``); the settings above are
+    those several responses read. ``feature_norm`` "rms" divides
     each L2 norm by the square root of its pixel count, so scores of images
     of different sizes are comparable; "sum" is the paper's raw L2 norm
     (both for the ``"sobel"`` response only).
@@ -288,66 +254,70 @@ class InferenceConfig:
     """
 
     section: ClassVar[str] = "inference"
-    timestep: int = 0
-    stride: int | None = None
-    draws: int = 1
-    batch_size: int = 256
-    blur_ksize: int = 5
-    sobel_ksize: int = 5
-    window: int = 20
-    window_stride: int = 20
-    feature_norm: str = "rms"
-    response: str = AUTO
-    scales: tuple[int, ...] | None = None
-    map_scales: tuple[int, ...] | None = None
-    image_score: str = AUTO
-    score_window: int = 11
-    energy_window: int = 9
-    map_sigma: float = 8.0
-    segmentation_examples: int = 480
-    segmentation_steps: int = 800
-    segmentation_width: int = 16
-    segmentation_crop: int = 96
-    segmentation_sigma: float = 2.0
-    selection_copies: int = 2
-    precision: str = "float32"
+    timestep: int = described(0, "0-based; 0 is the first forward step x_1.")
+    stride: int | None = described(None, "Tiling stride; null: the patch size (touching patches).")
+    draws: int = described(1, "Average the noise map over K seeded noise draws.")
+    batch_size: int = described(256, "Patches per network call.")
+    blur_ksize: int = described(5, "Blur kernel size of the Sobel response.")
+    sobel_ksize: int = described(5, "Sobel kernel size.")
+    window: int = described(20, "Window of the window-maximum features.")
+    window_stride: int = described(20, "Stride of the window-maximum features.")
+    feature_norm: str = described("rms", "\"sobel\" response only: \"rms\" (size-independent) or \"sum\" (the paper's "
+                                         "raw L2).")
+    response: str = described(AUTO, "\"auto\": chosen at calibration by self-validation on synthetic defects; or a "
+                                    "registered response: \"two_sided\": Sobel response above and local noise energy "
+                                    "below their normal levels, per pyramid level; \"sobel\": the paper's response "
+                                    "only; \"energy\": the noise-energy deficit only; \"segmentation\": a small head "
+                                    "on the image and every level's noise and repair, trained on synthetic defects.")
+    scales: tuple[int, ...] | None = described(None, "The pyramid levels the response reads; null: chosen at "
+                                                     "calibration (a per-level response: the first level, the first "
+                                                     "two ... all; \"segmentation\": all).")
+    map_scales: tuple[int, ...] | None = described(None, "The first levels of `scales` whose maps make the pixel map "
+                                                         "and the mask (the image features read them all); null: all, "
+                                                         "or chosen by the self-validation on its synthetic defects' "
+                                                         "pixels (a per-level response).")
+    image_score: str = described(AUTO, "How the map becomes the image's score: \"features\": the response's features "
+                                       "through the one-class model; \"max\": the largest mean of the map over "
+                                       "`score_window` px squares; \"robust_max\": the same on the map standardised by"
+                                       " its own median and MAD; \"auto\": chosen with the response.")
+    score_window: int = described(11, 'The square (px) of "max" and "robust_max".')
+    energy_window: int = described(9, 'Window (px) of the local noise energy ("two_sided", "energy").')
+    map_sigma: float = described(8.0, 'Gaussian smoothing (px) of the pixel map ("two_sided", "energy").')
+    selection_copies: int = described(2, "Self-validation: synthetic defective copies of each held-out calibration "
+                                         "image.")
+    precision: str = described("float32", "The number format of the network through PyTorch: \"bfloat16\" runs it "
+                                          "under autocast (fast where the CPU has AVX-512 BF16 or AMX); calibration, "
+                                          "thresholds and p-values come from the same path; the exported graphs (ONNX "
+                                          "Runtime, OpenVINO) run float32 only and refuse such a model.")
+    responses: PluginSettings = field(default_factory=lambda: PluginSettings(RESPONSES, "inference.responses"))
 
     def validate(self) -> None:
-        _int_in(self.timestep, 0, MAX_TIMESTEPS - 1, "inference.timestep")
-        _optional_int_in(self.stride, 1, MAX_PATCH_SIZE, "inference.stride", "the patch size")
-        _int_in(self.draws, 1, MAX_DRAWS, "inference.draws")
-        _int_in(self.batch_size, 1, MAX_BATCH_SIZE, "inference.batch_size")
-        _require(self.blur_ksize in (1, 3, 5, 7, 9, 11), "inference.blur_ksize",
+        int_in(self.timestep, 0, MAX_TIMESTEPS - 1, "inference.timestep")
+        optional_int_in(self.stride, 1, MAX_PATCH_SIZE, "inference.stride", "the patch size")
+        int_in(self.draws, 1, MAX_DRAWS, "inference.draws")
+        int_in(self.batch_size, 1, MAX_BATCH_SIZE, "inference.batch_size")
+        require(self.blur_ksize in (1, 3, 5, 7, 9, 11), "inference.blur_ksize",
                  "an odd integer from 1 to 11", self.blur_ksize)
-        _require(self.sobel_ksize in (3, 5, 7), "inference.sobel_ksize", "3, 5 or 7",
+        require(self.sobel_ksize in (3, 5, 7), "inference.sobel_ksize", "3, 5 or 7",
                  self.sobel_ksize)
-        _int_in(self.window, 1, MAX_WINDOW, "inference.window")
-        _int_in(self.window_stride, 1, MAX_WINDOW, "inference.window_stride")
-        _require(self.feature_norm in FEATURE_NORMS, "inference.feature_norm", choices(FEATURE_NORMS),
+        int_in(self.window, 1, MAX_WINDOW, "inference.window")
+        int_in(self.window_stride, 1, MAX_WINDOW, "inference.window_stride")
+        require(self.feature_norm in FEATURE_NORMS, "inference.feature_norm", choices(FEATURE_NORMS),
                  self.feature_norm)
-        _require(self.response == AUTO or (isinstance(self.response, str) and self.response in RESPONSES.names()),
+        require(self.response == AUTO or (isinstance(self.response, str) and self.response in RESPONSES.names()),
                  "inference.response", f"{AUTO} (chosen at calibration) or {RESPONSES.choices()}", self.response)
         if self.scales is not None:
             _check_scales(self.scales, "inference.scales")
         if self.map_scales is not None:
             _check_scales(self.map_scales, "inference.map_scales")
-        _require(self.image_score in IMAGE_SCORES, "inference.image_score", choices(IMAGE_SCORES),
+        require(self.image_score in IMAGE_SCORES, "inference.image_score", choices(IMAGE_SCORES),
                  self.image_score)
-        _int_in(self.score_window, 1, MAX_WINDOW, "inference.score_window")
-        _int_in(self.energy_window, 1, MAX_WINDOW, "inference.energy_window")
-        _require(0 <= self.map_sigma <= 64, "inference.map_sigma", "in [0, 64] (0: no smoothing)",
+        int_in(self.score_window, 1, MAX_WINDOW, "inference.score_window")
+        int_in(self.energy_window, 1, MAX_WINDOW, "inference.energy_window")
+        require(0 <= self.map_sigma <= 64, "inference.map_sigma", "in [0, 64] (0: no smoothing)",
                  self.map_sigma)
-        _int_in(self.segmentation_examples, 1, MAX_SEGMENTATION_EXAMPLES, "inference.segmentation_examples")
-        _int_in(self.segmentation_steps, 1, MAX_STEPS, "inference.segmentation_steps")
-        _int_in(self.segmentation_width, 1, MAX_HEAD_WIDTH, "inference.segmentation_width")
-        _int_in(self.segmentation_crop, 8, MAX_HEAD_CROP, "inference.segmentation_crop")
-        _require(self.segmentation_examples * self.segmentation_crop**2 <= MAX_HEAD_PIXELS,
-                 "inference.segmentation_examples", f"at most {MAX_HEAD_PIXELS} / segmentation_crop^2 (the head's "
-                 "examples are held in memory at once)", self.segmentation_examples)
-        _require(0 <= self.segmentation_sigma <= 64, "inference.segmentation_sigma",
-                 "in [0, 64] (0: no smoothing)", self.segmentation_sigma)
-        _int_in(self.selection_copies, 1, MAX_SELECTION_COPIES, "inference.selection_copies")
-        _require(self.precision in PRECISIONS, "inference.precision", choices(PRECISIONS), self.precision)
+        int_in(self.selection_copies, 1, MAX_SELECTION_COPIES, "inference.selection_copies")
+        require(self.precision in PRECISIONS, "inference.precision", choices(PRECISIONS), self.precision)
 
     @property
     def resolved(self) -> bool:
@@ -360,9 +330,10 @@ class DecisionConfig:
     """The one-class image verdict and the pixel mask threshold.
 
     ``one_class_model`` names a registered one-class model
-    (:mod:`radar_ad.one_class`); ``n_estimators`` is the isolation forest's
-    tree count, ``n_neighbors`` the neighbourhood of the local outlier factor
-    and of the k-nearest-neighbour model.
+    (:mod:`radar_ad.one_class`); ``n_neighbors`` is the neighbourhood of
+    the local outlier factor and of the k-nearest-neighbour model;
+    ``one_class_models``: each model's own settings, under its name (e.g.
+    ``decision.one_class_models.isolation_forest.n_estimators``).
 
     The verdict: with ``false_alarm_rate`` alpha, an image is anomalous when
     its conformal p-value is at most alpha, which keeps the share of normal
@@ -383,37 +354,51 @@ class DecisionConfig:
     """
 
     section: ClassVar[str] = "decision"
-    one_class_model: str = "isolation_forest"
-    false_alarm_rate: float | None = 0.05
-    false_alarm_confidence: float | None = None
-    drift_delta: float = 0.01
-    drift_defect_share: float = 0.1
-    contamination: float = 0.05
-    n_estimators: int = 200
-    n_neighbors: int = 20
-    pixel_quantile: float = 0.999
-    non_finite: str = "error"
+    one_class_model: str = described("isolation_forest", "A registered one-class model: \"isolation_forest\", "
+                                                         "\"local_outlier_factor\" or \"knn\" (distance to the k-th "
+                                                         "nearest calibration image's features).")
+    false_alarm_rate: float | None = described(0.05, "Anomalous when the conformal p-value is at most this (alpha): at"
+                                                     " most this share of normal images flagged; null: the "
+                                                     "contamination rule.")
+    false_alarm_confidence: float | None = described(None, "1 - gamma: the false-alarm rate holds with this "
+                                                           "probability over the draw of the conformal images, not "
+                                                           "only on average (the verdict flags p <= alpha' for the "
+                                                           "largest attainable alpha' <= `false_alarm_rate` whose Beta"
+                                                           " quantile says so); null: the average guarantee.")
+    drift_delta: float = described(0.01, "The drift alarm's chance of ever firing while the line is unchanged "
+                                         "(`radar_ad.drift`, `radar drift`).")
+    drift_defect_share: float = described(0.1, "The largest share of defective images on an ordinary day: the drift "
+                                               "alarm takes it in its stride and fires when more images are flagged "
+                                               "than it and the false-alarm rate explain.")
+    contamination: float = described(0.05, "The one-class model's own threshold (the rule when `false_alarm_rate` is "
+                                           "null): share of normal calibration images it lets through as anomalous.")
+    n_neighbors: int = described(20, 'Neighbours of LocalOutlierFactor and of "knn" (k).')
+    pixel_quantile: float = described(0.999, "Mask threshold as a quantile of normal pixels.")
+    non_finite: str = described("error", "An image whose score is not a number (a broken image or model): an error (an"
+                                         " error row in `detect`/`watch`, 422 in `serve`, `NonFiniteError` in Python) "
+                                         "or, fail-safe, \"anomalous\"; never \"normal\".")
+    one_class_models: PluginSettings = field(
+        default_factory=lambda: PluginSettings(ONE_CLASS_MODELS, "decision.one_class_models"))
 
     def validate(self) -> None:
         ONE_CLASS_MODELS.check(self.one_class_model)
-        _require(self.false_alarm_rate is None or 0 < self.false_alarm_rate <= 0.5,
+        require(self.false_alarm_rate is None or 0 < self.false_alarm_rate <= 0.5,
                  "decision.false_alarm_rate", "null (the contamination rule) or in (0, 0.5]",
                  self.false_alarm_rate)
-        _require(self.false_alarm_confidence is None or (
+        require(self.false_alarm_confidence is None or (
             isinstance(self.false_alarm_confidence, float) and 0.5 <= self.false_alarm_confidence <= 0.999),
             "decision.false_alarm_confidence", "null (the rate on average) or in [0.5, 0.999]",
             self.false_alarm_confidence)
-        _require(isinstance(self.drift_delta, float) and 1e-6 <= self.drift_delta <= 0.5, "decision.drift_delta",
+        require(isinstance(self.drift_delta, float) and 1e-6 <= self.drift_delta <= 0.5, "decision.drift_delta",
                  "in [1e-6, 0.5]", self.drift_delta)
-        _require(isinstance(self.drift_defect_share, float) and 0 <= self.drift_defect_share <= 0.9,
+        require(isinstance(self.drift_defect_share, float) and 0 <= self.drift_defect_share <= 0.9,
                  "decision.drift_defect_share", "in [0, 0.9]", self.drift_defect_share)
-        _require(0 < self.contamination <= 0.5, "decision.contamination", "in (0, 0.5]",
+        require(0 < self.contamination <= 0.5, "decision.contamination", "in (0, 0.5]",
                  self.contamination)
-        _int_in(self.n_estimators, 1, MAX_ESTIMATORS, "decision.n_estimators")
-        _int_in(self.n_neighbors, 1, MAX_NEIGHBORS, "decision.n_neighbors")
-        _require(self.non_finite in NON_FINITE_POLICIES, "decision.non_finite",
+        int_in(self.n_neighbors, 1, MAX_NEIGHBORS, "decision.n_neighbors")
+        require(self.non_finite in NON_FINITE_POLICIES, "decision.non_finite",
                  choices(NON_FINITE_POLICIES), self.non_finite)
-        _require(0 < self.pixel_quantile < 1, "decision.pixel_quantile", "in (0, 1)",
+        require(0 < self.pixel_quantile < 1, "decision.pixel_quantile", "in (0, 1)",
                  self.pixel_quantile)
 
 
@@ -422,8 +407,9 @@ class RadarConfig:
     """All settings of a RADAR model. ``seed`` seeds every random draw."""
 
     section: ClassVar[str] = ""
-    patch_size: int = 28
-    seed: int = 0
+    patch_size: int = described(28, "Patch side in pixels (the paper's); must be divisible by 2^(levels - 1).")
+    seed: int = described(0, "Seeds every random draw: split, initialisation, patches, timesteps, noise, one-class "
+                             "model.")
     data: DataConfig = field(default_factory=DataConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -433,27 +419,27 @@ class RadarConfig:
     def validate(self) -> RadarConfig:
         levels = len(self.network.block_out_channels)
         factor = 2 ** (levels - 1)
-        _int_in(self.seed, 0, MAX_SEED, "seed")
+        int_in(self.seed, 0, MAX_SEED, "seed")
         for part in (self.data, self.network, self.train, self.inference, self.decision):
             part.validate()
-        _require(isinstance(self.patch_size, int) and 8 <= self.patch_size <= MAX_PATCH_SIZE
+        require(isinstance(self.patch_size, int) and 8 <= self.patch_size <= MAX_PATCH_SIZE
                  and self.patch_size % factor == 0, "patch_size",
                  f"an integer in [8, {MAX_PATCH_SIZE}] divisible by {factor} (the U-Net halves it "
                  f"{levels - 1} times)", self.patch_size)
-        _require(self.inference.timestep < self.network.num_train_timesteps,
+        require(self.inference.timestep < self.network.num_train_timesteps,
                  "inference.timestep", f"< network.num_train_timesteps "
                  f"({self.network.num_train_timesteps})", self.inference.timestep)
-        _require(self.inference.scales is None or set(self.inference.scales) <= set(self.network.scales),
+        require(self.inference.scales is None or set(self.inference.scales) <= set(self.network.scales),
                  "inference.scales", f"levels of network.scales {list(self.network.scales)}", self.inference.scales)
         levels_read = self.inference.scales or self.network.scales
-        _require(self.inference.map_scales is None or self.inference.map_scales == levels_read[
+        require(self.inference.map_scales is None or self.inference.map_scales == levels_read[
             :len(self.inference.map_scales)], "inference.map_scales",
             f"the first levels of inference.scales (or of network.scales) {list(levels_read)}",
             self.inference.map_scales)
-        _require((self.train.defect_share > 0) == self.network.repair, "train.defect_share",
+        require((self.train.defect_share > 0) == self.network.repair, "train.defect_share",
                  "above 0 for a network with a repair output, 0 without one (network.repair: false)",
                  self.train.defect_share)
-        _require(self.stride <= self.patch_size, "inference.stride",
+        require(self.stride <= self.patch_size, "inference.stride",
                  f"<= patch_size ({self.patch_size}) so patches cover the image",
                  self.inference.stride)
         return self
@@ -465,7 +451,7 @@ class RadarConfig:
         return self.inference.stride or self.patch_size
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload]  # a dataclass, made by settings()
+        return as_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RadarConfig:
@@ -473,12 +459,15 @@ class RadarConfig:
         so a typo in a config file never passes silently."""
         if not isinstance(data, dict):
             raise ConfigError("a config must be a JSON object")
-        return _build(cls, data, "").validate()
+        return build(cls, _moved_to_plugins(data), "").validate()
 
     def updated(self, overrides: dict[str, Any]) -> RadarConfig:
         """A copy with dotted-key overrides, e.g. ``{"train.steps": 500}``."""
         data = self.to_dict()
         for key, value in overrides.items():
+            if key in MOVED_SETTINGS:
+                warn_renamed(f"the setting {key}", MOVED_SETTINGS[key])
+                key = MOVED_SETTINGS[key]
             node = data
             *parents, leaf = key.split(".")
             for part in parents:
@@ -508,47 +497,26 @@ class RadarConfig:
             raise ConfigError(f"cannot read config file {path}: {exc}") from None
         return cls.from_dict(data)
 
-
-def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ConfigError(f"unknown setting {prefix + unknown[0]!r}; known: "
-                          + ", ".join(prefix + k for k in known))
-    kwargs: dict[str, Any] = {}
-    defaults = cls()
-    for name, value in data.items():
-        current = getattr(defaults, name)
-        if dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{prefix + name} must be an object")
-            kwargs[name] = _build(type(current), value, f"{prefix}{name}.")
-        elif isinstance(current, tuple) or (current is None and "tuple" in str(known[name].type)):
-            if value is None and current is None:
-                kwargs[name] = None
-                continue
-            if not isinstance(value, (list, tuple)):
-                raise ConfigError(f"{prefix + name} must be a list, got {value!r}")
-            kwargs[name] = tuple(value)
-        elif isinstance(current, bool):
-            if not isinstance(value, bool):
-                raise ConfigError(f"{prefix + name} must be true or false, got {value!r}")
-            kwargs[name] = value
-        elif isinstance(current, float) or (current is None and "float" in str(known[name].type)):
-            if value is None and "None" in str(known[name].type):
-                kwargs[name] = None
-            elif isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"{prefix + name} must be a number, got {value!r}")
-            else:
-                kwargs[name] = float(value)
-        elif isinstance(current, int) or current is None:
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ConfigError(f"{prefix + name} must be an integer, got {value!r}")
-            kwargs[name] = value
-        else:
-            kwargs[name] = value
-    return cls(**kwargs)
-
+def _moved_to_plugins(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with the settings of :data:`MOVED_SETTINGS` at their new
+    places (a config of model format 4); a setting given at both places is
+    an error."""
+    data = copy.deepcopy(data)
+    for old, new in MOVED_SETTINGS.items():
+        section, name = old.split(".")
+        part = data.get(section)
+        if not isinstance(part, dict) or name not in part:
+            continue
+        value = part.pop(name)
+        node = part
+        for step in new.split(".")[1:-1]:
+            node = node.setdefault(step, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{new.rsplit('.', 1)[0]} must be an object")
+        if new.rsplit(".", 1)[1] in node:
+            raise ConfigError(f"{old} and {new} are one setting; give it once, as {new}", setting=new)
+        node[new.rsplit(".", 1)[1]] = value
+    return data
 
 def _changes(a: dict[str, Any], b: dict[str, Any], prefix: str) -> list[str]:
     changed = []

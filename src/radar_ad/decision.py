@@ -140,19 +140,25 @@ class OneClassModel:
     standardised features of normal images, it scores new ones (higher = more
     anomalous) and sets ``threshold_`` from ``contamination``.
 
-    ``__init__`` stores settings; :meth:`fit` learns and returns ``self``.
-    ``abbreviation`` is the short name tables use (``radar_<abbreviation>``
-    in ``radar benchmark``); it defaults to the registered name.
+    ``__init__`` stores settings: the shared ones of ``config`` (the
+    ``decision`` section), and the model's own (``settings``) when its class
+    names a ``Settings`` section (under
+    ``decision.one_class_models.<name>``); :meth:`fit` learns and returns
+    ``self``. ``abbreviation`` is the short name tables use
+    (``radar_<abbreviation>`` in ``radar benchmark``); it defaults to the
+    registered name.
     """
 
     name: ClassVar[str] = ""
     abbreviation: ClassVar[str] = ""
     # its score keeps growing beyond the calibration features (no range term needed)
     extrapolates: ClassVar[bool] = False
+    Settings: ClassVar[type | None] = None
 
     def __init__(self, config: DecisionConfig, seed: int = 0) -> None:
         self.config = config
         self.seed = seed
+        self.settings: Any = config.one_class_models[self.name] if self.Settings is not None else None
 
     def fit(self, features: np.ndarray) -> OneClassModel:
         raise NotImplementedError

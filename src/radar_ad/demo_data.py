@@ -30,8 +30,8 @@ def demo_config(steps: int | None = None) -> RadarConfig:
         "train.batch_size": 64,
         "train.checkpoint_every": 200,
         "train.calibration_fraction": 0.2,
-        "inference.segmentation_examples": 160,
-        "inference.segmentation_steps": 250,
-        "inference.segmentation_crop": 64,
+        "inference.responses.segmentation.examples": 160,
+        "inference.responses.segmentation.steps": 250,
+        "inference.responses.segmentation.crop": 64,
     })
     return config if steps is None else config.updated({"train.steps": steps})

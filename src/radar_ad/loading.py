@@ -24,7 +24,14 @@ from .config import RadarConfig
 from .decision import ImageDecision
 from .errors import ConfigError, DataError, ModelError, first_line
 from .network import build_unet, pick_device
-from .persistence import Conformal, check_finite_numbers, read_conformal, read_model_dir
+from .persistence import (
+    RESPONSE_TENSORS_KEY,
+    Conformal,
+    check_finite_numbers,
+    read_conformal,
+    read_model_dir,
+    tensors_from_text,
+)
 from .registry import BACKENDS
 from .response import restore_response
 
@@ -52,17 +59,19 @@ def read_model(path: Path, device: str | None, backend: str | None) -> StoredMod
         BACKENDS.check(backend)
     if path.is_file():
         return _read_model_file(path, backend)
-    meta, weights, calibration = read_model_dir(path)
+    files = read_model_dir(path)
+    meta = files.metadata
     conformal = read_conformal(path)
     try:
         config = RadarConfig.from_dict(meta["config"])
         channels = int(meta["channels"])
         unet = build_unet(config.network, channels, config.patch_size)
-        unet.load_state_dict(weights)
+        unet.load_state_dict(files.weights)
     except (ConfigError, KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise ModelError(f"cannot load model from {path}: {first_line(exc)}") from None
     network = TorchBackend(unet.to(pick_device(device)), config, channels)
-    return _assemble(meta, calibration, conformal, network, network, str(path))
+    return _assemble(meta, files.calibration_features, files.response_tensors, conformal, network, network,
+                     str(path))
 
 
 def _read_model_file(path: Path, backend: str | None) -> StoredModel:
@@ -74,17 +83,20 @@ def _read_model_file(path: Path, backend: str | None) -> StoredModel:
     if name not in readers:
         raise ModelError(f"a {suffix} file runs on {', '.join(readers)}, not {name}")
     opened = BACKENDS.get(name).open_file(path)
-    stored = _assemble(opened.metadata, opened.calibration_features, opened.conformal, None, opened.backend,
-                       str(path))
+    text = opened.metadata.get(RESPONSE_TENSORS_KEY)  # none in a file of format 4
+    tensors = {} if text is None else tensors_from_text(text, str(path))
+    stored = _assemble(opened.metadata, opened.calibration_features, tensors, opened.conformal, None,
+                       opened.backend, str(path))
     check_graph(stored.backend, stored.config, stored.channels, path)
     return stored
 
 
-def _assemble(meta: dict[str, Any], calibration_features: np.ndarray, conformal: Conformal | None,
-              network: TorchBackend | None, backend: NoiseBackend, where: str) -> StoredModel:
-    """A model's parts from stored metadata, calibration features and a
-    backend; the one-class model is refitted and checked against the
-    saved threshold."""
+def _assemble(meta: dict[str, Any], calibration_features: np.ndarray, response_tensors: dict[str, torch.Tensor],
+              conformal: Conformal | None, network: TorchBackend | None, backend: NoiseBackend,
+              where: str) -> StoredModel:
+    """A model's parts from stored metadata, calibration features, response
+    tensors and a backend; the one-class model is refitted and checked
+    against the saved threshold."""
     check_finite_numbers({"pixel_threshold": meta.get("pixel_threshold"),
                           "response_statistics": meta.get("response_statistics"),
                           "calibration features": np.asarray(calibration_features),
@@ -94,7 +106,7 @@ def _assemble(meta: dict[str, Any], calibration_features: np.ndarray, conformal:
         config = RadarConfig.from_dict(meta["config"])
         if not config.inference.resolved:
             raise ValueError("its inference.response, scales and image_score must be chosen (not auto)")
-        response = restore_response(config, meta.get("response_statistics"))
+        response = restore_response(config, meta.get("response_statistics"), response_tensors)
         width = len(response.feature_names)
         if np.ndim(calibration_features) != 2 or np.shape(calibration_features)[1] != width:
             raise ValueError(f"the calibration features have shape {np.shape(calibration_features)}; the "

@@ -9,6 +9,7 @@ reads it back into a model.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -30,16 +31,19 @@ from .errors import DataError, ModelError, first_line
 from .files import atomic_file, move_into_place, save_tensors, temporary_dir, unique_stem, usual_permissions
 
 FORMAT = "radar-ad"
-FORMAT_VERSION = 4
-# version 4 (radar-ad 0.8): a network of every pyramid level with a repair output, the
-# self-validation's record; versions 2 and 3 hold a one-level network and are trained again
-READABLE_VERSIONS = (4,)
+FORMAT_VERSION = 5
+# Version 5 keeps a response's learned tensors in their own file and the plug-ins'
+# settings in their own sections; version 4 (a network of every pyramid level with
+# a repair output) still loads. Versions 2 and 3 hold a one-level network: trained again.
+READABLE_VERSIONS = (4, 5)
 CONFIG_FILE = "radar.json"
 WEIGHTS_FILE = "unet.safetensors"
 CALIBRATION_FILE = "calibration.safetensors"
 CALIBRATION_KEY = "calibration_features"
 CONFORMAL_FILE = "conformal.safetensors"
 CONFORMAL_KEY = "conformal_features"
+RESPONSE_TENSORS_KEY = "response_tensors"  # in an exported file's metadata
+RESPONSE_FILE = "response.safetensors"
 CHECKPOINT_SUFFIX = ".checkpoint"
 # radar.json holds settings, statistics and a training record: kilobytes. A larger one is not ours.
 MAX_METADATA_BYTES = 16 * 2**20
@@ -55,15 +59,15 @@ class Conformal:
 
 
 # The files that are the model (older conformal backups are not), in the order they are hashed.
-MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, CALIBRATION_FILE, CONFORMAL_FILE)
+MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, CALIBRATION_FILE, CONFORMAL_FILE, RESPONSE_FILE)
 
 
 def model_fingerprint(path: str | Path) -> str:
     """First 16 hex digits of the SHA-256 of the model's bytes: the file
     itself (an exported ``.onnx``), or a model directory's
-    :data:`MODEL_FILES` concatenated in order (``cat radar.json
-    unet.safetensors calibration.safetensors conformal.safetensors |
-    sha256sum``)."""
+    :data:`MODEL_FILES` that it holds, concatenated in order (``cat
+    radar.json unet.safetensors calibration.safetensors
+    conformal.safetensors response.safetensors | sha256sum``)."""
     path = Path(path)
     files = [path] if path.is_file() else [path / name for name in MODEL_FILES if (path / name).is_file()]
     digest = hashlib.sha256()
@@ -142,14 +146,17 @@ def _save_conformal(conformal: Conformal, path: Path) -> None:
 
 
 def write_model_dir(path: Path, metadata: dict[str, Any], weights: dict[str, torch.Tensor],
-                    calibration_features: np.ndarray, conformal: Conformal) -> Path:
+                    calibration_features: np.ndarray, conformal: Conformal,
+                    response_tensors: dict[str, torch.Tensor]) -> Path:
     """Write a model directory atomically: built beside ``path`` under a
     temporary name, then renamed (an existing model directory is replaced)."""
     check_model_target(path)
     check_finite_weights(weights, str(path))
+    check_finite_weights(response_tensors, str(path))
     tmp = temporary_dir(path)
     try:
         save_tensors(weights, tmp / WEIGHTS_FILE, metadata={"format": FORMAT})
+        save_tensors(response_tensors, tmp / RESPONSE_FILE, metadata={"format": FORMAT})
         save_tensors({CALIBRATION_KEY: torch.from_numpy(np.ascontiguousarray(calibration_features))},
                      tmp / CALIBRATION_FILE)
         _save_conformal(conformal, tmp / CONFORMAL_FILE)
@@ -209,9 +216,20 @@ def read_conformal(path: Path) -> Conformal | None:
     return Conformal(features, info)
 
 
-def read_model_dir(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], np.ndarray]:
-    """``(metadata, weights, calibration features)`` of a model directory
-    (:func:`read_conformal` reads its conformal features)."""
+@dataclass
+class ModelDir:
+    """A model directory's files, read and checked: ``radar.json``, the
+    network's weights, the calibration features and the response's tensors
+    (none for format 4); :func:`read_conformal` reads its conformal features."""
+
+    metadata: dict[str, Any]
+    weights: dict[str, torch.Tensor]
+    calibration_features: np.ndarray
+    response_tensors: dict[str, torch.Tensor]
+
+
+def read_model_dir(path: Path) -> ModelDir:
+    """The files of the model directory at ``path``, read and checked."""
     if not path.is_dir():
         raise ModelError(f"model not found: {path} (expected a model directory "
                          "from `radar train` or a model file from `radar export`)")
@@ -226,17 +244,40 @@ def read_model_dir(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor],
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelError(f"cannot read {meta_path}: {exc}") from None
     meta = check_metadata(meta, str(meta_path))
-    required = (WEIGHTS_FILE, CALIBRATION_FILE) + ((CONFORMAL_FILE,) if meta["format_version"] >= 3 else ())
+    required = (WEIGHTS_FILE, CALIBRATION_FILE, CONFORMAL_FILE) + ((RESPONSE_FILE,) if meta["format_version"] >= 5
+                                                                    else ())
     for name in required:
         if not (path / name).is_file():
             raise ModelError(f"model directory {path} is incomplete: {name} is missing")
     try:
         weights = load_file(str(path / WEIGHTS_FILE))
         calibration = load_file(str(path / CALIBRATION_FILE))[CALIBRATION_KEY].numpy()
+        response = load_file(str(path / RESPONSE_FILE)) if meta["format_version"] >= 5 else {}
     except (KeyError, OSError, SafetensorError) as exc:
         raise ModelError(f"cannot load model from {path}: {first_line(exc)}") from None
     check_finite_weights(weights, str(path / WEIGHTS_FILE))
-    return meta, weights, calibration
+    check_finite_weights(response, str(path / RESPONSE_FILE))
+    return ModelDir(meta, weights, calibration, response)
+
+
+def tensors_to_text(tensors: dict[str, torch.Tensor]) -> str:
+    """Named tensors as text (base64 of their safetensors bytes), for an
+    exported file's metadata, which holds text only."""
+    from safetensors.torch import save
+
+    return base64.b64encode(save({k: v.contiguous() for k, v in tensors.items()})).decode("ascii")
+
+
+def tensors_from_text(text: Any, where: str) -> dict[str, torch.Tensor]:
+    """The tensors :func:`tensors_to_text` wrote; a :class:`ModelError` for anything else."""
+    from safetensors.torch import load
+
+    try:
+        tensors = load(base64.b64decode(str(text), validate=True))
+    except (ValueError, SafetensorError) as exc:
+        raise ModelError(f"{where}: its response tensors cannot be read: {first_line(exc)}") from None
+    check_finite_weights(tensors, where)
+    return tensors
 
 
 def check_finite_weights(weights: dict[str, torch.Tensor], where: str) -> None:

@@ -59,7 +59,7 @@ from .loading import read_model
 from .network import build_scheduler, build_unet, pick_device
 from .outputs import IMAGES_PER_PASS, Prediction, StreamedPrediction, stream_predictions
 from .patches import PyramidSampler
-from .persistence import FORMAT, FORMAT_VERSION, Conformal, write_model_dir
+from .persistence import FORMAT, FORMAT_VERSION, RESPONSE_TENSORS_KEY, Conformal, tensors_to_text, write_model_dir
 from .progress import progress_bar
 from .registry import BACKENDS
 from .response import EvidenceResponse
@@ -74,9 +74,9 @@ ImageLike = Any  # a path, a PIL image or a numpy array
 # whose change only needs the one-class model refitted on the stored features.
 FREE_SETTINGS = frozenset({"inference.batch_size", "decision.non_finite", "decision.drift_delta",
                            "decision.drift_defect_share"})
-DECISION_SETTINGS = frozenset({"decision.one_class_model", "decision.contamination", "decision.n_estimators",
-                               "decision.n_neighbors", "decision.false_alarm_rate",
-                               "decision.false_alarm_confidence"})
+DECISION_SETTINGS = frozenset({"decision.one_class_model", "decision.contamination", "decision.n_neighbors",
+                               "decision.false_alarm_rate", "decision.false_alarm_confidence"})
+DECISION_SECTIONS = ("decision.one_class_models.",)  # every setting under these, too
 # Settings the trained network fixes: changing them means training again.
 TRAINED_SETTINGS = ("network.", "train.", "patch_size", "data.grayscale")
 
@@ -319,7 +319,8 @@ class Radar:
                 network = rebuilt
         calibration, stale = self.calibration_, self.stale_setting_
         needs = [key for key in changed if key not in FREE_SETTINGS]
-        if needs and calibration is not None and all(key in DECISION_SETTINGS for key in needs):
+        decision_only = all(key in DECISION_SETTINGS or key.startswith(DECISION_SECTIONS) for key in needs)
+        if needs and calibration is not None and decision_only:
             calibration = with_decision_settings(calibration, config)
         elif needs:
             calibration, stale = None, needs[0]
@@ -410,7 +411,8 @@ class Radar:
         built beside ``path`` under a temporary name, then renamed."""
         network = self._network_or_refuse()
         return write_model_dir(Path(path), self.metadata(), network.state_dict(),
-                               self.decision_.calibration_features_, self._conformal())
+                               self.decision_.calibration_features_, self._conformal(),
+                               self._calibration().response.tensors())
 
     def _conformal(self) -> Conformal:
         return self._calibration().conformal()
@@ -423,7 +425,8 @@ class Radar:
             raise ConfigError(f"format must be {', '.join(exporters) or 'none'}, got {format!r}",
                               setting="format")
         network = self._network_or_refuse()
-        return BACKENDS.get(format).export(network, self.metadata(), self.decision_.calibration_features_,
+        metadata = {**self.metadata(), RESPONSE_TENSORS_KEY: tensors_to_text(self._calibration().response.tensors())}
+        return BACKENDS.get(format).export(network, metadata, self.decision_.calibration_features_,
                                            self._conformal(), Path(path))
 
     @classmethod

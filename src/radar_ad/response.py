@@ -20,15 +20,11 @@ Either way :class:`EvidenceResponse` is what the pipeline holds (built by
 ``inference.image_score`` says: the response's own features for the
 one-class model, or a statistic of the map (:func:`~radar_ad.features.map_scores`).
 
-A torch implementation (separable convolutions, OpenCV's default
-BORDER_REFLECT_101 border) rather than a call into OpenCV, so the same code
-runs batched on the GPU and exports to ONNX; tests show it equal to
-``cv2.GaussianBlur(x, (k, k), 0)`` followed by ``cv2.Sobel(..., ksize=k)``.
+The filters the responses are made of live in :mod:`radar_ad.filters`.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -36,7 +32,6 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .config import AUTO, RadarConfig
 from .deprecation import module_getattr
@@ -44,142 +39,6 @@ from .features import SquareSums, map_score_name, map_scores, square_sums
 from .noise_map import Evidence
 from .pyramid import upsample
 from .registry import RESPONSES
-
-# OpenCV's fixed kernels for ksize <= 7 with sigma <= 0 (getGaussianKernel).
-_SMALL_GAUSSIANS = {
-    1: [1.0],
-    3: [0.25, 0.5, 0.25],
-    5: [0.0625, 0.25, 0.375, 0.25, 0.0625],
-    7: [0.03125, 0.109375, 0.21875, 0.28125, 0.21875, 0.109375, 0.03125],
-}
-
-
-def gaussian_kernel(ksize: int) -> torch.Tensor:
-    """OpenCV's ``getGaussianKernel(ksize, 0)``."""
-    if ksize in _SMALL_GAUSSIANS:
-        return torch.tensor(_SMALL_GAUSSIANS[ksize], dtype=torch.float64)
-    sigma = 0.3 * ((ksize - 1) * 0.5 - 1) + 0.8
-    x = torch.arange(ksize, dtype=torch.float64) - (ksize - 1) / 2
-    kernel = torch.exp(-(x**2) / (2 * sigma**2))
-    return kernel / kernel.sum()
-
-
-def _binomial(n: int) -> torch.Tensor:
-    return torch.tensor([math.comb(n, k) for k in range(n + 1)], dtype=torch.float64)
-
-
-def sobel_kernels(ksize: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(derivative, smoothing) 1-D kernels of OpenCV's ``Sobel`` of order 1."""
-    smooth = _binomial(ksize - 1)
-    central = torch.tensor([-1.0, 0.0, 1.0], dtype=torch.float64)
-    # [-1, 0, 1] smoothed by the binomial of order ksize - 3: e.g. [-1, -2, 0, 2, 1].
-    deriv = F.conv1d(F.pad(_binomial(ksize - 3).view(1, 1, -1), (2, 2)),
-                     central.flip(0).view(1, 1, -1)).view(-1)
-    return deriv, smooth
-
-
-# :func:`_separable` multiplies by banded matrices (one BLAS call per axis)
-# instead of convolving with a 1-D kernel, which runs far below the
-# machine's rate, while the matrices' work (n per pixel) stays within
-# BANDED_PER_TAP times the kernel's (its taps per pixel), and their size
-# within BANDED_MAX pixels a side (a few MB each, a bounded cache).
-BANDED_PER_TAP = 64
-BANDED_MAX = 1024
-
-
-@functools.lru_cache(maxsize=12)
-def _banded(length: int, kernel: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """``(length, length)`` matrix B such that ``B @ v`` is ``v`` mirrored at
-    both ends (``F.pad`` ``reflect``) correlated with ``kernel`` (odd length,
-    its half-width below ``length``)."""
-    half = len(kernel) // 2
-    source = torch.arange(length)[:, None] + torch.arange(-half, half + 1)[None]
-    source = source.abs()  # mirrored before the first pixel ...
-    source = torch.where(source > length - 1, 2 * (length - 1) - source, source)  # ... and after the last
-    rows = torch.arange(length)[:, None].expand_as(source)
-    weights = torch.tensor(kernel, dtype=torch.float64).expand_as(source)
-    matrix = torch.zeros(length, length, dtype=torch.float64)
-    matrix.index_put_((rows.reshape(-1), source.reshape(-1)), weights.reshape(-1), accumulate=True)
-    return matrix.to(dtype=dtype, device=device)
-
-
-def _separable(x: torch.Tensor, along_x: torch.Tensor, along_y: torch.Tensor) -> torch.Tensor:
-    """Correlate ``(N, 1, H, W)`` with ``along_y`` (rows) then ``along_x``,
-    mirrored at the border."""
-    height, width = x.shape[-2:]
-    kx, ky = along_x.numel() // 2, along_y.numel() // 2
-    longest = max(height, width)
-    taps = min(along_x.numel(), along_y.numel())
-    if longest <= min(BANDED_MAX, BANDED_PER_TAP * taps) and kx < width and ky < height:
-        rows = _banded(width, tuple(along_x.tolist()), x.dtype, x.device)
-        columns = _banded(height, tuple(along_y.tolist()), x.dtype, x.device)
-        return torch.matmul(columns, torch.matmul(x, rows.T))
-    wx = along_x.to(x).view(1, 1, 1, -1)
-    wy = along_y.to(x).view(1, 1, -1, 1)
-    x = F.conv2d(F.pad(x, (kx, kx, 0, 0), mode="reflect"), wx)
-    return F.conv2d(F.pad(x, (0, 0, ky, ky), mode="reflect"), wy)
-
-
-def blur(x: torch.Tensor, ksize: int = 5) -> torch.Tensor:
-    """Gaussian blur of ``(N, 1, H, W)``, equal to ``cv2.GaussianBlur(x, (k, k), 0)``."""
-    if ksize == 1:
-        return x
-    kernel = gaussian_kernel(ksize)
-    return _separable(x, kernel, kernel)
-
-
-def sobel_magnitude(x: torch.Tensor, ksize: int = 5) -> torch.Tensor:
-    """Gradient magnitude of ``(N, 1, H, W)`` from OpenCV-equal Sobel x and y."""
-    deriv, smooth = sobel_kernels(ksize)
-    gx = _separable(x, deriv, smooth)
-    gy = _separable(x, smooth, deriv)
-    return torch.sqrt(gx * gx + gy * gy)
-
-
-def blur_sobel_map(noise_map: torch.Tensor, blur_ksize: int = 5, sobel_ksize: int = 5) -> torch.Tensor:
-    """Pixel anomaly map ``(B, H, W)`` from a predicted-noise map ``(B, C, H, W)``.
-
-    Colour channels are processed separately and combined as the root sum of
-    squares of their Sobel magnitudes (the magnitude of the joint gradient).
-    """
-    batch, channels, height, width = noise_map.shape
-    flat = noise_map.reshape(batch * channels, 1, height, width)
-    magnitude = sobel_magnitude(blur(flat, blur_ksize), sobel_ksize)
-    magnitude = magnitude.reshape(batch, channels, height, width)
-    return magnitude[:, 0] if channels == 1 else magnitude.pow(2).sum(1).sqrt()
-
-
-def local_energy(noise_map: torch.Tensor, window: int, size: tuple[int, int] | None = None) -> torch.Tensor:
-    """``(B, C, H, W)`` -> ``(B, H, W)``: log mean squared predicted noise
-    over ``window`` x ``window`` neighbourhoods (mirrored at the border).
-    ``size``: the (H, W) of the whole map when ``noise_map`` is a region of
-    it (the window is clipped to the whole map, not to the region)."""
-    squared = noise_map.double().pow(2).mean(1, keepdim=True)
-    height, width = size or squared.shape[-2:]
-    wy, wx = min(window, height), min(window, width)
-    padded = F.pad(squared, (wx // 2, wx - 1 - wx // 2, wy // 2, wy - 1 - wy // 2), mode="reflect")
-    return torch.log(F.avg_pool2d(padded, (wy, wx), stride=1) + 1e-12)[:, 0]
-
-
-def smoothing_radius(sigma: float, size: tuple[int, int]) -> int:
-    """The half-width of :func:`gaussian_smooth`'s kernel on an (H, W) map
-    (0: no smoothing): 3 sigma, at most the image size less one."""
-    if sigma <= 0:
-        return 0
-    return max(1, min(math.ceil(3 * sigma), size[0] - 1, size[1] - 1))
-
-
-def gaussian_smooth(x: torch.Tensor, sigma: float, size: tuple[int, int] | None = None) -> torch.Tensor:
-    """Gaussian smoothing of ``(N, 1, H, W)``; the kernel is truncated at
-    3 sigma and at the image size (mirrored border). ``size``: the (H, W) of
-    the whole map when ``x`` is a region of it."""
-    if sigma <= 0:
-        return x
-    radius = smoothing_radius(sigma, size or (x.shape[-2], x.shape[-1]))
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
-    return _separable(x, kernel / kernel.sum(), kernel / kernel.sum())
-
 
 # ------------------------------------------------------------------ the stage
 QUANTILE_SAMPLE = 8_000_000  # pixels per part behind a response's quantiles (float64: 128 MB)
@@ -204,7 +63,7 @@ EvidenceOf = Callable[[Sequence[torch.Tensor]], Evidence]
 
 class Statistics:
     """Base of a response's learned numbers (a dataclass of floats), stored
-    in the model file as ``response_statistics``."""
+    in the model file as ``response_statistics`` (:meth:`Response.state`)."""
 
     def to_dict(self) -> dict[str, float]:
         return {k: float(v) for k, v in asdict(self).items()}  # type: ignore[call-overload]
@@ -222,55 +81,45 @@ class Response:
     """Base of a response that reads one noise map (run on each pyramid
     level by :class:`LevelFusion`).
 
-    ``__init__`` stores the settings; :meth:`fit` learns from normal
-    calibration noise maps and returns ``self``; ``__call__`` maps noise maps
-    to anomaly maps and features. A response that learns normal levels names
-    their dataclass in ``statistics_class`` and sets ``statistics_`` in
-    :meth:`fit`; they round-trip through :meth:`state` and :meth:`from_state`
-    (JSON numbers, stored in the model file as ``response_statistics``).
+    ``__init__`` stores the settings (the shared ones of
+    ``config.inference``, and the response's own, ``settings``, when its
+    class names a ``Settings`` section); :meth:`fit` learns from normal
+    calibration noise maps and returns ``self``; ``__call__`` maps noise
+    maps to anomaly maps and features, from the pieces
+    :func:`respond_in_tiles` also runs region by region on a large image
+    (:meth:`context`, :meth:`feature_maps`, :meth:`anomaly`,
+    :meth:`features`). What :meth:`fit` learned round-trips through
+    :meth:`state` (JSON numbers) and :meth:`load_state`.
     ``candidate``: the ``"auto"`` response considers it.
     """
 
     name: ClassVar[str] = ""
     feature_names: ClassVar[tuple[str, ...]] = ()
-    statistics_class: ClassVar[type[Statistics] | None] = None
     candidate: ClassVar[bool] = False
-    statistics_: Any
+    Settings: ClassVar[type | None] = None
 
     def __init__(self, config: RadarConfig) -> None:
         self.inference = config.inference
         self.pixel_quantile = config.decision.pixel_quantile
-
-    @property
-    def needs_fit(self) -> bool:
-        """Whether :meth:`fit` must see the calibration noise maps first."""
-        return self.statistics_class is not None
+        self.settings: Any = config.inference.responses[self.name] if self.Settings is not None else None
 
     def fit(self, noise_maps: Sequence[torch.Tensor]) -> Response:
-        """Learn normal levels from ``(b, C, H, W)`` noise maps of normal images."""
+        """Learn normal levels from ``(b, C, H, W)`` noise maps of normal
+        images; a response that learns nothing leaves this as it is."""
         return self
 
     def __call__(self, noise_map: torch.Tensor) -> ResponseOutput:
         """Anomaly maps and features of whole ``(B, C, H, W)`` noise maps."""
         size = (int(noise_map.shape[-2]), int(noise_map.shape[-1]))
         maps = self.feature_maps(noise_map, size)
-        sums = square_sums(maps, *self.windows())
+        sums = square_sums(maps, self.inference.window, self.inference.window_stride)
         return ResponseOutput(self.anomaly(maps, size), self.features(sums))
 
-    def windows(self) -> tuple[int, int]:
-        """The side and stride of the windows the features are taken over:
-        ``inference.window`` and ``inference.window_stride``."""
-        return self.inference.window, self.inference.window_stride
-
-    # The pieces of __call__, which :func:`respond_in_tiles` also runs region by region
-    # on a large image. A response that overrides __call__ instead (and
-    # leaves context() None) is always run on the whole image.
-    def context(self, size: tuple[int, int]) -> tuple[int, int] | None:
+    def context(self, size: tuple[int, int]) -> tuple[int, int]:
         """For an (H, W) image: how many pixels of noise map around a pixel
         its feature maps depend on, and how many pixels of feature maps
-        around a pixel its anomaly map depends on. ``None``: this response
-        cannot be computed in tiles."""
-        return None
+        around a pixel its anomaly map depends on."""
+        raise NotImplementedError
 
     def feature_maps(self, noise_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """``(B, C, h, w)`` noise (a region of an (H, W) = ``size`` map) ->
@@ -282,23 +131,18 @@ class Response:
         raise NotImplementedError
 
     def features(self, sums: SquareSums) -> torch.Tensor:
-        """``(B, F)`` float64 image features from the feature maps' :class:`SquareSums`."""
+        """``(B, F)`` float64 image features from the feature maps' :class:`SquareSums`
+        over ``inference.window`` windows (stride ``inference.window_stride``)."""
         raise NotImplementedError
 
     def state(self) -> dict[str, Any] | None:
-        """What :meth:`learn` and :meth:`fit` learned, as JSON (None: nothing)."""
-        return None if self.statistics_class is None else self.statistics_.to_dict()
+        """What :meth:`fit` learned, as JSON (None: nothing)."""
+        return None
 
-    @classmethod
-    def from_state(cls, config: RadarConfig, state: Any) -> Response:
-        """A fitted response from :meth:`state`'s output; ``ValueError`` for
-        anything else."""
-        response = cls(config)
-        if cls.statistics_class is not None:
-            response.statistics_ = cls.statistics_class.from_dict(state)
-        elif state is not None:
-            raise ValueError(f"the {cls.name} response stores no statistics, got {state!r}")
-        return response
+    def load_state(self, state: Any) -> None:
+        """Take back what :meth:`state` gave; ``ValueError`` for anything else."""
+        if state is not None:
+            raise ValueError(f"the {self.name} response stores no statistics, got {state!r}")
 
     @classmethod
     def describe(cls) -> str:
@@ -306,25 +150,46 @@ class Response:
         return (cls.__doc__ or cls.name).strip().split("\n\n")[0]
 
 
+NormalEvidence = Callable[[], Sequence[Evidence]]
+"""The evidence of every normal calibration image, computed (and held,
+float32) when first called: what :meth:`EvidenceResponse.fit` learns normal
+levels from."""
+
+
+def _implements(cls: type, base: type, method: str) -> bool:
+    """Whether ``cls`` overrides ``base``'s ``method`` (a response that does
+    not learn from something leaves its method as the base has it)."""
+    return getattr(cls, method) is not getattr(base, method)
+
+
 class EvidenceResponse:
     """What the pipeline holds: one-step evidence -> anomaly maps and image
     features, with the image score ``image_score`` says.
 
-    ``__init__`` stores the settings (the pyramid ``scales`` it reads and the
-    ``image_score`` rule; by default the config's, which must then be
-    resolved); :meth:`learn` (for a response that ``learns_from_images``)
-    and :meth:`fit` learn from normal calibration images; ``__call__`` gives
-    the anomaly map and the image features (:attr:`feature_names`). A
-    subclass implements :meth:`respond` (the map and its own features), and
-    the state methods when it learns anything. ``all_levels``: it reads every
-    level of the network at once. ``candidate``: ``"auto"`` considers it.
+    A subclass implements :meth:`respond` (the map and its own features)
+    and what it learns, each a method the base leaves empty:
+
+    - :meth:`learn`: from the normal calibration images themselves and the
+      evidence of images it makes from them (synthetic defects, say);
+    - :meth:`fit`: normal levels, from the evidence of the normal
+      calibration images;
+    - :meth:`state` (JSON numbers, ``response_statistics`` in
+      ``radar.json``) and :meth:`tensors` (``response.safetensors``), read
+      back by :meth:`load_state`.
+
+    ``__init__`` stores the settings: the pyramid ``scales`` it reads (by
+    default every level of the network), the ``image_score`` rule (by
+    default the config's, which must then be resolved), the shared ones of
+    ``config.inference``, and the response's own (``settings``) when its
+    class names a ``Settings`` section (a :func:`radar_ad.settings.settings`
+    class, under ``inference.responses.<name>``). ``candidate``: ``"auto"``
+    considers it.
     """
 
     name: ClassVar[str] = ""
     response_feature_names: ClassVar[tuple[str, ...]] = ()
-    learns_from_images: ClassVar[bool] = False
-    all_levels: ClassVar[bool] = True
     candidate: ClassVar[bool] = False
+    Settings: ClassVar[type | None] = None
 
     def __init__(self, config: RadarConfig, scales: Sequence[int] | None = None,
                  image_score: str | None = None) -> None:
@@ -332,9 +197,8 @@ class EvidenceResponse:
         self.config = config
         self.inference = inference
         self.pixel_quantile = config.decision.pixel_quantile
-        chosen = scales if scales is not None else (config.network.scales if self.all_levels
-                                                     else inference.scales or config.network.scales)
-        self.scales = tuple(chosen)
+        self.settings: Any = inference.responses[self.name] if self.Settings is not None else None
+        self.scales = tuple(scales if scales is not None else config.network.scales)
         self.image_score = image_score or inference.image_score
         if self.image_score == AUTO:
             raise ValueError("image_score is 'auto': the selection resolves it before a response is built")
@@ -358,21 +222,16 @@ class EvidenceResponse:
         for a map statistic."""
         return self.config.decision.one_class_model if self.image_score == "features" else "score"
 
-    @property
-    def needs_fit(self) -> bool:
-        """Whether :meth:`fit` must see the calibration evidence first."""
-        return False
-
     def learn(self, images: Sequence[np.ndarray], evidence_of: EvidenceOf,
               progress: bool = False) -> EvidenceResponse:
-        """Before :meth:`fit`, for a response with ``learns_from_images``:
-        learn from the normal calibration images themselves (``(C, H, W)``
-        arrays in [0, 1]) and the evidence ``evidence_of`` gives of images it
-        makes from them (synthetic defects, say). Others learn nothing here."""
+        """Before :meth:`fit`: learn from the normal calibration images
+        themselves (``(C, H, W)`` arrays in [0, 1]) and the evidence
+        ``evidence_of`` gives of images made from them."""
         return self
 
-    def fit(self, evidence: Sequence[Evidence]) -> EvidenceResponse:
-        """Learn normal levels from the evidence of normal images."""
+    def fit(self, evidence: NormalEvidence) -> EvidenceResponse:
+        """Learn normal levels from the evidence of normal images (call
+        ``evidence()`` to have it)."""
         return self
 
     def without(self, kinds: Sequence[str]) -> EvidenceResponse:
@@ -393,20 +252,39 @@ class EvidenceResponse:
                                                              self.inference.score_window))
 
     def state(self) -> dict[str, Any] | None:
-        """What :meth:`learn` and :meth:`fit` learned, as JSON (None: nothing)."""
+        """What :meth:`learn` and :meth:`fit` learned, as JSON numbers (None: nothing)."""
         return None
 
-    @classmethod
-    def from_state(cls, config: RadarConfig, state: Any) -> EvidenceResponse:
-        """A fitted response from :meth:`state`'s output; ``ValueError`` for anything else."""
-        if state is not None:
-            raise ValueError(f"the {cls.name} response stores no statistics, got {state!r}")
-        return cls(config)
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """What :meth:`learn` and :meth:`fit` learned, as named tensors (weights, say)."""
+        return {}
+
+    def load_state(self, state: Any, tensors: dict[str, torch.Tensor]) -> None:
+        """Take back what :meth:`state` and :meth:`tensors` gave; ``ValueError``
+        for anything else."""
+        if state is not None or tensors:
+            raise ValueError(f"the {self.name} response stores nothing it learned, got {state!r}"
+                             + (f" and tensors {', '.join(sorted(tensors))}" if tensors else ""))
 
     @classmethod
     def describe(cls) -> str:
         """How the map is computed, for an exported model's metadata."""
         return (cls.__doc__ or cls.name).strip().split("\n\n")[0]
+
+
+def learns_from_images(entry: Any) -> bool:
+    """Whether a registered response (class or instance) learns from images
+    (implements :meth:`EvidenceResponse.learn`): the costly kind, which the
+    selection tries last and hands on once learned."""
+    cls = entry if isinstance(entry, type) else type(entry)
+    return issubclass(cls, EvidenceResponse) and _implements(cls, EvidenceResponse, "learn")
+
+
+def reads_every_level(entry: Any) -> bool:
+    """Whether a registered response reads every level of the network at
+    once (an :class:`EvidenceResponse`) rather than one level at a time (a
+    :class:`Response`, which the pipeline runs on the chosen levels)."""
+    return not (isinstance(entry, type) and issubclass(entry, Response))
 
 
 class LevelFusion(EvidenceResponse):
@@ -415,13 +293,13 @@ class LevelFusion(EvidenceResponse):
     first ``inference.map_scales`` levels (each upsampled to the finest
     level; all levels when it is null); the features are every level's,
     named ``name@scale`` beyond the first level, and a map statistic
-    (``image_score``) reads the largest of every level's maps."""
-
-    all_levels = False
+    (``image_score``) reads the largest of every level's maps. Its levels
+    are ``inference.scales`` unless given."""
 
     def __init__(self, config: RadarConfig, scales: Sequence[int] | None = None, image_score: str | None = None,
                  response: type[Response] | None = None) -> None:
-        super().__init__(config, scales, image_score)
+        super().__init__(config, scales if scales is not None else config.inference.scales or config.network.scales,
+                         image_score)
         self.response = response or RESPONSES.get(config.inference.response)
         self.levels_ = [self.response(config) for _ in self.scales]
         drawn = config.inference.map_scales or self.scales  # the levels whose maps make the anomaly map
@@ -433,13 +311,11 @@ class LevelFusion(EvidenceResponse):
         return tuple(name if scale == 1 else f"{name}@{scale}" for scale in self.scales
                      for name in self.response.feature_names)
 
-    @property
-    def needs_fit(self) -> bool:
-        return self.response.statistics_class is not None
-
-    def fit(self, evidence: Sequence[Evidence]) -> LevelFusion:
-        for level, response in zip(self.scales, self.levels_):
-            response.fit([item.noise[item.level(level)] for item in evidence])
+    def fit(self, evidence: NormalEvidence) -> LevelFusion:
+        if _implements(self.response, Response, "fit"):
+            normal = evidence()
+            for level, response in zip(self.scales, self.levels_):
+                response.fit([item.noise[item.level(level)] for item in normal])
         return self
 
     def respond_levels(self, evidence: Evidence) -> list[ResponseOutput]:
@@ -473,23 +349,21 @@ class LevelFusion(EvidenceResponse):
                               map_scores(scored, self.image_score, self.inference.score_window))
 
     def state(self) -> dict[str, Any] | None:
-        if self.response.statistics_class is None:
-            return None
-        return {"levels": {str(level): response.state() for level, response in zip(self.scales, self.levels_)}}
+        states = {str(level): response.state() for level, response in zip(self.scales, self.levels_)}
+        return None if all(state is None for state in states.values()) else {"levels": states}
 
-    @classmethod
-    def restore(cls, config: RadarConfig, response: type[Response], state: Any) -> LevelFusion:
-        """A fitted fusion of ``response`` from :meth:`state`'s output."""
-        fusion = cls(config, response=response)
-        if response.statistics_class is None:
-            if state is not None:
-                raise ValueError(f"the {response.name} response stores no statistics, got {state!r}")
-            return fusion
+    def load_state(self, state: Any, tensors: dict[str, torch.Tensor]) -> None:
+        if tensors:
+            raise ValueError(f"the {self.response.name} response stores no tensors, got {', '.join(sorted(tensors))}")
+        if state is None:
+            for response in self.levels_:
+                response.load_state(None)
+            return
         levels = state.get("levels") if isinstance(state, dict) else None
-        if not isinstance(levels, dict) or set(levels) != {str(level) for level in fusion.scales}:
-            raise ValueError(f"response_statistics must be an object with levels {list(fusion.scales)}")
-        fusion.levels_ = [response.from_state(config, levels[str(level)]) for level in fusion.scales]
-        return fusion
+        if not isinstance(levels, dict) or set(levels) != {str(level) for level in self.scales}:
+            raise ValueError(f"response_statistics must be an object with levels {list(self.scales)}")
+        for level, response in zip(self.scales, self.levels_):
+            response.load_state(levels[str(level)])
 
 
 def build_response(config: RadarConfig, name: str | None = None, scales: Sequence[int] | None = None,
@@ -498,17 +372,17 @@ def build_response(config: RadarConfig, name: str | None = None, scales: Sequenc
     scales and image score): a registered :class:`EvidenceResponse`, or a
     :class:`LevelFusion` of a registered :class:`Response`."""
     entry = RESPONSES.get(name or config.inference.response)
-    if isinstance(entry, type) and issubclass(entry, Response):
+    if not reads_every_level(entry):
         return LevelFusion(config, scales, image_score, response=entry)
     return entry(config, scales, image_score)
 
 
-def restore_response(config: RadarConfig, state: Any) -> EvidenceResponse:
-    """The fitted response of a model file, from its config and ``response_statistics``."""
-    entry = RESPONSES.get(config.inference.response)
-    if isinstance(entry, type) and issubclass(entry, Response):
-        return LevelFusion.restore(config, entry, state)
-    return entry.from_state(config, state)
+def restore_response(config: RadarConfig, state: Any, tensors: dict[str, torch.Tensor]) -> EvidenceResponse:
+    """The fitted response of a model file, from its config, its
+    ``response_statistics`` and its response tensors."""
+    response = build_response(config)
+    response.load_state(state, tensors)
+    return response
 
 
 class RunningMoments:
@@ -546,7 +420,7 @@ def respond_in_tiles(response: Response, noise_map: torch.Tensor, tile: int | No
                      min_pixels: int | None = None) -> ResponseOutput:
     """``response(noise_map)``, computed in ``tile`` x ``tile`` tiles
     (default :data:`TILE`) when the map has more than ``min_pixels`` pixels
-    (default :data:`TILED_ABOVE`) and the response says what context it
+    (default :data:`TILED_ABOVE`), each tile with the context the response
     needs (:meth:`Response.context`).
 
     Each tile's feature maps and anomaly map are computed on the tile plus
@@ -560,11 +434,10 @@ def respond_in_tiles(response: Response, noise_map: torch.Tensor, tile: int | No
     min_pixels = TILED_ABOVE if min_pixels is None else min_pixels
     batch, _, height, width = noise_map.shape
     size = (int(height), int(width))
-    context = response.context(size)
-    if context is None or height * width <= min_pixels or (height <= tile and width <= tile):
+    if height * width <= min_pixels or (height <= tile and width <= tile):
         return response(noise_map)
-    feature_halo, map_halo = context
-    window, stride = response.windows()
+    feature_halo, map_halo = response.context(size)
+    window, stride = response.inference.window, response.inference.window_stride
     # pixels of context before and after a tile: for its anomaly map, and
     # after it for the windows that start in it
     before = feature_halo + map_halo
@@ -596,5 +469,9 @@ def strided_quantiles(parts: Iterable[torch.Tensor], count: int, quantile: float
     return [float(q) for q in np.quantile(sample.numpy(), quantile, axis=1)]
 
 
+# The filters moved to radar_ad.filters; their old paths warn.
+FILTERS = ("gaussian_kernel", "sobel_kernels", "blur", "sobel_magnitude", "blur_sobel_map", "local_energy",
+           "smoothing_radius", "gaussian_smooth")
 __getattr__ = module_getattr(__name__, renamed={"respond": (__name__, "respond_in_tiles"),
-                                                "response_map": (__name__, "blur_sobel_map")})
+                                                "response_map": ("radar_ad.filters", "blur_sobel_map"),
+                                                **{name: ("radar_ad.filters", name) for name in FILTERS}})

@@ -54,7 +54,15 @@ from .defects import KINDS, paste_into
 from .features import map_scores
 from .noise_map import Evidence
 from .registry import RESPONSES
-from .response import EvidenceOf, EvidenceResponse, LevelFusion, ResponseOutput, build_response
+from .response import (
+    EvidenceOf,
+    EvidenceResponse,
+    LevelFusion,
+    ResponseOutput,
+    build_response,
+    learns_from_images,
+    reads_every_level,
+)
 
 EvidenceMany = Callable[[Sequence[np.ndarray], str], list[Evidence]]
 """``(images (C, H, W) in [0, 1], description) -> one Evidence per image``, at every level of the network."""
@@ -162,14 +170,14 @@ def candidates(config: RadarConfig) -> list[Candidate]:
     inference, network = config.inference, config.network
     if inference.response == AUTO:
         names = [name for name, entry in RESPONSES.items() if getattr(entry, "candidate", False)]
-        names.sort(key=lambda name: bool(getattr(RESPONSES.get(name), "learns_from_images", False)))
+        names.sort(key=lambda name: learns_from_images(RESPONSES.get(name)))
     else:
         names = [inference.response]
     rules = [rule for rule in IMAGE_SCORES if rule != AUTO] if inference.image_score == AUTO else [
         inference.image_score]
     found = []
     for name in names:
-        if getattr(RESPONSES.get(name), "all_levels", False):
+        if reads_every_level(RESPONSES.get(name)):
             scale_sets = [tuple(network.scales)]
         elif inference.scales is None:
             first = len(inference.map_scales or (1,))  # a set of levels holds the map's levels
@@ -313,12 +321,8 @@ def prepare(config: RadarConfig, options: Sequence[Candidate], images: Sequence[
     for name in dict.fromkeys(option.response for option in options):
         mine = [option for option in options if option.response == name]
         widest[name] = max((option.scales for option in mine), key=len)
-        response = build_response(config, name, widest[name], "features")
-        if response.learns_from_images:
-            response.learn(images, evidence_of, progress)
-        if response.needs_fit:
-            response.fit(evidence)
-        responses[name] = response
+        response = build_response(config, name, widest[name], "features").learn(images, evidence_of, progress)
+        responses[name] = response.fit(lambda: evidence)
     return Prepared(config, list(options), responses, widest, evidence).featurise(list(responses))
 
 
@@ -424,7 +428,7 @@ def choose(config: RadarConfig, images: Sequence[np.ndarray], evidence_many: Evi
     table[best]["chosen"] = True
     chosen = options[best]
     learned = prepared.responses[chosen.response]
-    if learned.learns_from_images:
+    if learns_from_images(learned):
         learned.image_score = chosen.image_score  # it learned with every image score open; it keeps the chosen one
     map_scales = config.inference.map_scales
     map_rows: list[dict[str, Any]] = []
@@ -433,5 +437,5 @@ def choose(config: RadarConfig, images: Sequence[np.ndarray], evidence_many: Evi
         pick, map_rows = choose_map(keys, pooled, {key: np.array(map_images[key]) for key in keys})
         map_scales = keys[pick][1]
     return Selection(chosen, asked, table, len(fit), len(check), len(defective), note, error,
-                     response=learned if learned.learns_from_images else None, map_scales=map_scales,
+                     response=learned if learns_from_images(learned) else None, map_scales=map_scales,
                      maps=map_rows)

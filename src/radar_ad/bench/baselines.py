@@ -41,12 +41,12 @@ from ..config import RadarConfig
 from ..decision import ImageDecision, pixel_threshold
 from ..errors import DataError, NotFittedError, require
 from ..features import FEATURE_NAMES, image_features, window_means
+from ..filters import blur
 from ..network import build_scheduler, predict_noise
 from ..noise_map import border_weights
 from ..outputs import IMAGES_PER_PASS, Prediction  # IMAGES_PER_PASS: images whose patches share U-Net batches
 from ..patches import stitch, tile
 from ..pipeline import Radar
-from ..response import blur
 
 # The start timestep (0-based, as in diffusers) of the long chains, as in the paper.
 DEEP_TIMESTEP = 250

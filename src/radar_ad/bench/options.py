@@ -36,9 +36,9 @@ QUICK_SETTINGS: dict[str, Any] = {
     "train.batch_size": 32,
     "train.warmup_steps": 10,
     "train.calibration_fraction": 0.3,
-    "inference.segmentation_examples": 32,
-    "inference.segmentation_steps": 20,
-    "inference.segmentation_crop": 32,
+    "inference.responses.segmentation.examples": 32,
+    "inference.responses.segmentation.steps": 20,
+    "inference.responses.segmentation.crop": 32,
 }
 QUICK_RESIZE = 64
 QUICK_SUBSET = 4

@@ -11,16 +11,9 @@ from dataclasses import dataclass
 import torch
 
 from ..features import SquareSums, window_max_features
+from ..filters import gaussian_smooth, local_energy, smoothing_radius
 from ..registry import RESPONSES
-from ..response import (
-    Response,
-    RunningMoments,
-    Statistics,
-    gaussian_smooth,
-    local_energy,
-    smoothing_radius,
-    strided_quantiles,
-)
+from ..response import Response, RunningMoments, Statistics, strided_quantiles
 
 
 @dataclass
@@ -36,7 +29,7 @@ class EnergyStatistics(Statistics):
 def energy_deficit(noise_map: torch.Tensor, energy_mean: float, energy_std: float, energy_window: int,
                    size: tuple[int, int] | None = None) -> torch.Tensor:
     """``(B, C, H, W)`` noise maps -> ``(B, H, W)`` float64: how far the local
-    noise energy (:func:`~radar_ad.response.local_energy`) lies below its
+    noise energy (:func:`~radar_ad.filters.local_energy`) lies below its
     normal level ``energy_mean``, in standard deviations ``energy_std`` of
     the calibration pixels; 0 at or above it. ``size``: the whole map's
     (H, W) when ``noise_map`` is a region of it."""
@@ -53,7 +46,7 @@ class EnergyResponse(Response):
     """
 
     feature_names = ("window_max_deficit",)
-    statistics_class = EnergyStatistics
+    statistics_: EnergyStatistics
 
     def _deficit(self, noise_map: torch.Tensor, statistics: EnergyStatistics,
                  size: tuple[int, int] | None = None) -> torch.Tensor:
@@ -70,6 +63,12 @@ class EnergyResponse(Response):
         statistics.deficit_scale = max(strided_quantiles(deficits, moments.count, self.pixel_quantile)[0], 1e-6)
         self.statistics_ = statistics
         return self
+
+    def state(self) -> dict[str, float]:
+        return self.statistics_.to_dict()
+
+    def load_state(self, state: object) -> None:
+        self.statistics_ = EnergyStatistics.from_dict(state)
 
     def context(self, size: tuple[int, int]) -> tuple[int, int]:
         return self.inference.energy_window // 2, smoothing_radius(self.inference.map_sigma, size)

@@ -25,22 +25,23 @@ import base64
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
-from safetensors.torch import save as save_tensors
 
-from ..config import RadarConfig
+from ..config import MAX_STEPS, RadarConfig
 from ..defects import KINDS, VISIBLE, paste_into
+from ..filters import gaussian_smooth, local_energy, smoothing_radius
 from ..noise_map import Evidence
 from ..progress import progress_bar
 from ..pyramid import upsample_region
 from ..registry import RESPONSES
-from ..response import EvidenceOf, EvidenceResponse, ResponseOutput, gaussian_smooth, local_energy, smoothing_radius
+from ..response import EvidenceOf, EvidenceResponse, ResponseOutput
+from ..settings import described, int_in, require, settings
 
 NORMAL_SHARE = 0.25  # of the crops the head learns from: from normal images
 NORMAL = "normal"  # the kind of a crop without a defect
@@ -54,6 +55,12 @@ STATISTICS_IMAGES = 16  # normal images whose evidence sets the input standardis
 TILE = 256
 TILED_ABOVE = 512 * 512
 HEAD_REACH = 32
+# Synthetic defective images the head learns from, and its crops' pixels in
+# all (crops of evidence are held at once, float16, a few channels each).
+MAX_EXAMPLES = 20_000
+MAX_HEAD_PIXELS = 2**26
+MAX_WIDTH = 256
+MAX_CROP = 1024
 
 
 def stack_channels(channels: int, levels: int) -> int:
@@ -64,7 +71,7 @@ def stack_channels(channels: int, levels: int) -> int:
 
 def level_energies(evidence: Evidence, window: int) -> list[torch.Tensor]:
     """Per level, ``(B, 1, h, w)`` float32: the log local energy of the
-    predicted noise (:func:`~radar_ad.response.local_energy`, ``window``
+    predicted noise (:func:`~radar_ad.filters.local_energy`, ``window``
     px), at the level's own resolution."""
     return [local_energy(noise, window)[:, None].float() for noise in evidence.noise]
 
@@ -179,6 +186,30 @@ def _crop_at(size: tuple[int, int], crop: int, rng: np.random.Generator,
     return int(np.clip(top, 0, height - crop)), int(np.clip(left, 0, width - crop))
 
 
+@settings
+class SegmentationSettings:
+    """The segmentation head and the synthetic defects it learns from."""
+
+    section: ClassVar[str] = "inference.responses.segmentation"
+    examples: int = described(480, "Calibration images it learns from, three quarters of them with a synthetic "
+                              "defect (two crops each), the rest as they are.")
+    steps: int = described(800, "Training steps of the head (12 crops each, Adam, cosine decay).")
+    width: int = described(16, "Channels of the head at full resolution (twice that at half and quarter).")
+    crop: int = described(96, "Side (px) of the crops it learns from (at most the smallest image's side).")
+    sigma: float = described(2.0, "Gaussian smoothing (px) of its map (0: none).")
+
+    def validate(self) -> None:
+        section = self.section
+        int_in(self.examples, 1, MAX_EXAMPLES, f"{section}.examples")
+        int_in(self.steps, 1, MAX_STEPS, f"{section}.steps")
+        int_in(self.width, 1, MAX_WIDTH, f"{section}.width")
+        int_in(self.crop, 8, MAX_CROP, f"{section}.crop")
+        require(self.examples * self.crop**2 <= MAX_HEAD_PIXELS, f"{section}.examples",
+                f"at most {MAX_HEAD_PIXELS} / crop^2 (the head's examples are held in memory at once)",
+                self.examples)
+        require(0 <= self.sigma <= 64, f"{section}.sigma", "in [0, 64] (0: no smoothing)", self.sigma)
+
+
 @RESPONSES.register("segmentation")
 class SegmentationResponse(EvidenceResponse):
     """P = sigmoid of a small U-Net-shaped head on the image and every
@@ -186,13 +217,13 @@ class SegmentationResponse(EvidenceResponse):
     energy (energy_window px; upsampled to the finest level, standardised on
     normal images), trained on generic
     synthetic defects pasted into normal calibration images (seeded);
-    map = Gaussian (segmentation_sigma px) of P; feature = the map's largest value.
+    map = Gaussian (sigma px) of P; feature = the map's largest value.
     """
 
     response_feature_names = ("max_defect_probability",)
-    learns_from_images = True
-    all_levels = True
     candidate = True
+    Settings = SegmentationSettings
+    settings: SegmentationSettings
     head_: SegmentationHead
 
     def __init__(self, config: RadarConfig, scales: Sequence[int] | None = None,
@@ -204,14 +235,13 @@ class SegmentationResponse(EvidenceResponse):
     def _new_head(self) -> SegmentationHead:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            return SegmentationHead(stack_channels(self.channels_, len(self.scales)),
-                                    self.inference.segmentation_width)
+            return SegmentationHead(stack_channels(self.channels_, len(self.scales)), self.settings.width)
 
     def learn(self, images: Sequence[np.ndarray], evidence_of: EvidenceOf,
               progress: bool = False) -> SegmentationResponse:
-        inference = self.inference
+        own = self.settings
         self.channels_ = int(images[0].shape[0])
-        crop = min(inference.segmentation_crop, *(min(image.shape[1:]) for image in images))
+        crop = min(own.crop, *(min(image.shape[1:]) for image in images))
         rng = np.random.default_rng([self.seed, 104_729])
         inputs: list[torch.Tensor] = []
         masks: list[torch.Tensor] = []
@@ -232,8 +262,8 @@ class SegmentationResponse(EvidenceResponse):
             keep(stack, np.zeros(stack.shape[1:], bool), None, NORMAL)
         pooled = torch.cat(sample, 1).double()
         standardisation = pooled.mean(1).float(), pooled.std(1).clamp_min(1e-6).float()
-        n_normal = round(NORMAL_SHARE * inference.segmentation_examples)
-        for index in progress_bar(range(inference.segmentation_examples), enabled=progress,
+        n_normal = round(NORMAL_SHARE * own.examples)
+        for index in progress_bar(range(own.examples), enabled=progress,
                                   desc="synthetic defects", unit="img", leave=False):
             image = images[int(rng.integers(len(images)))]
             if index < n_normal:
@@ -247,7 +277,7 @@ class SegmentationResponse(EvidenceResponse):
             for crop_index in range(CROPS_PER_EXAMPLE):
                 keep(stack, mask, mask if crop_index == 0 else None, kind)
         self.examples_ = Examples(torch.stack(inputs), torch.stack(masks)[:, None], kinds, standardisation)
-        self.head_ = self._trained(self.examples_, inference.segmentation_steps, progress)
+        self.head_ = self._trained(self.examples_, own.steps, progress)
         return self
 
     def _trained(self, examples: Examples, steps: int, progress: bool = False,
@@ -268,7 +298,7 @@ class SegmentationResponse(EvidenceResponse):
             raise ValueError("the segmentation response learns from images first (learn)")
         twin = SegmentationResponse(self.config, self.scales, self.image_score)
         twin.channels_ = self.channels_
-        twin.head_ = twin._trained(self.examples_, max(1, self.inference.segmentation_steps // 4), without=kinds)
+        twin.head_ = twin._trained(self.examples_, max(1, self.settings.steps // 4), without=kinds)
         return twin
 
     def _evidence(self, evidence_of: EvidenceOf, image: np.ndarray) -> Evidence:
@@ -293,7 +323,7 @@ class SegmentationResponse(EvidenceResponse):
         evidence = evidence.select(self.scales)
         energies = level_energies(evidence, self.inference.energy_window)
         height, width = evidence.size
-        sigma = self.inference.segmentation_sigma
+        sigma = self.settings.sigma
         if height * width <= TILED_ABOVE:
             probability = self._probability(evidence, energies, (0, height), (0, width))
             anomaly = gaussian_smooth(probability, sigma)[:, 0].float()
@@ -311,29 +341,27 @@ class SegmentationResponse(EvidenceResponse):
                 anomaly[:, top:bottom, left:right] = smoothed[:, 0, top - r0:bottom - r0, left - c0:right - c0]
         return ResponseOutput(anomaly, anomaly.flatten(1).amax(1, keepdim=True).double())
 
-    # the head's weights travel in the model's JSON as a base64 safetensors
-    # blob (tensors only, nothing that runs code), like every other
-    # response's statistics
+    # the head's weights are tensors (response.safetensors in a model
+    # directory); a model file of format 4 held them in its JSON, base64
     def state(self) -> dict[str, Any]:
-        weights = {k: v.detach().cpu().contiguous() for k, v in self.head_.state_dict().items()}
-        return {"channels": self.channels_, "head": base64.b64encode(save_tensors(weights)).decode("ascii")}
+        return {"channels": self.channels_}
 
-    @classmethod
-    def from_state(cls, config: RadarConfig, state: Any) -> SegmentationResponse:
-        response = cls(config)
-        if not isinstance(state, dict) or set(state) != {"channels", "head"}:
-            raise ValueError("response_statistics must be an object with channels, head (the segmentation "
-                             "head's weights)")
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().contiguous() for k, v in self.head_.state_dict().items()}
+
+    def load_state(self, state: Any, tensors: dict[str, torch.Tensor]) -> None:
+        if not isinstance(state, dict) or set(state) - {"head"} != {"channels"}:
+            raise ValueError("response_statistics must be an object with channels (the segmentation head's input "
+                             "channels)")
         try:
-            response.channels_ = int(state["channels"])
-            if not 1 <= response.channels_ <= 4:
-                raise ValueError(f"channels must be 1 to 4, got {response.channels_}")
-            weights = load_tensors(base64.b64decode(str(state["head"]), validate=True))
-            head = response._new_head()
+            self.channels_ = int(state["channels"])
+            if not 1 <= self.channels_ <= 4:
+                raise ValueError(f"channels must be 1 to 4, got {self.channels_}")
+            weights = load_tensors(base64.b64decode(str(state["head"]), validate=True)) if "head" in state else tensors
+            head = self._new_head()
             head.load_state_dict(weights)
         except (ValueError, RuntimeError, SafetensorError, TypeError) as exc:
-            raise ValueError(f"response_statistics: the segmentation head cannot be read: {exc}") from None
+            raise ValueError(f"the segmentation head cannot be read: {exc}") from None
         if not all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point()):
-            raise ValueError("response_statistics: the segmentation head holds NaN or infinite weights")
-        response.head_ = head.eval()
-        return response
+            raise ValueError("the segmentation head holds NaN or infinite weights")
+        self.head_ = head.eval()

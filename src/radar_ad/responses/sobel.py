@@ -7,8 +7,9 @@ from __future__ import annotations
 import torch
 
 from ..features import FEATURE_NAMES, SquareSums, rms_features
+from ..filters import blur_sobel_map
 from ..registry import RESPONSES
-from ..response import Response, blur_sobel_map
+from ..response import Response
 
 
 @RESPONSES.register("sobel")

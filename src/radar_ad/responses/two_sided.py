@@ -16,17 +16,9 @@ from dataclasses import dataclass
 import torch
 
 from ..features import SquareSums, window_max_features
+from ..filters import blur_sobel_map, gaussian_smooth, local_energy, smoothing_radius
 from ..registry import RESPONSES
-from ..response import (
-    Response,
-    RunningMoments,
-    Statistics,
-    blur_sobel_map,
-    gaussian_smooth,
-    local_energy,
-    smoothing_radius,
-    strided_quantiles,
-)
+from ..response import Response, RunningMoments, Statistics, strided_quantiles
 from .energy import energy_deficit
 
 
@@ -96,14 +88,20 @@ class TwoSidedResponse(Response):
     """
 
     feature_names = ("window_max_structure", "window_max_deficit")
-    statistics_class = ResponseStatistics
     candidate = True
+    statistics_: ResponseStatistics
 
     def fit(self, noise_maps: Sequence[torch.Tensor]) -> TwoSidedResponse:
         inference = self.inference
         self.statistics_ = fit_response_statistics(noise_maps, inference.energy_window, inference.blur_ksize,
                                                    inference.sobel_ksize, self.pixel_quantile)
         return self
+
+    def state(self) -> dict[str, float]:
+        return self.statistics_.to_dict()
+
+    def load_state(self, state: object) -> None:
+        self.statistics_ = ResponseStatistics.from_dict(state)
 
     def context(self, size: tuple[int, int]) -> tuple[int, int]:
         inference = self.inference
