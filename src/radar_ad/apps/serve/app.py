@@ -46,7 +46,7 @@ from .metrics import Metrics, RequestMetrics
 from .monitoring import DEFAULT_RECENT, MAX_RECENT_BOUND, LineMonitor, add_line_routes, state_folder
 
 if TYPE_CHECKING:
-    from ...pipeline import Prediction
+    from ...outputs import Prediction
 
 # Worker processes of one service: 64 covers a large machine, each worker holding its own model copy.
 DEFAULT_WORKERS = 1
