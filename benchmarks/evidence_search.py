@@ -15,7 +15,7 @@ Directions:
 
 - ``responses``: each ``--response`` (registered responses; default: the
   model's own) recalibrated with ``--set`` overrides on the model's
-  calibration images (:meth:`Radar.calibrate`, conformal images as in
+  calibration images (:meth:`Radar.refit_calibration`, conformal images as in
   training), then :meth:`Radar.predict_many`: the real method.
 - ``knn``: multi-scale score evidence: per 4 px cell, log local noise energy
   (3 and 9 px windows) and log Sobel response of the noise map at each
@@ -48,17 +48,38 @@ from sklearn.metrics import roc_auc_score
 
 from radar_ad.bench.splits import validation_split
 from radar_ad.data import as_image_array, evaluation_images, load_mask, training_images
+from radar_ad.defects import VISIBLE, paste_into
 from radar_ad.metrics import pixel_metrics
 from radar_ad.network import build_scheduler
 from radar_ad.noise_map import noise_map, one_step_noise
 from radar_ad.pipeline import Radar
 from radar_ad.filters import blur_sobel_map, gaussian_smooth, local_energy
-from radar_ad.responses.segmentation import SegmentationHead, synthetic_crops, train_head
+from radar_ad.responses.segmentation import NORMAL_SHARE, SegmentationHead, train_head
 from radar_ad.splits import three_way_split
 
 CELL = 4
 BANK = 40_000
 FIT_IMAGES = 60
+
+
+def synthetic_crops(images: list[np.ndarray], n: int, size: int, rng: np.random.Generator,
+                    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """``n`` random ``size`` x ``size`` crops of the ``(C, H, W)`` images, all
+    but a ``NORMAL_SHARE`` of them with a generic synthetic defect
+    (:func:`radar_ad.defects.paste_into`, as the segmentation response draws
+    them): ``(crops, masks (n, 1, size, size) float)``."""
+    crops, masks = [], []
+    for _ in range(n):
+        image = images[int(rng.integers(len(images)))]
+        top = int(rng.integers(0, image.shape[1] - size + 1))
+        left = int(rng.integers(0, image.shape[2] - size + 1))
+        crop = image[:, top:top + size, left:left + size]
+        mask = np.zeros((size, size), bool)
+        if rng.random() >= NORMAL_SHARE:
+            crop, mask = paste_into(crop, images[int(rng.integers(len(images)))], rng, visible=VISIBLE)
+        crops.append(torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32)))
+        masks.append(torch.from_numpy(mask))
+    return crops, torch.stack(masks)[:, None].float()
 
 
 class Search:
@@ -140,9 +161,11 @@ class Search:
         return self.predictors[timestep]
 
     def noise(self, images: list[torch.Tensor], timestep: int) -> torch.Tensor:
+        """The predicted noise of the finest pyramid level (level 0: the image as it is)."""
         predict = self.predictor(timestep)
-        return noise_map(lambda p, i: predict(p, i), images, patch_size=self.config.patch_size,
-                         stride=self.config.stride, batch_size=256)
+        with torch.inference_mode():
+            return noise_map(lambda p, i: predict(p, i, torch.zeros_like(i))[0], images,
+                             patch_size=self.config.patch_size, stride=self.config.stride, batch_size=256)
 
     def descriptors(self, image: np.ndarray, timesteps: list[int]) -> torch.Tensor:
         """``(D, h, w)`` per-cell descriptors of the noise maps at ``timesteps``."""
@@ -200,9 +223,7 @@ class Search:
         feature_seconds = time.perf_counter() - began
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            head = SegmentationHead(16)
-            if features.shape[1] != 1:
-                head.layers[0] = torch.nn.Conv2d(features.shape[1], 16, 3, padding=1)
+            head = SegmentationHead(features.shape[1], 16)
         trained = train_head(head, features, target, steps, config.seed)
         train_seconds = time.perf_counter() - began
         began = time.perf_counter()

@@ -12,10 +12,11 @@ import torch
 from radar_ad import Radar, RadarConfig
 from radar_ad.backends.onnx import CALIBRATION_KEY, CONFORMAL_KEY, GRAPH_KEY, METADATA_KEY
 from radar_ad.data import as_image_array, evaluation_images
-from radar_ad.errors import ConfigError, ModelError
+from radar_ad.errors import ConfigError, MissingDependencyError, ModelError
 from radar_ad.evidence_passes import EvidencePasses
 from radar_ad.noise_map import border_weights
 from radar_ad.patches import grid_positions, stitch
+from radar_ad.registry import BACKENDS
 
 from test_cli import assert_one_line_error
 from test_cli import radar as run_radar
@@ -174,6 +175,31 @@ def test_foreign_onnx_file_is_refused(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     with pytest.raises(ModelError, match="not one written by `radar export`"):
         Radar.load(path)
+
+
+@pytest.mark.parametrize("backend", [name for name, backend in BACKENDS.items() if ".onnx" in backend.reads])
+def test_file_with_activation_outputs_opens_as_before(exported, surfaces, tmp_path, backend):
+    """A file exported with network activations (an ``activation_layers``
+    key and an extra graph output per layer) opens and predicts like one
+    without them: both are ignored."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(exported))
+    conv = next(node for node in model.graph.node if node.op_type == "Conv")
+    model.graph.node.append(helper.make_node("Identity", [conv.output[0]], ["activation:conv_in"]))
+    model.graph.output.append(helper.make_tensor_value_info("activation:conv_in", TensorProto.FLOAT, None))
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "activation_layers", json.dumps(["conv_in"])
+    path = tmp_path / "with_activations.onnx"
+    onnx.save(model, str(path))
+    try:
+        with_activations = Radar.load(path, backend=backend)
+    except MissingDependencyError as exc:
+        pytest.skip(str(exc))
+    image = surfaces / "test" / "good" / "000.png"
+    expected = Radar.load(exported).predict(image)
+    assert with_activations.predict(image).score == pytest.approx(expected.score, abs=1e-3)
 
 
 def test_settings_baked_into_the_graph_cannot_change(exported, surfaces):

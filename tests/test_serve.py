@@ -104,6 +104,24 @@ def test_health_model_and_page(client, fitted):
     assert_refused(client.get("/nowhere"), 404)
 
 
+def test_schema_describes_the_predict_upload_and_its_errors():
+    from radar_ad.apps.serve.guards import IMAGE_TYPES
+
+    schema = create_app(None).openapi()
+    operation = schema["paths"]["/predict"]["post"]
+    body = operation["requestBody"]
+    assert body["required"] is True
+    assert set(body["content"]) == {"multipart/form-data", *IMAGE_TYPES}  # what the guards accept
+    assert body["content"]["multipart/form-data"]["schema"]["required"] == ["file"]
+    assert body["content"]["image/png"]["schema"] == {"type": "string", "format": "binary"}
+    responses = operation["responses"]
+    error = {"$ref": "#/components/schemas/ErrorAnswer"}
+    for status in ("400", "408", "413", "415", "422", "500", "503"):
+        assert responses[status]["content"]["application/json"]["schema"] == error, status
+    assert schema["components"]["schemas"]["ErrorAnswer"]["required"] == ["error"]
+    assert "Retry-After" in responses["503"]["headers"]
+
+
 @pytest.mark.parametrize("folder", ["good", "blob"])
 def test_predict_matches_python_api(client, fitted, surfaces, folder):
     radar, _ = fitted

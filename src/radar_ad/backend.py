@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -25,7 +25,7 @@ from diffusers import UNet2DModel
 from .config import RadarConfig
 from .errors import ConfigError, ModelError
 from .network import build_scheduler
-from .noise_map import NoiseAndActivations, OneStepNoise, one_step_noise
+from .noise_map import OneStepNoise, one_step_noise
 from .persistence import Conformal
 from .registry import BACKENDS
 
@@ -92,13 +92,10 @@ def process_threads() -> int | None:
 @dataclass
 class BackendOutput:
     """``noise`` ``(N, C, p, p)``: the predicted noise of each patch;
-    ``repair`` ``(N, C, p, p)``: its one-step repair x0_hat - x;
-    ``activations``: the asked-for network modules' outputs, by name,
-    ``(N, ...)`` each."""
+    ``repair`` ``(N, C, p, p)``: its one-step repair x0_hat - x."""
 
     noise: torch.Tensor
     repair: torch.Tensor
-    activations: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -120,9 +117,7 @@ class NoiseBackend:
       their grid positions ``(N,)`` and pyramid levels ``(N,)`` (indices into
       ``network.scales``) -> ``(N, 2C, p, p)``: the predicted noise, then the
       repair (what the evidence maps stitch);
-    - :meth:`predict`: the same as a :class:`BackendOutput`, plus the
-      activations of ``layers`` (the network modules named when the backend
-      was built);
+    - :meth:`predict`: the same as a :class:`BackendOutput`;
     - :meth:`describe`: what ``/model`` and reports show;
     - :meth:`with_noise_settings`: the backend for a config whose noise
       settings (seed, timestep, draws) changed, or a :class:`ConfigError`.
@@ -138,6 +133,8 @@ class NoiseBackend:
     reads: ClassVar[tuple[str, ...]] = ()
     exports: ClassVar[str | None] = None
     device: torch.device = torch.device("cpu")
+    # Always empty: no backend outputs network activations. Read by
+    # Radar.with_backend, which still passes ``layers`` to from_network.
     layers: tuple[str, ...] = ()
 
     def __call__(self, patches: torch.Tensor, index: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
@@ -148,7 +145,7 @@ class NoiseBackend:
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "device": str(self.device), "layers": list(self.layers)}
+        return {"backend": self.name, "device": str(self.device)}
 
     def with_noise_settings(self, config: RadarConfig) -> NoiseBackend:
         raise ConfigError(f"{', '.join(NOISE_SETTINGS)} are fixed in an exported {self.label} model; change "
@@ -168,6 +165,13 @@ class NoiseBackend:
         raise ModelError(f"the {cls.name} backend writes no model files")
 
 
+def no_activations(layers: tuple[str, ...]) -> None:
+    """Refuse any ``layers`` in :meth:`NoiseBackend.from_network`: no
+    backend outputs network activations."""
+    if layers:
+        raise ConfigError(f"no backend outputs network activations, got layers {list(layers)}", setting="layers")
+
+
 @BACKENDS.register("torch")
 class TorchBackend(NoiseBackend):
     """The fitted diffusers U-Net run by PyTorch, on its own device (CPU or
@@ -175,7 +179,7 @@ class TorchBackend(NoiseBackend):
 
     label = "PyTorch"
 
-    def __init__(self, unet: UNet2DModel, config: RadarConfig, channels: int, layers: tuple[str, ...] = ()) -> None:
+    def __init__(self, unet: UNet2DModel, config: RadarConfig, channels: int) -> None:
         self.unet = unet.eval()
         self.config = config
         self.channels = int(channels)
@@ -184,11 +188,6 @@ class TorchBackend(NoiseBackend):
         self.noise: OneStepNoise = one_step_noise(
             unet, timestep=inference.timestep, alphas_cumprod=build_scheduler(config.network).alphas_cumprod,
             seed=config.seed, draws=inference.draws, channels=self.channels, patch_size=config.patch_size)
-        self.layers = tuple(layers)
-        try:
-            self.module = NoiseAndActivations(self.noise, self.layers)
-        except AttributeError as exc:
-            raise ConfigError(f"unknown network layer: {exc}") from None
 
     def precision(self) -> AbstractContextManager[Any]:
         """The network's number format (``inference.precision``): bfloat16 autocast, or as it is."""
@@ -202,20 +201,19 @@ class TorchBackend(NoiseBackend):
 
     def predict(self, patches: torch.Tensor, index: torch.Tensor, level: torch.Tensor) -> BackendOutput:
         with torch.inference_mode(), self.precision():
-            noise, repair, *activations = self.module(patches.to(self.device), index.to(self.device),
-                                                      level.to(self.device))
-        return BackendOutput(noise.float(), repair.float(), {k: a.float() for k, a in zip(self.layers, activations)})
+            noise, repair = self.noise(patches.to(self.device), index.to(self.device), level.to(self.device))
+        return BackendOutput(noise.float(), repair.float())
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "parameters": sum(p.numel() for p in self.unet.parameters())}
 
     def with_noise_settings(self, config: RadarConfig) -> TorchBackend:
-        return TorchBackend(self.unet, config, self.channels, self.layers)
+        return TorchBackend(self.unet, config, self.channels)
 
     @classmethod
     def from_network(cls, network: TorchBackend, layers: tuple[str, ...] = ()) -> TorchBackend:
-        return network if tuple(layers) == network.layers else cls(network.unet, network.config,
-                                                                   network.channels, layers)
+        no_activations(layers)
+        return network
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The U-Net's weights, on the CPU (what a model directory stores)."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from diffusers import UNet2DModel
@@ -90,40 +89,6 @@ class OneStepNoise(torch.nn.Module):
             repair = repair + output[:, channels:]
         return (eps.reshape(draws, -1, *patches.shape[1:]).mean(0),
                 repair.reshape(draws, -1, *patches.shape[1:]).mean(0))
-
-
-class NoiseAndActivations(torch.nn.Module):
-    """:class:`OneStepNoise` that also returns the outputs of named U-Net
-    modules (``"mid_block"``, ``"down_blocks.1"`` ...; a module that returns
-    a tuple gives its first element), averaged over the noise draws like the
-    noise. What the torch backend runs when activations are asked for, and
-    what an export with activations traces, so both compute one function."""
-
-    def __init__(self, noise: OneStepNoise, layers: tuple[str, ...]) -> None:
-        super().__init__()
-        self.noise = noise
-        self.layers = tuple(layers)
-        for layer in self.layers:
-            noise.unet.get_submodule(layer)  # AttributeError names an unknown layer
-
-    def forward(self, patches: torch.Tensor, index: torch.Tensor, level: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        captured: dict[str, torch.Tensor] = {}
-
-        def keeper(layer: str) -> Callable[..., None]:
-            def keep(module: torch.nn.Module, args: Any, output: Any) -> None:
-                captured[layer] = output[0] if isinstance(output, (tuple, list)) else output
-            return keep
-
-        handles = [self.noise.unet.get_submodule(layer).register_forward_hook(keeper(layer))
-                   for layer in self.layers]
-        try:
-            eps, repair = self.noise(patches, index, level)
-        finally:
-            for handle in handles:
-                handle.remove()
-        draws = int(self.noise.bank.shape[0])
-        return (eps, repair, *(captured[layer].reshape(draws, -1, *captured[layer].shape[1:]).mean(0)
-                               for layer in self.layers))
 
 
 def one_step_noise(unet: UNet2DModel, *, timestep: int, alphas_cumprod: torch.Tensor, seed: int,

@@ -2,7 +2,7 @@
 
 The exported graph is :class:`~radar_ad.noise_map.OneStepNoise`: patches in
 [0, 1], their grid positions and pyramid levels in, predicted noise and
-repair out (plus any asked-for network activations), with the scaling, the
+repair out, with the scaling, the
 seeded noise bank, the one forward noising step and the timestep inside.
 The pyramid, tiling, stitching, the response (a learned head included: its
 weights travel in the metadata) and the image score stay in the torch code
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..backend import BackendOutput, ModelFile, NoiseBackend, TorchBackend, process_threads
+from ..backend import BackendOutput, ModelFile, NoiseBackend, TorchBackend, no_activations, process_threads
 from ..config import RadarConfig
 from ..errors import ModelError, first_line, require
 from ..files import atomic_file
@@ -36,7 +36,6 @@ METADATA_KEY = "radar_ad"
 CALIBRATION_KEY = "calibration_features"
 CONFORMAL_KEY = "conformal"
 GRAPH_KEY = "graph"
-LAYERS_KEY = "activation_layers"
 NOISE_OUTPUT = "noise"
 REPAIR_OUTPUT = "repair"
 INPUTS = ("patches", "index", "level")
@@ -45,20 +44,15 @@ INPUTS = ("patches", "index", "level")
 PARITY_TOLERANCE = 1e-3
 
 
-def activation_output(layer: str) -> str:
-    """The graph output that carries a layer's activations."""
-    return f"activation:{layer}"
-
-
-def onnx_bytes(network: TorchBackend, layers: tuple[str, ...] = ()) -> bytes:
-    """The network's one-step noise predictor (and the activations of
-    ``layers``) as an ONNX graph with a dynamic batch dimension, traced on the
-    CPU whatever device the network is on."""
+def onnx_bytes(network: TorchBackend) -> bytes:
+    """The network's one-step noise predictor as an ONNX graph with a
+    dynamic batch dimension, traced on the CPU whatever device the network
+    is on."""
     require("onnx", "onnx", "the ONNX export")
-    module = copy.deepcopy(TorchBackend.from_network(network, layers).module).to("cpu").eval()
+    module = copy.deepcopy(network.noise).to("cpu").eval()
     patch, channels = network.config.patch_size, network.channels
     example = (torch.rand(2, channels, patch, patch), torch.arange(2), torch.zeros(2, dtype=torch.int64))
-    outputs = [NOISE_OUTPUT, REPAIR_OUTPUT, *map(activation_output, layers)]
+    outputs = [NOISE_OUTPUT, REPAIR_OUTPUT]
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer chatter about diffusers' Python branches
@@ -107,19 +101,17 @@ def float32_only(network: TorchBackend, label: str) -> None:
 def check_parity(network: TorchBackend, other: NoiseBackend) -> float:
     """Largest difference between ``other`` and PyTorch on random patches at
     batch sizes either side of 64 (diffusers takes a branch there that a
-    tracer could bake in), noise and activations; raises a ModelError beyond
+    tracer could bake in), noise and repair; raises a ModelError beyond
     :data:`PARITY_TOLERANCE`."""
     generator = torch.Generator().manual_seed(0)
     patch, channels = network.config.patch_size, network.channels
-    reference = TorchBackend.from_network(network, other.layers)
     worst = 0.0
     for n in (1, 5, 70):
         patches = torch.rand(n, channels, patch, patch, generator=generator)
         index = torch.randint(0, 5000, (n,), generator=generator)
         level = torch.randint(0, len(network.config.network.scales), (n,), generator=generator)
-        expected, got = reference.predict(patches, index, level), other.predict(patches, index, level)
-        pairs = [(expected.noise, got.noise), (expected.repair, got.repair),
-                 *((expected.activations[k], got.activations[k]) for k in other.layers)]
+        expected, got = network.predict(patches, index, level), other.predict(patches, index, level)
+        pairs = [(expected.noise, got.noise), (expected.repair, got.repair)]
         worst = max(worst, *(float((b.cpu() - a.cpu()).abs().max()) for a, b in pairs))
     if worst > PARITY_TOLERANCE:
         raise ModelError(f"the {other.name} graph differs from PyTorch by {worst:.2e} "
@@ -147,25 +139,18 @@ def read_metadata(props: dict[str, str], path: Path, backend: NoiseBackend) -> M
     return ModelFile(meta, calibration, backend, conformal)
 
 
-def read_layers(props: dict[str, str], path: Path) -> tuple[str, ...]:
-    """The network modules whose activations an exported file outputs."""
-    try:
-        return tuple(str(name) for name in json.loads(props.get(LAYERS_KEY, "[]")))
-    except (TypeError, ValueError) as exc:
-        raise ModelError(f"cannot load model from {path}: {first_line(exc)}") from None
-
-
 class GraphBackend(NoiseBackend):
     """Base of the backends that run the exported ONNX graph: built from a
     fitted PyTorch network by exporting it in memory, then checked against it."""
 
-    def __init__(self, model: bytes | Path, layers: tuple[str, ...] = (), threads: int | None = None) -> None:
+    def __init__(self, model: bytes | Path, threads: int | None = None) -> None:
         raise NotImplementedError
 
     @classmethod
     def from_network(cls, network: TorchBackend, layers: tuple[str, ...] = ()) -> GraphBackend:
+        no_activations(layers)
         float32_only(network, cls.label)
-        backend = cls(onnx_bytes(network, layers), layers)
+        backend = cls(onnx_bytes(network))
         check_parity(network, backend)
         return backend
 
@@ -179,7 +164,7 @@ class OnnxBackend(GraphBackend):
     reads = (".onnx",)
     exports = ".onnx"
 
-    def __init__(self, model: bytes | Path, layers: tuple[str, ...] = (), threads: int | None = None) -> None:
+    def __init__(self, model: bytes | Path, threads: int | None = None) -> None:
         ort = require("onnxruntime", "onnx", "the ONNX backend")
         options = ort.SessionOptions()
         threads = threads or process_threads()
@@ -190,7 +175,6 @@ class OnnxBackend(GraphBackend):
             self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own unexported types
             raise ModelError(f"cannot read ONNX model: {first_line(exc)}") from None
-        self.layers = tuple(layers)
         self.device = torch.device("cpu")
 
     def metadata_props(self) -> dict[str, str]:
@@ -200,39 +184,36 @@ class OnnxBackend(GraphBackend):
         feed = {"patches": patches.detach().cpu().float().numpy(),
                 "index": index.detach().cpu().to(torch.int64).numpy(),
                 "level": level.detach().cpu().to(torch.int64).numpy()}
-        names = [NOISE_OUTPUT, REPAIR_OUTPUT, *map(activation_output, self.layers)]
-        noise, repair, *activations = (torch.from_numpy(a) for a in self.session.run(names, feed))
-        return BackendOutput(noise, repair, dict(zip(self.layers, activations)))
+        noise, repair = (torch.from_numpy(a) for a in self.session.run([NOISE_OUTPUT, REPAIR_OUTPUT], feed))
+        return BackendOutput(noise, repair)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "onnxruntime": require("onnxruntime", "onnx", "the ONNX backend").__version__}
 
     @classmethod
     def open_file(cls, path: Path) -> ModelFile:
-        probe = cls(path)
-        layers = read_layers(probe.metadata_props(), path)
-        return read_metadata(probe.metadata_props(), path, cls(path, layers) if layers else probe)
+        backend = cls(path)
+        return read_metadata(backend.metadata_props(), path, backend)
 
     @classmethod
     def export(cls, network: TorchBackend, metadata: dict[str, Any], calibration_features: np.ndarray,
-               conformal: Conformal, out: Path, layers: tuple[str, ...] = ()) -> Path:
+               conformal: Conformal, out: Path) -> Path:
         """Write one self-contained ``.onnx`` file (atomically), after running
         it through ONNX Runtime and comparing it with PyTorch."""
         onnx = require("onnx", "onnx", "the ONNX export")
         float32_only(network, "the ONNX export")
-        model = onnx.load_from_string(onnx_bytes(network, layers))
+        model = onnx.load_from_string(onnx_bytes(network))
         props = {
             METADATA_KEY: json.dumps(metadata),
             CALIBRATION_KEY: json.dumps(np.asarray(calibration_features).tolist()),
             CONFORMAL_KEY: json.dumps({"features": np.asarray(conformal.features).tolist(), "info": conformal.info}),
             GRAPH_KEY: json.dumps(graph_description(metadata["config"], network.channels)),
-            LAYERS_KEY: json.dumps(list(layers)),
         }
         for key, value in props.items():
             entry = model.metadata_props.add()
             entry.key, entry.value = key, value
         data = model.SerializeToString()
-        check_parity(network, cls(data, layers))
+        check_parity(network, cls(data))
         with atomic_file(out) as tmp:
             tmp.write_bytes(data)
         return out

@@ -11,7 +11,7 @@ import torch
 from ..backend import BackendOutput, ModelFile, process_threads
 from ..errors import ModelError, first_line, require
 from ..registry import BACKENDS
-from .onnx import NOISE_OUTPUT, REPAIR_OUTPUT, GraphBackend, activation_output, read_layers, read_metadata
+from .onnx import NOISE_OUTPUT, REPAIR_OUTPUT, GraphBackend, read_metadata
 
 
 @BACKENDS.register("openvino")
@@ -23,7 +23,7 @@ class OpenVinoBackend(GraphBackend):
     label = "OpenVINO"
     reads = (".onnx",)
 
-    def __init__(self, model: bytes | Path, layers: tuple[str, ...] = (), threads: int | None = None) -> None:
+    def __init__(self, model: bytes | Path, threads: int | None = None) -> None:
         ov = require("openvino", "openvino", "the OpenVINO backend")
         core = ov.Core()
         properties: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"}
@@ -35,7 +35,6 @@ class OpenVinoBackend(GraphBackend):
             self.compiled = core.compile_model(graph, "CPU", properties)
         except Exception as exc:  # OpenVINO raises its own unexported types
             raise ModelError(f"cannot read the model with OpenVINO: {first_line(exc)}") from None
-        self.layers = tuple(layers)
         self.device = torch.device("cpu")
         self.version = ov.__version__
 
@@ -43,9 +42,9 @@ class OpenVinoBackend(GraphBackend):
         results = self.compiled({"patches": patches.detach().cpu().float().numpy(),
                                  "index": index.detach().cpu().to(torch.int64).numpy(),
                                  "level": level.detach().cpu().to(torch.int64).numpy()})
-        noise, repair, *activations = (torch.from_numpy(results[self.compiled.output(name)].copy())
-                                       for name in [NOISE_OUTPUT, REPAIR_OUTPUT, *map(activation_output, self.layers)])
-        return BackendOutput(noise, repair, dict(zip(self.layers, activations)))
+        noise, repair = (torch.from_numpy(results[self.compiled.output(name)].copy())
+                         for name in (NOISE_OUTPUT, REPAIR_OUTPUT))
+        return BackendOutput(noise, repair)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "openvino": self.version}
@@ -58,4 +57,4 @@ class OpenVinoBackend(GraphBackend):
         except Exception as exc:  # onnx raises DecodeError and friends
             raise ModelError(f"cannot read ONNX model: {first_line(exc)}") from None
         props = {p.key: p.value for p in proto.metadata_props}
-        return read_metadata(props, path, cls(path, read_layers(props, path)))
+        return read_metadata(props, path, cls(path))

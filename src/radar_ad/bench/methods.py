@@ -22,7 +22,8 @@ import numpy as np
 
 from ..config import RadarConfig
 from ..errors import ConfigError
-from ..pipeline import Prediction, Radar
+from ..outputs import Prediction
+from ..pipeline import Radar
 from ..registry import ONE_CLASS_MODELS, RESPONSES
 from .baselines import Baseline, OneClassMethod, StatisticalBaseline, baseline_names, reconstruction_baselines
 from .datasets import HeldOut
@@ -103,7 +104,7 @@ def selected_methods(config: RadarConfig, methods: Sequence[str] | None) -> tupl
 
 class Predictor(Protocol):
     """A fitted method: ``(C, H, W)`` images in [0, 1] -> one
-    :class:`~radar_ad.pipeline.Prediction` each, in input order."""
+    :class:`~radar_ad.outputs.Prediction` each, in input order."""
 
     def predict(self, images: list[np.ndarray]) -> list[Prediction]: ...
 

@@ -89,7 +89,7 @@ from .ray_io import (
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from ..pipeline import Prediction
+    from ..outputs import Prediction
 
 __all__ = [
     "DECODE_CPUS", "ERROR_VERDICT", "MAPS_DIR", "MAX_BATCH_IMAGES", "MAX_BLOCKS", "MAX_WORKERS", "PART_PREFIX",

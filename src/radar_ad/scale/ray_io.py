@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
     import pyarrow.fs as pafs
 
-    from ..pipeline import Prediction
+    from ..outputs import Prediction
 
 PURPOSE = "`radar detect --engine ray`"
 RESULTS_DIR = "results"

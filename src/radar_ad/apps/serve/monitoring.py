@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from fastapi import FastAPI, Query
@@ -40,6 +40,9 @@ from ...errors import ConfigError, RadarError, first_line
 from ...files import locked, write_json
 from ...report import overlay
 from .metrics import MISSING, Metrics
+
+if TYPE_CHECKING:
+    from ...outputs import Prediction
 
 # Recent results kept for the page (each a few kB with its thumbnail).
 DEFAULT_RECENT = 50
@@ -200,7 +203,7 @@ class RecentResults:
         return record
 
 
-def thumbnail(prediction: Any) -> str:
+def thumbnail(prediction: Prediction) -> str:
     """The overlay at most :data:`THUMBNAIL_PX` on a side, as a JPEG data
     URI. A large image is subsampled before the overlay is drawn, so this
     costs little whatever the image's size."""
@@ -239,7 +242,7 @@ class LineMonitor:
             return
         self.drift = ServiceDrift(monitor, self.state, self.workers)
 
-    def record(self, prediction: Any, answer: dict[str, Any]) -> None:
+    def record(self, prediction: Prediction, answer: dict[str, Any]) -> None:
         """Take in one prediction and its JSON answer (on a worker thread:
         the shared state is files)."""
         status = self.drift.observe(prediction.score) if self.drift is not None else None
