@@ -49,11 +49,11 @@ from sklearn.metrics import roc_auc_score
 from radar_ad.bench.splits import validation_split
 from radar_ad.data import as_image_array, evaluation_images, load_mask, training_images
 from radar_ad.defects import VISIBLE, paste_into
+from radar_ad.filters import blur_sobel_map, gaussian_smooth, local_energy
 from radar_ad.metrics import pixel_metrics
 from radar_ad.network import build_scheduler
 from radar_ad.noise_map import noise_map, one_step_noise
 from radar_ad.pipeline import Radar
-from radar_ad.filters import blur_sobel_map, gaussian_smooth, local_energy
 from radar_ad.responses.segmentation import NORMAL_SHARE, SegmentationHead, train_head
 from radar_ad.splits import three_way_split
 

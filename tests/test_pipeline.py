@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -61,8 +62,36 @@ def test_save_load_predicts_identically(fitted, surfaces):
         assert a.score == b.score and a.is_anomalous == b.is_anomalous
         np.testing.assert_array_equal(a.anomaly_map, b.anomaly_map)
         np.testing.assert_array_equal(a.mask, b.mask)
-    assert {p.name for p in model_dir.iterdir()} == {"radar.json", "unet.safetensors",
-                                                     "calibration.safetensors", "conformal.safetensors"}
+    assert {p.name for p in model_dir.iterdir()} == {"radar.json", "unet.safetensors", "calibration.safetensors",
+                                                     "conformal.safetensors", "response.safetensors"}
+
+
+def test_a_model_directory_of_format_4_loads_and_predicts_the_same(fitted, surfaces, tmp_path):
+    """Format 4 had the plug-ins' settings among the shared ones and no
+    response file: such a directory loads with its settings at their new places."""
+    radar, model_dir = fitted
+    old = Path(shutil.copytree(model_dir, tmp_path / "old"))
+    (old / "response.safetensors").unlink()
+    meta = json.loads((old / CONFIG_FILE).read_text())
+    meta["format_version"] = 4
+    inference, decision = meta["config"]["inference"], meta["config"]["decision"]
+    for name, value in inference.pop("responses")["segmentation"].items():
+        inference[f"segmentation_{name}"] = value
+    inference["segmentation_width"] = 12
+    decision["n_estimators"] = decision.pop("one_class_models")["isolation_forest"]["n_estimators"]
+    (old / CONFIG_FILE).write_text(json.dumps(meta))
+    loaded = Radar.load(old)
+    assert loaded.config.inference.responses["segmentation"].width == 12
+    assert loaded.config.decision.one_class_models["isolation_forest"] == radar.config.decision.one_class_models[
+        "isolation_forest"]
+    paths = [i.path for i in evaluation_images(surfaces)][:4]
+    for a, b in zip(radar.predict_many(paths), loaded.predict_many(paths)):
+        assert a.score == b.score and np.array_equal(a.anomaly_map, b.anomaly_map)
+    # one setting at both places is refused rather than guessed
+    inference["responses"] = {"segmentation": {"width": 8}}
+    (old / CONFIG_FILE).write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="inference.segmentation_width and inference.responses.segmentation.width"):
+        Radar.load(old)
 
 
 def test_same_image_same_result_whatever_the_batch(fitted, surfaces):

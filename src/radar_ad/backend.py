@@ -133,9 +133,6 @@ class NoiseBackend:
     reads: ClassVar[tuple[str, ...]] = ()
     exports: ClassVar[str | None] = None
     device: torch.device = torch.device("cpu")
-    # Always empty: no backend outputs network activations. Read by
-    # Radar.with_backend, which still passes ``layers`` to from_network.
-    layers: tuple[str, ...] = ()
 
     def __call__(self, patches: torch.Tensor, index: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         output = self.predict(patches, index, level)
@@ -152,7 +149,7 @@ class NoiseBackend:
                           "them on the model directory and export again", setting=NOISE_SETTINGS[1])
 
     @classmethod
-    def from_network(cls, network: TorchBackend, layers: tuple[str, ...] = ()) -> NoiseBackend:
+    def from_network(cls, network: TorchBackend) -> NoiseBackend:
         raise ModelError(f"the {cls.name} backend cannot run a PyTorch network")
 
     @classmethod
@@ -163,13 +160,6 @@ class NoiseBackend:
     def export(cls, network: TorchBackend, metadata: dict[str, Any], calibration_features: np.ndarray,
                conformal: Conformal, out: Path) -> Path:
         raise ModelError(f"the {cls.name} backend writes no model files")
-
-
-def no_activations(layers: tuple[str, ...]) -> None:
-    """Refuse any ``layers`` in :meth:`NoiseBackend.from_network`: no
-    backend outputs network activations."""
-    if layers:
-        raise ConfigError(f"no backend outputs network activations, got layers {list(layers)}", setting="layers")
 
 
 @BACKENDS.register("torch")
@@ -211,8 +201,7 @@ class TorchBackend(NoiseBackend):
         return TorchBackend(self.unet, config, self.channels)
 
     @classmethod
-    def from_network(cls, network: TorchBackend, layers: tuple[str, ...] = ()) -> TorchBackend:
-        no_activations(layers)
+    def from_network(cls, network: TorchBackend) -> TorchBackend:
         return network
 
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -314,8 +314,7 @@ class Radar:
                 backend = backend.with_noise_settings(config)
             else:
                 rebuilt = network.with_noise_settings(config)
-                backend = rebuilt if backend is network else BACKENDS.get(backend.name).from_network(
-                    rebuilt, backend.layers)
+                backend = rebuilt if backend is network else BACKENDS.get(backend.name).from_network(rebuilt)
                 network = rebuilt
         calibration, stale = self.calibration_, self.stale_setting_
         needs = [key for key in changed if key not in FREE_SETTINGS]
@@ -327,20 +326,20 @@ class Radar:
         twin = Radar(config, self.device)
         return twin._learned(network, backend, self.channels_, self.training_, calibration, stale)
 
-    def with_backend(self, name: str, layers: tuple[str, ...] = ()) -> Radar:
+    def with_backend(self, name: str) -> Radar:
         """The same model with the noise predicted by another registered
         backend (built from this model's PyTorch network and checked against
         it), e.g. ``radar.with_backend("onnx")``."""
         self.check_fitted(calibrated=False)
         backend_class = BACKENDS.get(name)
         if self.torch_backend_ is None:
-            if name == self.backend_.name and tuple(layers) == self.backend_.layers:
+            if name == self.backend_.name:
                 return self
             raise ModelError("a model opened from an exported file has no PyTorch network to build "
                              f"another backend from; open the file with backend={name!r} instead")
         twin = Radar(self.config, self.device)
-        return twin._learned(self.torch_backend_, backend_class.from_network(self.torch_backend_, tuple(layers)),
-                             self.channels_, self.training_, self.calibration_, self.stale_setting_)
+        return twin._learned(self.torch_backend_, backend_class.from_network(self.torch_backend_), self.channels_,
+                             self.training_, self.calibration_, self.stale_setting_)
 
     # ------------------------------------------------------------- predict
     def predict(self, image: ImageLike) -> Prediction:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..backend import BackendOutput, ModelFile, NoiseBackend, TorchBackend, no_activations, process_threads
+from ..backend import BackendOutput, ModelFile, NoiseBackend, TorchBackend, process_threads
 from ..config import RadarConfig
 from ..errors import ModelError, first_line, require
 from ..files import atomic_file
@@ -147,8 +147,7 @@ class GraphBackend(NoiseBackend):
         raise NotImplementedError
 
     @classmethod
-    def from_network(cls, network: TorchBackend, layers: tuple[str, ...] = ()) -> GraphBackend:
-        no_activations(layers)
+    def from_network(cls, network: TorchBackend) -> GraphBackend:
         float32_only(network, cls.label)
         backend = cls(onnx_bytes(network))
         check_parity(network, backend)
