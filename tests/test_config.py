@@ -60,3 +60,33 @@ def test_settings_are_immutable_and_say_what_to_call_instead():
     assert config.changes(changed) == ["inference.stride"]
     with pytest.raises(ConfigError, match="data.resize"):  # every section validates when built
         DataConfig(resize=3)
+
+
+def test_plugin_settings_sit_under_their_plugin_and_are_immutable_too():
+    config = RadarConfig()
+    segmentation = config.inference.responses["segmentation"]
+    assert segmentation.width == 16 and "two_sided" not in config.inference.responses  # it has none of its own
+    assert config.to_dict()["decision"]["one_class_models"] == {"isolation_forest": {"n_estimators": 200}}
+    changed = config.updated({"inference.responses.segmentation.width": 8})
+    assert changed.changes(config) == ["inference.responses.segmentation.width"]
+    assert changed != config and hash(changed) != hash(config)
+    assert RadarConfig.from_dict(json.loads(changed.to_json())) == changed
+    with pytest.raises(ConfigError, match=r"inference\.responses\.segmentation\.width cannot be assigned"):
+        segmentation.width = 4
+    with pytest.raises(ConfigError, match="cannot be assigned"):
+        config.inference.responses.section = "x"
+    with pytest.raises(ConfigError, match=r"segmentation\.width must be an integer in \[1, 256\]"):
+        config.updated({"inference.responses.segmentation.width": 0})
+    with pytest.raises(ConfigError, match="unknown setting inference.responses.two_sided"):
+        RadarConfig.from_dict({"inference": {"responses": {"two_sided": {}}}})
+    with pytest.raises(ConfigError, match="unknown setting 'inference.responses.segmentation.depth'"):
+        RadarConfig.from_dict({"inference": {"responses": {"segmentation": {"depth": 3}}}})
+
+
+def test_old_keys_of_moved_settings_are_read_at_their_new_places():
+    old = RadarConfig.from_dict({"inference": {"segmentation_width": 8}, "decision": {"n_estimators": 50}})
+    assert old.inference.responses["segmentation"].width == 8
+    assert old.decision.one_class_models["isolation_forest"].n_estimators == 50
+    with pytest.warns(DeprecationWarning, match="decision.one_class_models.isolation_forest.n_estimators"):
+        assert RadarConfig().updated({"decision.n_estimators": 50}) == old.updated(
+            {"inference.responses.segmentation.width": 16})

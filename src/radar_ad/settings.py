@@ -81,10 +81,18 @@ class PluginSettings(Mapping[str, Any]):
     prefix of its keys). Immutable and hashable like the rest of a config;
     a plug-in registered after the config was built reads its defaults."""
 
+    __slots__ = ("_registry", "section", "_values")
+    _registry: Registry[Any]
+    section: str
+    _values: dict[str, Any]
+
     def __init__(self, registry: Registry[Any], section: str, values: Mapping[str, Any] | None = None) -> None:
-        self._registry = registry
-        self.section = section
-        self._values = dict(values or {})
+        object.__setattr__(self, "_registry", registry)
+        object.__setattr__(self, "section", section)
+        object.__setattr__(self, "_values", dict(values or {}))
+
+    __setattr__ = _frozen_setattr
+    __delattr__ = _frozen_delattr
 
     def _classes(self) -> dict[str, type]:
         return {name: entry.Settings for name, entry in self._registry.items()
@@ -94,7 +102,7 @@ class PluginSettings(Mapping[str, Any]):
         classes = self._classes()
         if name not in classes:
             raise KeyError(name)
-        return self._values.get(name) or classes[name]()
+        return self._values[name] if name in self._values else classes[name]()
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._classes())
