@@ -160,7 +160,8 @@ def render_schema(name: str, schema: dict[str, Any]) -> list[str]:
     required = set(schema.get("required", ()))
     lines += ["| Field | Type | Required | Description |", "|---|---|---|---|"]
     for field, spec in properties.items():
-        description = " ".join(filter(None, (spec.get("title"), spec.get("description"), _bounds(spec))))
+        # pydantic's title is the field's name in words: only where nothing describes the field
+        description = " ".join(filter(None, (spec.get("description") or spec.get("title"), _bounds(spec))))
         lines.append(f"| `{field}` | {_cell(schema_type(spec))} | {'yes' if field in required else 'no'} | "
                      f"{_cell(description)} |")
     return lines + [""]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import multiprocessing
 import os
 import queue
 import socket
@@ -28,6 +29,7 @@ httpx = pytest.importorskip("httpx", reason="the serve tests use httpx as the cl
 
 from radar_ad.apps.serve import background_server, create_app  # noqa: E402
 from radar_ad.apps.serve import runner as serve_runner  # noqa: E402
+from radar_ad.apps.serve.openapi import Readiness  # noqa: E402
 
 from test_cli import radar as run_radar  # noqa: E402
 
@@ -84,6 +86,8 @@ def assert_refused(response: httpx.Response, status: int, fragment: str = "") ->
 def test_health_model_and_page(client, fitted):
     radar, _ = fitted
     assert client.get("/health").json() == {"status": "ok"}
+    ready = client.get("/ready").json()
+    assert ready["ready"] is True and set(ready) <= set(Readiness.__annotations__)  # what the schema states
     model = client.get("/model").json()
     assert model["backend"] == "torch" and model["patch_size"] == radar.config.patch_size
     assert model["engine"]["backend"] == "torch" and model["engine"]["parameters"] > 0  # the backend's own words
@@ -120,6 +124,47 @@ def test_schema_describes_the_predict_upload_and_its_errors():
         assert responses[status]["content"]["application/json"]["schema"] == error, status
     assert schema["components"]["schemas"]["ErrorAnswer"]["required"] == ["error"]
     assert "Retry-After" in responses["503"]["headers"]
+
+
+def test_schema_states_what_the_other_routes_answer():
+    schema = create_app(None).openapi()
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorAnswer"}}}
+
+    def responses(path: str) -> dict:
+        return schema["paths"][path]["get"]["responses"]
+
+    for path, status in (("/model", "503"), ("/drift", "503"), ("/recent", "422"), ("/metrics", "501")):
+        assert responses(path)[status]["content"] == error, (path, status)
+    assert all("Retry-After" in responses(path)["503"]["headers"] for path in ("/model", "/drift"))
+    assert set(responses("/metrics")["200"]["content"]) == {"text/plain"}  # the 501 alone is JSON
+    for status in ("200", "503"):
+        assert responses("/ready")[status]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/Readiness"}
+    assert not {"HTTPValidationError", "ValidationError"} & set(schema["components"]["schemas"])  # no default 422
+    parameters = {parameter["name"]: parameter for parameter in schema["paths"]["/predict"]["post"]["parameters"]}
+    assert "base64 PNG" in parameters["maps"]["description"]
+
+
+def test_a_loading_service_answers_what_its_schema_states():
+    """The answers the schema declares, as a service without its model gives
+    them (no model to train: the loading state is where they happen)."""
+    loaded = multiprocessing.get_context("spawn").RawValue("i", 1)
+    with background_server(create_app(None)) as url, httpx.Client(base_url=url, timeout=60) as http:
+        for path in ("/model", "/drift"):
+            response = http.get(path)
+            assert_refused(response, 503, "loading")
+            assert int(response.headers["retry-after"]) > 0
+        assert_refused(http.get("/recent", params={"after": "latest"}), 422, "after")
+        assert_refused(http.post("/predict", params={"maps": "sometimes"}, content=b"x",
+                                 headers={"content-type": "image/png"}), 422, "maps")
+        response = http.get("/ready")
+        assert response.status_code == 503 and response.json() == {"ready": False}
+    with background_server(create_app(None, workers=2, workers_ready=loaded)) as url, \
+            httpx.Client(base_url=url, timeout=60) as http:
+        response = http.get("/ready")
+        body = response.json()
+        assert response.status_code == 503 and set(body) <= set(Readiness.__annotations__)
+        assert body["ready"] is False and body["workers_ready"] == 1 and "1 of 2" in body["reason"]
 
 
 @pytest.mark.parametrize("folder", ["good", "blob"])

@@ -46,8 +46,8 @@ a client trickling its headers holds a connection for no longer than that.
 model loads); ``GET /ready`` is readiness: 503 ``{"ready": false}`` until this
 process's model is loaded, then 200 with its pid, thread count and model
 fingerprint; in a pool of workers, 503 until every worker's model is loaded
-(with how many of them are). ``POST /predict`` and ``GET /model`` answer 503
-with ``Retry-After`` until then.
+(with how many of them are). ``POST /predict``, ``GET /model`` and ``GET
+/drift`` answer 503 with ``Retry-After`` until then.
 
 Every prediction feeds the model's drift monitor and the list of recent
 results (:mod:`radar_ad.apps.serve.monitoring`: ``GET /drift``, ``GET

@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
-from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
@@ -33,7 +32,6 @@ from .guards import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_UPLOAD_BYTES,
     DEFAULT_MAX_UPLOADS,
-    IMAGE_TYPES,
     Admission,
     Uploads,
     check_int,
@@ -44,6 +42,7 @@ from .guards import (
 )
 from .metrics import Metrics, RequestMetrics
 from .monitoring import DEFAULT_RECENT, MAX_RECENT_BOUND, LineMonitor, add_line_routes, state_folder
+from .openapi import NEEDS_MODEL_RESPONSES, PREDICT_BODY, PREDICT_RESPONSES, READY_RESPONSES
 
 if TYPE_CHECKING:
     from ...outputs import Prediction
@@ -58,54 +57,8 @@ LOADING_RETRY_AFTER = 2
 # What POST /predict answers of a prediction (the maps are added with ?maps=1).
 ANSWER_KEYS = ("score", "verdict", "is_anomalous", "threshold", "p_value", "pixel_threshold", "width", "height",
                "mask_fraction")
-
-
-class ErrorAnswer(BaseModel):
-    """Every error answer of the service: one line that says what went wrong."""
-
-    error: str
-
-
-# What POST /predict reads: the route takes the raw request (so that the guards
-# bound the body as it streams in), so the schema is stated here.
-PREDICT_BODY = {
-    "required": True,
-    "description": "One image: a multipart `file` field (its part typed as an image or untyped), or the image "
-                   "itself as the body with its image type. At most the service's `max_upload_bytes` (`limits` "
-                   "of `GET /model`); PNG, JPEG, BMP, TIFF, WebP or GIF.",
-    "content": {
-        "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
-                                           "properties": {"file": {"type": "string", "format": "binary"}}}},
-        **{media: {"schema": {"type": "string", "format": "binary"}} for media in sorted(IMAGE_TYPES)},
-    },
-}
-RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
-# The answers of POST /predict: its errors are the guards' and the error handlers'.
-PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "The prediction: verdict, score, p-value, thresholds, image size, mask fraction and "
-                         "the milliseconds it took; with `maps=1` also `anomaly_map`, `mask` and `overlay` as "
-                         "base64 PNGs."},
-    400: {"model": ErrorAnswer,
-          "description": "Not a usable upload: empty, not a PNG, JPEG, BMP, TIFF, WebP or GIF image, truncated or "
-                         "corrupt, a multipart body without a `file` field, an invalid `Content-Length`, or a "
-                         "client that closed the connection before the upload finished."},
-    408: {"model": ErrorAnswer,
-          "description": "The body did not arrive whole within `body_timeout` seconds; the connection is closed."},
-    413: {"model": ErrorAnswer,
-          "description": "The upload is larger than `max_upload_bytes`, or its image header declares more than "
-                         "`max_pixels` pixels (refused before decoding)."},
-    415: {"model": ErrorAnswer,
-          "description": "The body is neither `multipart/form-data` nor an image type, or the multipart file's "
-                         "type is not an image."},
-    422: {"model": ErrorAnswer,
-          "description": "An invalid query parameter, or an image the model refuses (e.g. smaller than a patch, "
-                         "or a score that is not finite), with the model's own message."},
-    500: {"model": ErrorAnswer,
-          "description": "An unexpected failure, named in one line; the connection is closed."},
-    503: {"model": ErrorAnswer, "headers": RETRY_AFTER,
-          "description": "Not now: the model is still loading, `max_in_flight` requests are already admitted, or "
-                         "`max_uploads` bodies are already being received. `Retry-After` says when to retry."},
-}
+MAPS = ("Add the anomaly map, the mask and the overlay to the answer as base64 PNGs (`anomaly_map`, `mask`, "
+        "`overlay`): `maps=1` (or `true`, `yes`, `on`).")
 
 
 def create_app(radar: Any, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
@@ -157,19 +110,19 @@ def create_app(radar: Any, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/ready")
+    @app.get("/ready", responses=READY_RESPONSES)
     async def ready() -> JSONResponse:
         body = served.readiness()
         return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
-    @app.get("/model")
+    @app.get("/model", responses=NEEDS_MODEL_RESPONSES)
     async def model() -> dict[str, Any]:
         if served.metadata is None:
             raise _loading()
         return {**served.metadata, "drift": await run_in_threadpool(line.drift_summary)}
 
     @app.post("/predict", responses=PREDICT_RESPONSES, openapi_extra={"requestBody": PREDICT_BODY})
-    async def predict(request: Request, maps: bool = False) -> JSONResponse:
+    async def predict(request: Request, maps: bool = Query(False, description=MAPS)) -> JSONResponse:
         """Score one uploaded image; ``maps=1`` adds the maps as base64 PNGs.
         The body is received before admission: a slow client holds no slot."""
         started = time.perf_counter()
@@ -229,7 +182,8 @@ class ServedModel:
         loads; then which process answers (a pid among the workers), with how
         many CPU threads, and which model (so that a client can check that
         every worker serves the same one). In a pool, ready only once every
-        worker's model is loaded (``workers_ready`` of ``workers``)."""
+        worker's model is loaded (``workers_ready`` of ``workers``). The
+        schema states its fields (:class:`~radar_ad.apps.serve.openapi.Readiness`)."""
         pool: dict[str, Any] = {}
         if self.workers_ready is not None:
             loaded = min(int(self.workers_ready.value), self.workers)

@@ -40,6 +40,7 @@ from ...errors import ConfigError, RadarError, first_line
 from ...files import locked, write_json
 from ...report import overlay
 from .metrics import MISSING, Metrics
+from .openapi import METRICS_RESPONSES, NEEDS_MODEL_RESPONSES, RECENT_RESPONSES
 
 if TYPE_CHECKING:
     from ...outputs import Prediction
@@ -282,7 +283,7 @@ def add_line_routes(app: FastAPI, line: LineMonitor, loading: Callable[[], Excep
     """``GET /drift``, ``GET /recent`` and ``GET /metrics`` (``loading``: the
     answer while the model is not there yet)."""
 
-    @app.get("/drift")
+    @app.get("/drift", responses=NEEDS_MODEL_RESPONSES)
     async def drift() -> JSONResponse:
         """The drift monitor: whether the images judged normal still look
         like the model's conformal images (``drift`` turns true, for good
@@ -296,7 +297,7 @@ def add_line_routes(app: FastAPI, line: LineMonitor, loading: Callable[[], Excep
             return JSONResponse({"available": False, "reason": line.reason})
         return JSONResponse(await run_in_threadpool(line.drift.describe))
 
-    @app.get("/recent")
+    @app.get("/recent", responses=RECENT_RESPONSES)
     async def recent(after: int = Query(0, description="Only the results with a larger id (those already "
                                                         "shown by a client that polls).")) -> JSONResponse:
         """The last results of every client's predictions, newest first (each
@@ -306,7 +307,7 @@ def add_line_routes(app: FastAPI, line: LineMonitor, loading: Callable[[], Excep
         the list started afresh."""
         return JSONResponse(await run_in_threadpool(line.recent_json, after))
 
-    @app.get("/metrics", response_class=PlainTextResponse)
+    @app.get("/metrics", response_class=PlainTextResponse, responses=METRICS_RESPONSES)
     async def metrics() -> Response:
         """The service in Prometheus's text format: requests by endpoint and
         status, latency, requests in flight, verdicts, p-values and the drift
