@@ -20,7 +20,7 @@ from radar_ad.bench.baselines import (
     reconstruction_baselines,
 )
 from radar_ad.errors import DataError, NonFiniteError, NotFittedError
-from radar_ad.pipeline import Prediction
+from radar_ad.outputs import Prediction
 from radar_ad.synthetic import make_surface
 
 # One training step (still in warm-up): the network is as good as untrained,
@@ -222,7 +222,7 @@ def test_a_non_finite_score_never_becomes_a_verdict(policy):
 def test_the_old_prediction_name_is_a_deprecated_alias():
     from radar_ad.bench import baselines
 
-    with pytest.warns(DeprecationWarning, match="Prediction"):
+    with pytest.warns(DeprecationWarning, match=r"MethodPrediction is deprecated: .* radar_ad\.outputs\.Prediction"):
         assert baselines.MethodPrediction is Prediction
 
 

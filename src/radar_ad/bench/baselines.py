@@ -532,6 +532,6 @@ class OneClassMethod:
 def __getattr__(name: str) -> Any:
     if name == "MethodPrediction":  # the deprecated name of the baselines' output type
         warnings.warn("radar_ad.bench.baselines.MethodPrediction is deprecated: the baselines return "
-                      "radar_ad.pipeline.Prediction", DeprecationWarning, stacklevel=2)
+                      "radar_ad.outputs.Prediction (radar_ad.Prediction)", DeprecationWarning, stacklevel=2)
         return Prediction
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
