@@ -131,8 +131,8 @@ class PluginSettings(Mapping[str, Any]):
         for name, value in data.items():
             if name not in classes:
                 raise ConfigError(f"unknown setting {self.section}.{name!s}: no registered {self._registry.kind} of "
-                                  f"that name has settings (known: {', '.join(classes) or 'none'})",
-                                  setting=f"{self.section}.{name!s}")
+                                  f"that name has settings (a plug-in not installed here?); known: "
+                                  f"{', '.join(classes) or 'none'}", setting=f"{self.section}.{name!s}")
             if not isinstance(value, dict):
                 raise ConfigError(f"{self.section}.{name} must be an object")
             values[name] = build(classes[name], value, f"{self.section}.{name}.")
