@@ -60,10 +60,12 @@ def test_version_and_help():
 def test_train_detect_evaluate(surfaces, tmp_path):
     config = tmp_path / "config.json"
     # the default response ("auto": self-validation), with a briefly trained head
-    brief = {key.split(".")[1]: value for key, value in TINY.items() if key.startswith("inference.segmentation")}
+    prefix = "inference.responses.segmentation."
+    brief = {key.removeprefix(prefix): value for key, value in TINY.items() if key.startswith(prefix)}
+    assert brief, "the tiny config names the head's settings"
     config.write_text(json.dumps({"network": {"block_out_channels": TINY["network.block_out_channels"],
                                               "attention": TINY["network.attention"]},
-                                  "train": {"batch_size": 16}, "inference": brief}))
+                                  "train": {"batch_size": 16}, "inference": {"responses": {"segmentation": brief}}}))
     model = tmp_path / "model"
     result = radar("train", surfaces, "--out", model, "--config", config, "--steps", "4", "-q")
     assert result.returncode == 0, result.stderr
@@ -205,7 +207,8 @@ def test_demo_writes_metrics_and_report(tmp_path, monkeypatch):
     # the demo's own data and config, with TINY's brief segmentation head:
     # the self-validation that learns it is most of the demo's time, and is
     # tested in test_selection
-    brief = {key: value for key, value in TINY.items() if key.startswith("inference.segmentation")}
+    brief = {key: value for key, value in TINY.items() if key.startswith("inference.responses.segmentation.")}
+    assert brief, "the tiny config names the head's settings"
     demo_config = demo.demo_config
     monkeypatch.setattr(demo, "demo_config", lambda steps=None: demo_config(steps).updated(brief))
     out = tmp_path / "demo"

@@ -256,7 +256,8 @@ def test_max_pixels_and_identity_through_the_cli(served, fitted, surfaces):
 
 
 def _directory_sha256(model_dir: Path) -> str:
-    names = ("radar.json", "unet.safetensors", "calibration.safetensors", "conformal.safetensors")
+    names = ("radar.json", "unet.safetensors", "calibration.safetensors", "conformal.safetensors",
+             "response.safetensors")
     return hashlib.sha256(b"".join((model_dir / name).read_bytes() for name in names)).hexdigest()
 
 
