@@ -37,6 +37,7 @@ def require(ok: bool, name: str, allowed: str, value: Any) -> None:
 
 
 def int_in(value: Any, low: int, high: int, name: str, note: str = "") -> None:
+    """:func:`require` that ``value`` is an integer (not a bool) in [``low``, ``high``]."""
     require(isinstance(value, int) and not isinstance(value, bool) and low <= value <= high,
              name, f"an integer in [{low}, {high}]{note}", value)
 
