@@ -14,11 +14,15 @@ lose their guarantee, and never test data):
    defect (:mod:`radar_ad.defects`, clearly visible: at least three times
    the image's own fine-texture spread) pasted in;
 3. every candidate (response x pyramid levels x image score) ranks those
-   images, and the one-standard-error rule chooses: the first (cheapest)
-   candidate whose image AUROC is within one standard error (Hanley and
-   McNeil) of the best one's. A few dozen held-out images measure an AUROC
-   to a few hundredths; a candidate that is better by less than that is
-   not known to be better, and the simpler one is kept. When even the best
+   images, and those whose image AUROC is within one standard error
+   (Hanley and McNeil) of the best one's rank them as well as any: a few
+   dozen held-out images measure an AUROC to a few hundredths, and a
+   candidate better by less than that is not known to be better. Among
+   them the one whose map finds the synthetic defects' pixels best is
+   chosen (its pixel AUROC; for a response computed per level, that of its
+   best first levels, which step 4 can draw the map from), the first (the
+   cheapest) on a tie: the model answers with a map and a mask, and a
+   better map is worth its cost when the image ranking is even. When even the best
    is not two standard errors above chance (0.5), no candidate finds the
    synthetic defects on this surface and the ranking says nothing: the
    first candidate (the paper's kind of response on the finest level,
@@ -147,7 +151,8 @@ def describe_record(record: dict[str, Any]) -> str:
     if auroc is None:
         return f"{what} ({record.get('note') or 'no self-validation'})"
     error = record.get("standard_error")
-    within = "" if error is None else f", the cheapest within one standard error ({error:.3f}) of the best"
+    within = "" if error is None else (f", the best map among those within one standard error ({error:.3f}) of "
+                                       "the best")
     if record.get("note"):
         within = f"; {record['note']}"
     return (f"{what}: synthetic-defect image AUROC {auroc:.3f} ({images.get('check')} held-out normal images, "
@@ -220,10 +225,26 @@ def auroc_standard_error(value: float, n_normal: int, n_defective: int) -> float
     return float(np.sqrt(max(variance, 0.0)))
 
 
-def one_standard_error(aurocs: Sequence[float], error: float) -> int:
-    """The first (cheapest) index whose AUROC is within ``error`` of the best."""
+def best_map_within_one_standard_error(aurocs: Sequence[float], maps: Sequence[float], error: float) -> int:
+    """Among the indices whose image AUROC is within ``error`` of the best,
+    the one whose map's pixel AUROC (``maps``) is highest; the first (the
+    cheapest) on a tie."""
     best = max(aurocs)
-    return next(i for i, value in enumerate(aurocs) if value >= best - error - 1e-12)
+    within = [i for i, value in enumerate(aurocs) if value >= best - error - 1e-12]
+    return max(within, key=lambda i: (maps[i], -i))
+
+
+def map_auroc(option: Candidate, pooled: dict[tuple[str, tuple[int, ...]], float],
+              map_scales: Sequence[int] | None) -> float:
+    """The synthetic pixel AUROC of the best map ``option`` can draw: a
+    response computed per level draws it from its first levels (the best
+    of those scored, unless ``map_scales`` names them), any other from all
+    it reads."""
+    if map_scales is not None or reads_every_level(RESPONSES.get(option.response)):
+        return pooled.get((option.response, tuple(map_scales or option.scales)), pooled[(option.response,
+                                                                                           option.scales)])
+    return max(pooled[(option.response, option.scales[:k])] for k in range(1, len(option.scales) + 1)
+               if (option.response, option.scales[:k]) in pooled)
 
 
 def _pixel_auroc(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> float | None:
@@ -424,7 +445,8 @@ def choose(config: RadarConfig, images: Sequence[np.ndarray], evidence_many: Evi
         note = (f"no candidate ranks the synthetic defects above chance (best {max(aurocs):.3f}, two standard "
                 f"errors {2 * error:.3f}): the first candidate is kept")
     else:
-        best = one_standard_error(aurocs, error)
+        maps = [map_auroc(option, pooled, config.inference.map_scales) for option in options]
+        best = best_map_within_one_standard_error(aurocs, maps, error)
     table[best]["chosen"] = True
     chosen = options[best]
     learned = prepared.responses[chosen.response]
