@@ -14,7 +14,15 @@ from radar_ad import Radar
 from radar_ad.config import AUTO
 from radar_ad.errors import ConfigError
 from radar_ad.persistence import CONFIG_FILE
-from radar_ad.selection import auroc_standard_error, candidates, choose_map, describe_record, one_standard_error
+from radar_ad.selection import (
+    Candidate,
+    auroc_standard_error,
+    best_map_within_one_standard_error,
+    candidates,
+    choose_map,
+    describe_record,
+    map_auroc,
+)
 
 from test_cli import radar as run_radar
 
@@ -59,9 +67,18 @@ def test_the_choice_is_recorded_deterministic_and_what_the_model_runs(chosen, py
     assert 0 < error < 0.5 and picked["image_auroc"] == record["synthetic_image_auroc"]
     if best < 0.5 + 2 * error:  # nothing ranks the synthetic defects above chance: the first is kept, and said
         assert picked is rows[0] and "above chance" in record["note"]
-    else:  # the cheapest within one standard error of the best
+    else:  # among those within one standard error of the best, the best map (the cheapest on a tie)
         assert picked["image_auroc"] >= best - error and not record["note"]
-        assert all(row["image_auroc"] < best - error for row in rows[:rows.index(picked)])
+
+        def best_map(row):  # a per-level response can draw its map from its first levels
+            if row["inference.response"] != "two_sided":
+                return row["pixel_auroc"]
+            return max(other["pixel_auroc"] for other in rows if other["inference.response"] == "two_sided"
+                       and row["inference.scales"][:len(other["inference.scales"])] == other["inference.scales"])
+
+        within = [row for row in rows if row["image_auroc"] >= best - error]
+        assert best_map(picked) == max(best_map(row) for row in within)
+        assert all(best_map(row) < best_map(picked) for row in within[:within.index(picked)])
     assert 0 <= record["synthetic_image_auroc"] <= 1 and record["images"]["defective"] == 2 * record["images"]["check"]
     # the model is the choice: its config names it, nothing is left open
     inference = chosen.config.inference
@@ -113,15 +130,21 @@ def test_radar_train_prints_the_choice_and_its_synthetic_auroc(surfaces, tmp_pat
     assert np.isfinite(record["synthetic_image_auroc"])
 
 
-def test_the_cheapest_candidate_within_one_standard_error_of_the_best_is_chosen():
+def test_the_best_map_among_the_candidates_within_one_standard_error_of_the_best_is_chosen():
     # Hanley and McNeil's standard error: shrinks with more images, zero at a perfect ranking
     assert auroc_standard_error(0.75, 30, 60) > auroc_standard_error(0.75, 300, 600) > 0
     assert auroc_standard_error(1.0, 30, 60) == 0.0
     assert auroc_standard_error(0.5, 30, 60) == pytest.approx(0.0645, abs=5e-4)  # sqrt((n0+n1+1)/(12 n0 n1))
     aurocs = [0.60, 0.55, 0.66, 0.70]  # cheapest first
-    assert one_standard_error(aurocs, 0.05) == 2  # 0.66 is within 0.05 of 0.70; 0.60 is not
-    assert one_standard_error(aurocs, 0.12) == 0
-    assert one_standard_error(aurocs, 0.0) == 3
+    maps = [0.99, 0.80, 0.90, 0.90]
+    assert best_map_within_one_standard_error(aurocs, maps, 0.05) == 2  # 0.66 and 0.70 are within; a tie: the first
+    assert best_map_within_one_standard_error(aurocs, maps, 0.12) == 0  # 0.60 is within too, and draws the best map
+    assert best_map_within_one_standard_error(aurocs, maps, 0.0) == 3  # only the best
+    # a per-level response's map is its best first levels'; one that reads every level draws one map
+    pooled = {("two_sided", (1,)): 0.95, ("two_sided", (1, 2)): 0.93, ("segmentation", (1, 2)): 0.97}
+    assert map_auroc(Candidate("two_sided", (1, 2), "features"), pooled, None) == 0.95
+    assert map_auroc(Candidate("two_sided", (1, 2), "features"), pooled, (1, 2)) == 0.93  # the map's levels named
+    assert map_auroc(Candidate("segmentation", (1, 2), "max"), pooled, None) == 0.97
 
 
 def test_the_map_keeps_the_fewest_levels_that_draw_the_defects_as_well_as_any():
