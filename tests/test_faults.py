@@ -33,7 +33,7 @@ from radar_ad.apps.watch import Watcher
 from radar_ad.config import RadarConfig
 from radar_ad.data import as_image_array
 from radar_ad.errors import ConfigError, DataError, ModelError, NonFiniteError
-from radar_ad.files import TEMPORARY_MARKER, remove_stale_temporaries, temporary_dir
+from radar_ad.files import TEMPORARY_MARKER, remove_stale_temporaries, remove_temporary_dir, temporary_dir
 from radar_ad.patches import PatchSampler, PyramidSampler
 from radar_ad.persistence import CONFIG_FILE, WEIGHTS_FILE
 from radar_ad.pipeline import train_model
@@ -318,6 +318,37 @@ def test_temporaries_of_a_killed_writer_are_removed_on_the_next_write(fitted, tm
     assert not stale.exists() and foreign.exists() and live.exists()
     assert (unmarked / "notes.txt").read_text() == "mine"
     assert not (target / TEMPORARY_MARKER).exists()  # the marker stays behind, not in the model
+
+
+def test_only_a_folder_this_program_made_is_ever_removed(fitted, tmp_path, monkeypatch):
+    """Removal needs the marker: a folder without it, or a link to one with
+    it, stays; and a user's file that appears in a model directory after the
+    check, while it is being replaced, is kept beside the new model."""
+    unmarked = tmp_path / "unmarked"
+    unmarked.mkdir()
+    (unmarked / "notes.txt").write_text("mine")
+    marked = temporary_dir(tmp_path / "x")
+    link = tmp_path / "link"
+    link.symlink_to(marked, target_is_directory=True)
+    assert not remove_temporary_dir(unmarked) and not remove_temporary_dir(link)
+    assert (unmarked / "notes.txt").exists() and marked.exists()
+    assert remove_temporary_dir(marked) and not marked.exists()
+
+    import radar_ad.persistence as persistence
+
+    model = copy_model(fitted, tmp_path)
+    checked = persistence.check_model_target
+
+    def then_a_file_appears(path):
+        checked(path)
+        (path / "notes.txt").write_text("mine")
+
+    monkeypatch.setattr(persistence, "check_model_target", then_a_file_appears)
+    fitted[0].save(model)
+    [kept] = [p for p in tmp_path.glob(".model.tmp-*") if (p / "model" / "notes.txt").exists()]
+    assert (kept / "model" / "notes.txt").read_text() == "mine" and not (kept / TEMPORARY_MARKER).exists()
+    assert remove_stale_temporaries(model) == [] and kept.exists()  # and no later write removes it
+    assert (model / "radar.json").is_file() and not (model / "notes.txt").exists()
 
 
 def test_a_model_directory_holding_a_users_files_is_not_replaced(fitted, tmp_path):

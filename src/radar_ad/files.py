@@ -68,9 +68,8 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
         if len(tag) < 3 or tag[0] != host or not tag[1].isdigit() or _alive(int(tag[1])):
             continue
         if sibling.is_dir() and not sibling.is_symlink():
-            if not (sibling / TEMPORARY_MARKER).is_file():
+            if not remove_temporary_dir(sibling):
                 continue  # our name, but not our marker: not ours to remove
-            shutil.rmtree(sibling, ignore_errors=True)
         else:
             sibling.unlink(missing_ok=True)
         removed.append(sibling)
@@ -97,6 +96,16 @@ def temporary_dir(path: Path) -> Path:
     usual_permissions(tmp)
     (tmp / TEMPORARY_MARKER).touch()
     return tmp
+
+
+def remove_temporary_dir(folder: Path) -> bool:
+    """Remove a folder :func:`temporary_dir` made, and nothing else: only
+    one that holds :data:`TEMPORARY_MARKER` (and is no link) is removed.
+    Returns whether it was."""
+    if folder.is_symlink() or not (folder / TEMPORARY_MARKER).is_file():
+        return False
+    shutil.rmtree(folder, ignore_errors=True)
+    return True
 
 
 def move_into_place(tmp: Path, path: Path) -> None:

@@ -28,7 +28,16 @@ from safetensors.torch import load_file
 
 from . import __version__
 from .errors import DataError, ModelError, first_line
-from .files import atomic_file, move_into_place, save_tensors, temporary_dir, unique_stem, usual_permissions
+from .files import (
+    TEMPORARY_MARKER,
+    atomic_file,
+    move_into_place,
+    remove_temporary_dir,
+    save_tensors,
+    temporary_dir,
+    unique_stem,
+    usual_permissions,
+)
 
 FORMAT = "radar-ad"
 FORMAT_VERSION = 5
@@ -167,14 +176,17 @@ def write_model_dir(path: Path, metadata: dict[str, Any], weights: dict[str, tor
             old = temporary_dir(path)
             os.replace(path, old / "model")
             move_into_place(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+            if all(_written_by_us(entry) for entry in (old / "model").iterdir()):
+                remove_temporary_dir(old)
+            else:  # a file appeared in it since the check: kept beside the model, never removed later
+                (old / TEMPORARY_MARKER).unlink(missing_ok=True)
         else:
             move_into_place(tmp, path)
     except OSError as exc:  # a full disk, a file-size limit: the previous model stays as it was
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_temporary_dir(tmp)
         raise OSError(exc.errno, exc.strerror or first_line(exc), str(path)) from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_temporary_dir(tmp)
         raise
     return path
 

@@ -21,7 +21,6 @@ normal surface is, and the clean and the defective image share the same noise.
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from PIL import Image
 from scipy import ndimage
 
 from .errors import ConfigError, DataError
-from .files import move_into_place, temporary_dir
+from .files import move_into_place, remove_temporary_dir, temporary_dir
 
 __all__ = [
     "DEFECT_TYPES",
@@ -558,6 +557,6 @@ def make_dataset(out: str | os.PathLike[str], spec: SyntheticSpec = SyntheticSpe
         except OSError as exc:
             raise DataError(f"cannot move the data set into place at {out}: {exc}") from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_temporary_dir(tmp)
         raise
     return out
