@@ -507,15 +507,15 @@ def _moved_to_plugins(data: dict[str, Any]) -> dict[str, Any]:
         part = data.get(section)
         if not isinstance(part, dict) or name not in part:
             continue
-        value = part.pop(name)
+        _, *between, leaf = new.split(".")
         node = part
-        for step in new.split(".")[1:-1]:
+        for step in between:
             node = node.setdefault(step, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"{new.rsplit('.', 1)[0]} must be an object")
-        if new.rsplit(".", 1)[1] in node:
+        if leaf in node:
             raise ConfigError(f"{old} and {new} are one setting; give it once, as {new}", setting=new)
-        node[new.rsplit(".", 1)[1]] = value
+        node[leaf] = part.pop(name)
     return data
 
 def _changes(a: dict[str, Any], b: dict[str, Any], prefix: str) -> list[str]:

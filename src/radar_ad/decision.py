@@ -158,7 +158,7 @@ class OneClassModel:
     def __init__(self, config: DecisionConfig, seed: int = 0) -> None:
         self.config = config
         self.seed = seed
-        self.settings: Any = config.one_class_models[self.name] if self.Settings is not None else None
+        self.settings: Any = config.one_class_models.of(self)
 
     def fit(self, features: np.ndarray) -> OneClassModel:
         raise NotImplementedError

@@ -101,7 +101,7 @@ class Response:
     def __init__(self, config: RadarConfig) -> None:
         self.inference = config.inference
         self.pixel_quantile = config.decision.pixel_quantile
-        self.settings: Any = config.inference.responses[self.name] if self.Settings is not None else None
+        self.settings: Any = config.inference.responses.of(self)
 
     def fit(self, noise_maps: Sequence[torch.Tensor]) -> Response:
         """Learn normal levels from ``(b, C, H, W)`` noise maps of normal
@@ -197,7 +197,7 @@ class EvidenceResponse:
         self.config = config
         self.inference = inference
         self.pixel_quantile = config.decision.pixel_quantile
-        self.settings: Any = inference.responses[self.name] if self.Settings is not None else None
+        self.settings: Any = inference.responses.of(self)
         self.scales = tuple(scales if scales is not None else config.network.scales)
         self.image_score = image_score or inference.image_score
         if self.image_score == AUTO:

@@ -99,6 +99,12 @@ class PluginSettings(Mapping[str, Any]):
         return {name: entry.Settings for name, entry in self._registry.items()
                 if getattr(entry, "Settings", None) is not None}
 
+    def of(self, plugin: Any) -> Any:
+        """The settings of ``plugin`` (a registered plug-in class or
+        instance): its section when its class names a ``Settings`` class,
+        else None."""
+        return self[plugin.name] if getattr(plugin, "Settings", None) is not None else None
+
     def __getitem__(self, name: str) -> Any:
         classes = self._classes()
         if name not in classes:
