@@ -32,6 +32,8 @@ TINY = {
     "inference.response": "two_sided",
     "inference.scales": [1],
     "inference.image_score": "features",
+    # 64 px surfaces: the map's smoothings up to a sixteenth of the image, as the default's at 256 px
+    "inference.map_sigmas": [1, 2, 4],
     # the segmentation head learns briefly: the tests are about behaviour, not its quality
     "inference.responses.segmentation.examples": 40,
     "inference.responses.segmentation.steps": 30,

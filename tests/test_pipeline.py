@@ -94,6 +94,28 @@ def test_a_model_directory_of_format_4_loads_and_predicts_the_same(fitted, surfa
         Radar.load(old)
 
 
+def test_a_model_made_before_the_maps_smoothings_keeps_its_one_smoothing(fitted, surfaces, tmp_path):
+    radar, model_dir = fitted
+    assert radar.config.inference.map_sigmas and radar.response_.state()["levels"]["1"]["map_quantiles"]
+    old = Path(shutil.copytree(model_dir, tmp_path / "old"))
+    meta = json.loads((old / CONFIG_FILE).read_text())
+    del meta["config"]["inference"]["map_sigmas"]
+    for level in meta["response_statistics"]["levels"].values():
+        del level["map_quantiles"]
+    (old / CONFIG_FILE).write_text(json.dumps(meta))
+    loaded = Radar.load(old)
+    assert loaded.config.inference.map_sigmas == ()
+    path = [i.path for i in evaluation_images(surfaces) if i.is_defective][0]
+    before, now = radar.predict(path), loaded.predict(path)
+    assert now.score == before.score  # the features do not read the map
+    assert np.isfinite(now.anomaly_map).all() and not np.allclose(now.anomaly_map, before.anomaly_map)
+    # smoothings without their normal quantiles (or the reverse) are a broken file, refused in one line
+    meta["config"]["inference"]["map_sigmas"] = [1, 2]
+    (old / CONFIG_FILE).write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="map_quantiles"):
+        Radar.load(old)
+
+
 def test_same_image_same_result_whatever_the_batch(fitted, surfaces):
     radar, _ = fitted
     paths = [i.path for i in evaluation_images(surfaces)][:5]

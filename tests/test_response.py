@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.ndimage import gaussian_filter, uniform_filter
+from sklearn.metrics import roc_auc_score
 
 from radar_ad.filters import blur, blur_sobel_map, gaussian_smooth, local_energy, sobel_magnitude
 from radar_ad.responses.two_sided import ResponseStatistics, fit_response_statistics, response_parts, two_sided_map
@@ -108,6 +109,52 @@ def test_two_sided_map_finds_removed_and_added_structure():
         assert anomaly[defective][inside].mean() > 3 * anomaly[defective][:20, :20].mean()
     # a normal map mostly stays under one normal high quantile
     assert (anomaly[0] > 1.5).float().mean() < 0.01
+
+
+def test_the_maps_smoothings_keep_a_small_defect_sharp_and_fill_a_large_faint_one():
+    sigmas = (1.0, 2.0, 4.0, 8.0, 16.0)
+    statistics = fit_response_statistics([_noise(0, n=8, size=128)], energy_window=9, map_sigmas=sigmas)
+    assert len(statistics.map_quantiles) == len(sigmas) and all(q > 0 for q in statistics.map_quantiles)
+    # smoothing averages the normal map's speckle away: its high quantile falls with the scale
+    assert list(statistics.map_quantiles) == sorted(statistics.map_quantiles, reverse=True)
+    noise = _noise(1, n=3, size=128)
+    noise[1, :, 62:66, 62:66] += 6.0           # a small strong spot
+    noise[2, :, 24:104, 24:104] *= 0.93        # a large faint loss of texture
+    parts = response_parts(noise, statistics, 9)
+    several = two_sided_map(parts, statistics, 8.0, sigmas=sigmas)
+    fine, coarse = (two_sided_map(parts, statistics, sigma) / q for sigma, q in
+                    ((1.0, statistics.map_quantiles[0]), (16.0, statistics.map_quantiles[-1])))
+    normal_level = float(torch.quantile(several[0].flatten(), 0.999))
+
+    def flagged(anomaly: torch.Tensor) -> int:
+        return int((anomaly > normal_level).sum())
+
+    # the spot: found, and flagged over far fewer pixels than the coarse smoothing alone would
+    assert float(several[1, 62:66, 62:66].min()) > normal_level
+    coarse_level = float(torch.quantile(coarse[0].flatten(), 0.999))
+    assert flagged(several[1]) < 0.5 * int((coarse[1] > coarse_level).sum())
+    # the faint region: ranked better than by the finest smoothing alone
+    truth = torch.zeros(128, 128, dtype=torch.bool)
+    truth[24:104, 24:104] = True
+    labels = np.concatenate([np.zeros(128 * 128), truth.flatten().numpy()])
+
+    def pixel_auroc(anomaly: torch.Tensor) -> float:
+        return roc_auc_score(labels, np.concatenate([anomaly[0].flatten().numpy(), anomaly[2].flatten().numpy()]))
+
+    assert pixel_auroc(several) > pixel_auroc(fine) + 0.1
+    assert pixel_auroc(several) > 0.9
+
+
+def test_statistics_read_lists_and_fields_a_model_made_before_them_lacks():
+    statistics = fit_response_statistics([_noise(0, n=2, size=40)], energy_window=5, map_sigmas=(1.0, 4.0))
+    stored = statistics.to_dict()
+    assert isinstance(stored["map_quantiles"], list) and len(stored["map_quantiles"]) == 2
+    assert ResponseStatistics.from_dict(stored) == statistics
+    older = {k: v for k, v in stored.items() if k != "map_quantiles"}
+    assert ResponseStatistics.from_dict(older).map_quantiles == ()
+    for bad in ({**stored, "map_quantiles": 1.0}, {**stored, "energy_mean": [1.0]}, {**stored, "other": 1.0}):
+        with pytest.raises(ValueError, match="response_statistics"):
+            ResponseStatistics.from_dict(bad)
 
 
 def test_response_statistics_round_trip_and_equal_pooled_statistics():

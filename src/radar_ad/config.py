@@ -48,6 +48,9 @@ MAX_DRAWS = 64
 MAX_WINDOW = 4096
 MAX_NEIGHBORS = 10_000
 MAX_SELECTION_COPIES = 64
+MAX_MAP_SIGMAS = 8
+# the two_sided map's smoothings: octaves from the finest detail to a sixteenth of a 256 px image
+MAP_SIGMAS = (1.0, 2.0, 4.0, 8.0, 16.0)
 # Settings that moved into a plug-in's own section: old dotted key -> new one.
 # Config files and model files of format 4 use the old keys.
 MOVED_SETTINGS = {
@@ -225,7 +228,9 @@ class InferenceConfig:
     the Sobel response and the local noise energy (in ``energy_window`` px
     windows) of each level against the normal calibration images and scores
     both an excess of structure and a deficit of noise energy; its map is
-    smoothed by a Gaussian of ``map_sigma`` px. ``"sobel"`` is the paper's
+    the largest of its Gaussian smoothings of ``map_sigmas`` px, each in
+    units of its normal high quantile (one smoothing of ``map_sigma`` px
+    when ``map_sigmas`` is empty). ``"sobel"`` is the paper's
     response, ``"energy"`` the deficit part alone. ``"segmentation"`` is a
     small convolutional head on the image and every level's noise and
     repair, trained on synthetic defective copies of calibration images.
@@ -282,7 +287,12 @@ class InferenceConfig:
                                        " its own median and MAD; \"auto\": chosen with the response.")
     score_window: int = described(11, 'The square (px) of "max" and "robust_max".')
     energy_window: int = described(9, 'Window (px) of the local noise energy ("two_sided", "energy").')
-    map_sigma: float = described(8.0, 'Gaussian smoothing (px) of the pixel map ("two_sided", "energy").')
+    map_sigma: float = described(8.0, 'Gaussian smoothing (px) of the pixel map ("energy"; "two_sided" when '
+                                      '`map_sigmas` is empty).')
+    map_sigmas: tuple[float, ...] = described(
+        MAP_SIGMAS, 'The pixel map of "two_sided" at several smoothings (px): each smoothed map in units of its own '
+                    'high quantile on the normal calibration images, and the map their maximum, so a small defect '
+                    'stays sharp and a large faint one fills in; empty: one smoothing of `map_sigma` px.')
     selection_copies: int = described(2, "Self-validation: synthetic defective copies of each held-out calibration "
                                          "image.")
     precision: str = described("float32", "The number format of the network through PyTorch: \"bfloat16\" runs it "
@@ -316,6 +326,10 @@ class InferenceConfig:
         int_in(self.energy_window, 1, MAX_WINDOW, "inference.energy_window")
         require(0 <= self.map_sigma <= 64, "inference.map_sigma", "in [0, 64] (0: no smoothing)",
                  self.map_sigma)
+        require(isinstance(self.map_sigmas, tuple) and len(self.map_sigmas) <= MAX_MAP_SIGMAS and all(
+            isinstance(s, (int, float)) and not isinstance(s, bool) and 0 < s <= 64 for s in self.map_sigmas)
+            and list(self.map_sigmas) == sorted(set(self.map_sigmas)), "inference.map_sigmas",
+            f"a list of at most {MAX_MAP_SIGMAS} increasing numbers in (0, 64]", self.map_sigmas)
         int_in(self.selection_copies, 1, MAX_SELECTION_COPIES, "inference.selection_copies")
         require(self.precision in PRECISIONS, "inference.precision", choices(PRECISIONS), self.precision)
 

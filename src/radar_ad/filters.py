@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -53,12 +54,15 @@ def sobel_kernels(ksize: int) -> tuple[torch.Tensor, torch.Tensor]:
 # instead of convolving with a 1-D kernel, which runs far below the
 # machine's rate, while the matrices' work (n per pixel) stays within
 # BANDED_PER_TAP times the kernel's (its taps per pixel), and their size
-# within BANDED_MAX pixels a side (a few MB each, a bounded cache).
+# within BANDED_MAX pixels a side (a few MB each, a bounded cache of
+# BANDED_CACHED: room for every kernel of every pyramid level, both axes,
+# of a model's images).
 BANDED_PER_TAP = 64
 BANDED_MAX = 1024
+BANDED_CACHED = 48
 
 
-@functools.lru_cache(maxsize=12)
+@functools.lru_cache(maxsize=BANDED_CACHED)
 def _banded(length: int, kernel: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """``(length, length)`` matrix B such that ``B @ v`` is ``v`` mirrored at
     both ends (``F.pad`` ``reflect``) correlated with ``kernel`` (odd length,
@@ -150,3 +154,18 @@ def gaussian_smooth(x: torch.Tensor, sigma: float, size: tuple[int, int] | None 
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
     kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
     return _separable(x, kernel / kernel.sum(), kernel / kernel.sum())
+
+
+def smoothings(x: torch.Tensor, sigmas: Sequence[float], size: tuple[int, int] | None = None) -> torch.Tensor:
+    """``(N, 1, H, W)`` -> ``(N, S, H, W)``: :func:`gaussian_smooth` at each of ``sigmas``."""
+    return torch.cat([gaussian_smooth(x, sigma, size) for sigma in sigmas], dim=1)
+
+
+def scale_space_max(x: torch.Tensor, sigmas: Sequence[float], quantiles: Sequence[float],
+                    size: tuple[int, int] | None = None) -> torch.Tensor:
+    """``(N, 1, H, W)`` -> ``(N, 1, H, W)``: the largest of the
+    :func:`smoothings` of ``x``, each divided by its entry of ``quantiles``
+    (its high quantile on normal images), so that every smoothing is on
+    one scale."""
+    scale = torch.tensor([max(q, 1e-12) for q in quantiles], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (smoothings(x, sigmas, size) / scale).amax(1, keepdim=True)

@@ -88,8 +88,8 @@ def model_fingerprint(path: str | Path) -> str:
 
 def check_metadata(meta: Any, where: str) -> dict[str, Any]:
     """Refuse metadata of another format or an unknown format version;
-    return it as the current version reads it (a version 2 model decides by
-    the contamination rule it was trained with, and had no conformal split)."""
+    return it as the current version reads it (a model made before
+    ``inference.map_sigmas`` keeps its one smoothing of the map)."""
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ModelError(f"{where} is not a radar-ad model file")
     version = meta.get("format_version")
@@ -97,6 +97,10 @@ def check_metadata(meta: Any, where: str) -> dict[str, Any]:
         raise ModelError(f"{where} has model format version {version!r}; "
                          f"this radar-ad ({__version__}) reads versions "
                          f"{', '.join(map(str, READABLE_VERSIONS))}; train the model again with it")
+    inference = meta.get("config", {}).get("inference") if isinstance(meta.get("config"), dict) else None
+    if isinstance(inference, dict) and "map_sigmas" not in inference:
+        # made before the map's several smoothings: it smooths once, by its map_sigma
+        meta = {**meta, "config": {**meta["config"], "inference": {**inference, "map_sigmas": []}}}
     return meta
 
 

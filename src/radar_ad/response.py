@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -62,19 +62,28 @@ EvidenceOf = Callable[[Sequence[torch.Tensor]], Evidence]
 
 
 class Statistics:
-    """Base of a response's learned numbers (a dataclass of floats), stored
-    in the model file as ``response_statistics`` (:meth:`Response.state`)."""
+    """Base of a response's learned numbers (a dataclass of floats and
+    tuples of floats), stored in the model file as ``response_statistics``
+    (:meth:`Response.state`). A field with a default may be missing from
+    what :meth:`from_dict` reads (a model made before the field)."""
 
-    def to_dict(self) -> dict[str, float]:
-        return {k: float(v) for k, v in asdict(self).items()}  # type: ignore[call-overload]
+    def to_dict(self) -> dict[str, float | list[float]]:
+        return {k: [float(x) for x in v] if isinstance(v, tuple) else float(v)
+                for k, v in asdict(self).items()}  # type: ignore[call-overload]
 
     @classmethod
     def from_dict(cls: type[S], data: Any) -> S:
         """From :meth:`to_dict`'s output; ``ValueError`` for anything else."""
-        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-        if not isinstance(data, dict) or set(data) != names:
+        known = fields(cls)  # type: ignore[arg-type]
+        names = {f.name for f in known}
+        required = {f.name for f in known if f.default is MISSING and f.default_factory is MISSING}
+        if not isinstance(data, dict) or not required <= set(data) <= names:
             raise ValueError(f"response_statistics must be an object with {', '.join(sorted(names))}")
-        return cls(**{k: float(v) for k, v in data.items()})
+        lists = {f.name for f in known if isinstance(f.default, tuple)}
+        if any(isinstance(v, list) != (k in lists) for k, v in data.items()):
+            raise ValueError(f"response_statistics: {', '.join(sorted(lists)) or 'no field'} must be lists, "
+                             "the others numbers")
+        return cls(**{k: tuple(float(x) for x in v) if k in lists else float(v) for k, v in data.items()})
 
 
 class Response:

@@ -64,7 +64,7 @@ class EnergyResponse(Response):
         self.statistics_ = statistics
         return self
 
-    def state(self) -> dict[str, float]:
+    def state(self) -> dict[str, float | list[float]]:
         return self.statistics_.to_dict()
 
     def load_state(self, state: object) -> None:

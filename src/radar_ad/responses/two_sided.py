@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ..features import SquareSums, window_max_features
-from ..filters import blur_sobel_map, gaussian_smooth, local_energy, smoothing_radius
+from ..filters import blur_sobel_map, gaussian_smooth, local_energy, scale_space_max, smoothing_radius, smoothings
 from ..registry import RESPONSES
 from ..response import Response, RunningMoments, Statistics, strided_quantiles
 from .energy import energy_deficit
@@ -26,7 +26,9 @@ from .energy import energy_deficit
 class ResponseStatistics(Statistics):
     """Normal levels the two-sided response is measured against, learned from
     the noise maps of normal calibration images. ``*_scale`` are the parts'
-    high quantiles, which put both parts on one scale in the combined map."""
+    high quantiles, which put both parts on one scale in the combined map;
+    ``map_quantiles`` the high quantiles of the combined map at each of
+    ``inference.map_sigmas`` (none: a model with one smoothing)."""
 
     energy_mean: float
     energy_std: float
@@ -34,6 +36,7 @@ class ResponseStatistics(Statistics):
     structure_std: float
     structure_scale: float = 1.0
     deficit_scale: float = 1.0
+    map_quantiles: tuple[float, ...] = ()
 
 
 def response_parts(noise_map: torch.Tensor, statistics: ResponseStatistics, energy_window: int,
@@ -50,10 +53,12 @@ def response_parts(noise_map: torch.Tensor, statistics: ResponseStatistics, ener
 
 
 def fit_response_statistics(noise_maps: Sequence[torch.Tensor], energy_window: int, blur_ksize: int = 5,
-                            sobel_ksize: int = 5, quantile: float = 0.999) -> ResponseStatistics:
+                            sobel_ksize: int = 5, quantile: float = 0.999,
+                            map_sigmas: Sequence[float] = ()) -> ResponseStatistics:
     """Pooled pixel statistics of normal ``(B, C, H, W)`` noise maps: running
-    moments, then the parts' quantiles from an evenly strided sample, so
-    memory stays near one map's."""
+    moments, then the parts' quantiles, then the combined map's at each of
+    ``map_sigmas``, each from an evenly strided sample, so memory stays near
+    one map's."""
     energy, structure = RunningMoments(), RunningMoments()
     for noise in noise_maps:
         structure.add(blur_sobel_map(noise, blur_ksize, sobel_ksize).double())
@@ -62,18 +67,32 @@ def fit_response_statistics(noise_maps: Sequence[torch.Tensor], energy_window: i
     parts = (response_parts(noise, statistics, energy_window, blur_ksize, sobel_ksize) for noise in noise_maps)
     scales = strided_quantiles(parts, energy.count, quantile)
     statistics.structure_scale, statistics.deficit_scale = (max(s, 1e-6) for s in scales)
+    if map_sigmas:
+        combined = (smoothings(combined_parts(response_parts(noise, statistics, energy_window, blur_ksize,
+                                                             sobel_ksize), statistics), map_sigmas)
+                    for noise in noise_maps)
+        statistics.map_quantiles = tuple(max(q, 1e-6) for q in strided_quantiles(combined, energy.count, quantile))
     return statistics
 
 
-def two_sided_map(parts: torch.Tensor, statistics: ResponseStatistics, sigma: float,
-                  size: tuple[int, int] | None = None) -> torch.Tensor:
-    """``(B, 2, H, W)`` parts -> ``(B, H, W)`` pixel anomaly map: the larger
-    part in units of its normal high quantile, smoothed by a Gaussian of
-    ``sigma`` px (a defect's deficit is a region, not an edge). ``size``:
-    the whole map's (H, W) when ``parts`` is a region of it."""
+def combined_parts(parts: torch.Tensor, statistics: ResponseStatistics) -> torch.Tensor:
+    """``(B, 2, H, W)`` parts -> ``(B, 1, H, W)``: the larger part in units of its normal high quantile."""
     scales = torch.tensor([statistics.structure_scale, statistics.deficit_scale], dtype=parts.dtype,
                           device=parts.device)
-    combined = (parts / scales.view(1, 2, 1, 1)).amax(1, keepdim=True)
+    return (parts / scales.view(1, 2, 1, 1)).amax(1, keepdim=True)
+
+
+def two_sided_map(parts: torch.Tensor, statistics: ResponseStatistics, sigma: float,
+                  size: tuple[int, int] | None = None, sigmas: Sequence[float] = ()) -> torch.Tensor:
+    """``(B, 2, H, W)`` parts -> ``(B, H, W)`` pixel anomaly map: the
+    :func:`combined_parts`, smoothed (a defect's deficit is a region, not an
+    edge): with ``sigmas`` (and the statistics' ``map_quantiles`` of them)
+    the largest of its Gaussian smoothings of those px, each in units of
+    its normal high quantile; else one Gaussian of ``sigma`` px. ``size``:
+    the whole map's (H, W) when ``parts`` is a region of it."""
+    combined = combined_parts(parts, statistics)
+    if sigmas:
+        return scale_space_max(combined, sigmas, statistics.map_quantiles, size)[:, 0].float()
     return gaussian_smooth(combined, sigma, size)[:, 0].float()
 
 
@@ -83,8 +102,10 @@ class TwoSidedResponse(Response):
     (kernel sizes blur_ksize, sobel_ksize); E = log of the mean squared noise in
     energy_window px windows (mirrored border). Parts max(0, (S -
     structure_mean) / structure_std) and max(0, (energy_mean - E) / energy_std)
-    from response_statistics; map = Gaussian (map_sigma px) of the larger part
-    over its scale; features = each part's largest window RMS.
+    from response_statistics; map = the larger part over its scale, at each
+    Gaussian smoothing of map_sigmas px over its normal high quantile, the
+    largest (one Gaussian of map_sigma px when map_sigmas is empty);
+    features = each part's largest window RMS.
     """
 
     feature_names = ("window_max_structure", "window_max_deficit")
@@ -94,19 +115,23 @@ class TwoSidedResponse(Response):
     def fit(self, noise_maps: Sequence[torch.Tensor]) -> TwoSidedResponse:
         inference = self.inference
         self.statistics_ = fit_response_statistics(noise_maps, inference.energy_window, inference.blur_ksize,
-                                                   inference.sobel_ksize, self.pixel_quantile)
+                                                   inference.sobel_ksize, self.pixel_quantile, inference.map_sigmas)
         return self
 
-    def state(self) -> dict[str, float]:
+    def state(self) -> dict[str, float | list[float]]:
         return self.statistics_.to_dict()
 
     def load_state(self, state: object) -> None:
-        self.statistics_ = ResponseStatistics.from_dict(state)
+        statistics = ResponseStatistics.from_dict(state)
+        if len(statistics.map_quantiles) != len(self.inference.map_sigmas):
+            raise ValueError(f"response_statistics holds {len(statistics.map_quantiles)} map_quantiles for "
+                             f"{len(self.inference.map_sigmas)} inference.map_sigmas")
+        self.statistics_ = statistics
 
     def context(self, size: tuple[int, int]) -> tuple[int, int]:
         inference = self.inference
         return (max(inference.blur_ksize // 2 + inference.sobel_ksize // 2, inference.energy_window // 2),
-                smoothing_radius(inference.map_sigma, size))
+                smoothing_radius(max(inference.map_sigmas, default=inference.map_sigma), size))
 
     def feature_maps(self, noise_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         inference = self.inference
@@ -114,7 +139,7 @@ class TwoSidedResponse(Response):
                               inference.sobel_ksize, size)
 
     def anomaly(self, maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        return two_sided_map(maps, self.statistics_, self.inference.map_sigma, size)
+        return two_sided_map(maps, self.statistics_, self.inference.map_sigma, size, self.inference.map_sigmas)
 
     def features(self, sums: SquareSums) -> torch.Tensor:
         return window_max_features(sums)
