@@ -108,11 +108,11 @@ def test_quick_benchmark_reports_every_method_and_reuses_the_model(tiny_dataset,
     assert again["tables"]["subset"][0]["image_auroc"] == subset_rows["radar_if"]["image_auroc"]
 
     # another inference setting reuses the network and only recalibrates
-    code, _, stderr = benchmark(capsys, *args, "--methods", "radar_if", "--set", "inference.map_sigma=2")
+    code, _, stderr = benchmark(capsys, *args, "--methods", "radar_if", "--set", "inference.map_sigmas=[2]")
     assert code == 0, stderr
     assert "reusing" in stderr and "recalibrating" in stderr
     third = json.loads((out / "results.json").read_text())["datasets"][0]
-    assert third["model_dir"] == dataset["model_dir"] and third["config"]["inference"]["map_sigma"] == 2
+    assert third["model_dir"] == dataset["model_dir"] and third["config"]["inference"]["map_sigmas"] == [2]
     assert third["tables"]["subset"][0]["pixel_auroc"] != subset_rows["radar_if"]["pixel_auroc"]
 
 

@@ -30,7 +30,8 @@ MAP_RESPONSES = tuple(name for name in RESPONSE_NAMES if issubclass(RESPONSES.ge
 # settings that move every context a tile needs: filters, energy window,
 # smoothing radius, feature windows that overlap and do not tile the image
 ODD = {"inference.blur_ksize": 3, "inference.sobel_ksize": 7, "inference.energy_window": 15,
-       "inference.map_sigma": 3.5, "inference.window": 33, "inference.window_stride": 7}
+       "inference.map_sigma": 3.5, "inference.map_sigmas": [1.5, 3.5, 9.0], "inference.window": 33,
+       "inference.window_stride": 7}
 # a response that learns from images learns briefly here: these tests are about tiling and memory
 BRIEF_LEARNING = {"inference.responses.segmentation.examples": 8, "inference.responses.segmentation.steps": 3,
                   "inference.responses.segmentation.crop": 32}
@@ -103,7 +104,8 @@ def test_tiled_response_equals_the_whole_image(name, settings):
 def test_tiles_of_a_thin_image_clip_kernels_to_the_whole_image(name):
     """Image sides below the window and the smoothing radius clip them to
     the image, not to a tile."""
-    response = fitted_response(name, {"inference.map_sigma": 20.0, "inference.window": 50})
+    response = fitted_response(name, {"inference.map_sigma": 20.0, "inference.map_sigmas": [2.0, 20.0],
+                                      "inference.window": 50})
     noise = torch.randn(1, 1, 15, 700, generator=torch.Generator().manual_seed(3))
     assert_same(response(noise), respond_in_tiles(response, noise, tile=32, min_pixels=0))
 
