@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from radar_ad import Radar
-from radar_ad.bench.candidates import candidate_options, load_splits, metrics, probe_parser, score_sets, write_result
+from radar_ad.bench.candidates import candidate_options, metrics, open_probe, probe_parser, score_sets, write_result
 
 
 def model_scores(radar: Radar, images: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -47,8 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = probe_parser(__doc__, "leave_one_type_out.json")
     args = parser.parse_args(argv)
     began = time.perf_counter()
-    radar = Radar.load(args.model)
-    splits = load_splits(radar, args.dataset, args.validation_fraction)
+    radar, splits = open_probe(args)
     config, options = candidate_options(radar)
     validation, test = score_sets(radar, config, options, splits.calibration, [splits.validation, splits.test])
     own_scores, own_maps = model_scores(radar, splits.test.images)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from radar_ad import Radar
-from radar_ad.bench.candidates import load_splits, num, probe_parser, write_result
+from radar_ad.bench.candidates import num, open_probe, probe_parser, write_result
 from radar_ad.filters import gaussian_smooth, scale_space_max
 from radar_ad.metrics import pixel_metrics
 
@@ -35,11 +35,15 @@ SINGLE = (0.0, 1.0, 2.0, 4.0, 8.0, 12.0, 16.0)
 SEVERAL = ((1.0, 2.0, 4.0), (1.0, 2.0, 4.0, 8.0), (1.0, 2.0, 4.0, 8.0, 16.0), (2.0, 4.0, 8.0, 16.0))
 
 
+def as_inputs(images: list[np.ndarray]) -> list[np.ndarray]:
+    """``(C, H, W)`` arrays as :meth:`Radar.predict_many` takes them: ``(H, W)`` or ``(H, W, C)``."""
+    return [image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0) for image in images]
+
+
 def unsmoothed(radar: Radar, images: list[np.ndarray]) -> list[torch.Tensor]:
     """Each image's ``(1, 1, H, W)`` two_sided map before any smoothing."""
     return [torch.from_numpy(p.anomaly_map.astype(np.float64))[None, None]
-            for p in radar.predict_many([image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
-                                         for image in images])]
+            for p in radar.predict_many(as_inputs(images))]
 
 
 def row(name: str, smooth: Any, normal: list[torch.Tensor], maps: list[torch.Tensor], masks: list[np.ndarray],
@@ -59,12 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = probe_parser(__doc__, "map_smoothing.json")
     args = parser.parse_args(argv)
     began = time.perf_counter()
-    model = Radar.load(args.model)
-    splits = load_splits(model, args.dataset, args.validation_fraction)
+    model, splits = open_probe(args)
     radar = model.with_settings({"inference.response": "two_sided", "inference.map_sigma": 0.0,
                                  "inference.map_sigmas": []})
-    radar.refit_calibration([image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
-                             for image in splits.calibration])
+    radar.refit_calibration(as_inputs(splits.calibration))
     validation = splits.validation
     keep = [i for i, mask in enumerate(validation.masks) if mask is not None]
     masks = [validation.masks[i] for i in keep]

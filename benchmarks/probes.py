@@ -25,12 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from radar_ad import Radar
 from radar_ad.bench.candidates import (
     candidate_options,
-    load_splits,
     metrics,
     num,
+    open_probe,
     probe_parser,
     score_sets,
     write_result,
@@ -43,8 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timesteps", default=None, help="comma-separated (default: the model's)")
     args = parser.parse_args(argv)
     began = time.perf_counter()
-    radar = Radar.load(args.model)
-    splits = load_splits(radar, args.dataset, args.validation_fraction)
+    radar, splits = open_probe(args)
     validation = splits.validation
     types = validation.types
     timesteps = ([int(t) for t in args.timesteps.split(",")] if args.timesteps

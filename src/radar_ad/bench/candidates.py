@@ -94,6 +94,13 @@ def load_splits(radar: Radar, root: Path, validation_fraction: float = 0.2, prog
     return Splits(calibration, validation, test)
 
 
+def open_probe(args: argparse.Namespace) -> tuple[Radar, Splits]:
+    """The model a probe's command line names (``args.model``) and the
+    splits of its dataset (``args.dataset``, ``args.validation_fraction``)."""
+    radar = Radar.load(args.model)
+    return radar, load_splits(radar, args.dataset, args.validation_fraction)
+
+
 def candidate_options(radar: Radar, overrides: dict[str, Any] | None = None) -> tuple[RadarConfig, list[Candidate]]:
     """The config the candidates are built from (the model's, with the
     choices left open and ``overrides``) and the candidates."""

@@ -36,7 +36,6 @@ import logging
 import math
 import os
 import re
-import shutil
 import sys
 import tempfile
 import time
@@ -55,6 +54,7 @@ from ..backend import available_cores, threads_per_worker, use_threads
 from ..config import DataConfig
 from ..data import MAX_BATCH_IMAGES, load_image_bytes
 from ..errors import ConfigError, ModelError, RadarError, first_line
+from ..files import TEMPORARY_MARKER, remove_temporary_dir
 from ..persistence import CONFIG_FILE, MODEL_FILES
 from ..progress import progress_bar
 from ..records import ERROR_VERDICT, error_record, result_record
@@ -214,6 +214,7 @@ class Scorer:
         use_threads(threads_per_worker(workers_per_node))  # before the model: its engine reads the count
         files: dict[str, bytes] = ray.get(shipped[0])
         folder = Path(tempfile.mkdtemp(prefix="radar-ad-model-"))
+        (folder / TEMPORARY_MARKER).touch()  # what remove_temporary_dir removes, and nothing else
         # A failure here is kept and raised by the first batch: an actor that dies while it starts is
         # retried by Ray, with a traceback on the driver's terminal; a batch's error ends the run in one line.
         self.failure: str | None = None
@@ -227,7 +228,7 @@ class Scorer:
         except Exception as exc:  # an engine's own error (no CUDA on this machine, a missing library)
             self.failure = f"{type(exc).__name__}: {first_line(exc)}"
         finally:  # every engine holds the model in memory once loaded
-            shutil.rmtree(folder, ignore_errors=True)
+            remove_temporary_dir(folder)
         self.map_files = MapFiles(out) if maps else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:

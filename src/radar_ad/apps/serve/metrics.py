@@ -160,7 +160,8 @@ def pool_metrics_folder() -> Iterator[str | None]:
     try:
         yield folder
     finally:
-        if (Path(folder) / POOL_MARKER).is_file():  # ours still: never a folder someone put in its place
+        # ours still: never a folder or a link someone put in its place
+        if not Path(folder).is_symlink() and (Path(folder) / POOL_MARKER).is_file():
             shutil.rmtree(folder, ignore_errors=True)
 
 
