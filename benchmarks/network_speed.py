@@ -12,8 +12,10 @@ channels-last), ONNX Runtime (as shipped, and with its whole-graph
 optimisation written out first), OpenVINO (LATENCY and THROUGHPUT hints),
 ``torch.compile``; and lower precision: bfloat16 (PyTorch autocast,
 OpenVINO's precision hint) and int8, ONNX Runtime's static QDQ quantiser
-and, where ``nncf`` is installed, NNCF for OpenVINO, both calibrated on the patches of up to
-eight normal images (``--normal``), apart from the timed ones.
+(every operator, or convolutions and matrix products only with the first
+and last convolution in float32) and, where ``nncf`` is installed, NNCF for
+OpenVINO, calibrated on the patches of up to eight normal images
+(``--normal``), apart from the timed ones. ``--variant`` runs a subset.
 
 For each variant and batch size: milliseconds of network per image, the
 GFLOP/s that achieves (PyTorch's FLOP count of the same patches), the
@@ -53,7 +55,8 @@ from radar_ad.synthetic import SyntheticSpec, make_dataset
 sys.path.insert(0, str(Path(__file__).parent))
 from speed import cpu_description, matmul_peak  # noqa: E402  # the sibling benchmark's machine line
 
-LOW_PRECISION = ("torch bfloat16", "openvino bfloat16", "onnx int8 (QDQ)", "openvino int8 (NNCF)")
+LOW_PRECISION = ("torch bfloat16", "openvino bfloat16", "onnx int8 (QDQ)", "onnx int8 (QDQ, float ends)",
+                 "openvino int8 (NNCF)")
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 Runner = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -178,9 +181,20 @@ def feeds(batches: list[Batch]) -> list[dict[str, np.ndarray]]:
             for p, i, v in batches]
 
 
-def ort_int8(graph: bytes, calibration: list[Batch]) -> bytes:
-    """Static QDQ int8 (per-channel int8 weights, uint8 activations) calibrated on ``calibration``."""
+def ort_int8(graph: bytes, calibration: list[Batch], float_ends: bool = False) -> bytes:
+    """Static QDQ int8 (per-channel int8 weights, uint8 activations) calibrated on ``calibration``;
+    ``float_ends``: only convolutions and matrix products quantised, the U-Net's first and last
+    convolution left in float32 (the noising arithmetic in front of them stays float too)."""
+    import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    options: dict[str, Any] = {}
+    if float_ends:
+        ends = [n.name for n in onnx.load_from_string(graph).graph.node
+                if n.name.endswith(("/conv_in/Conv", "/conv_out/Conv"))]
+        if len(ends) != 2:
+            raise ValueError(f"expected the U-Net's conv_in and conv_out in the graph, found {ends}")
+        options = {"op_types_to_quantize": ["Conv", "MatMul", "Gemm"], "nodes_to_exclude": ends}
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -193,7 +207,7 @@ def ort_int8(graph: bytes, calibration: list[Batch]) -> bytes:
         source, target = Path(folder) / "fp32.onnx", Path(folder) / "int8.onnx"
         source.write_bytes(graph)
         quantize_static(str(source), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, **options)
         return target.read_bytes()
 
 
@@ -213,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=16, help="images timed")
     parser.add_argument("--batches", default="64,256,1024", help="patches per network call")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--variant", action="append", help="run this variant (repeat it; default: every one), "
+                        "e.g. --variant torch --variant 'onnx int8 (QDQ, float ends)'; torch first: the reference")
     parser.add_argument("--json", type=Path, default=Path("network_speed.json"))
     args = parser.parse_args(argv)
     radar = Radar.load(args.model)
@@ -256,8 +272,14 @@ def main(argv: list[str] | None = None) -> int:
         "openvino THROUGHPUT": lambda: openvino_runner(graph, "THROUGHPUT"),
         "openvino bfloat16": lambda: openvino_runner(graph, "LATENCY", "bf16"),
         "onnx int8 (QDQ)": lambda: onnx_runner(ort_int8(graph, calibration)),
+        "onnx int8 (QDQ, float ends)": lambda: onnx_runner(ort_int8(graph, calibration, float_ends=True)),
         "openvino int8 (NNCF)": lambda: openvino_runner(nncf_int8(graph, calibration), "LATENCY"),
     }
+    if args.variant:
+        unknown = [name for name in args.variant if name not in variants]
+        if unknown or args.variant[0] != "torch":
+            parser.error(f"--variant: torch first, then any of {'; '.join(variants)} (got {'; '.join(args.variant)})")
+        variants = {name: variants[name] for name in args.variant}
     reference: torch.Tensor | None = None
     rows, runners = [], {}
     for name, make in variants.items():
