@@ -311,6 +311,7 @@ def test_training_never_writes_into_or_removes_a_users_folder(surfaces, tmp_path
     """A user's own folder where the checkpoint would go is refused before
     training and left as it was; the checkpoint folder training makes is
     marked as its own and removed once the model is written."""
+    from radar_ad.training import CHECKPOINT_FILE, remove_checkpoint_dir
     from radar_ad.workflows import train_model
 
     users = tmp_path / "model.checkpoint"
@@ -320,6 +321,17 @@ def test_training_never_writes_into_or_removes_a_users_folder(surfaces, tmp_path
     with pytest.raises(DataError, match="not made by radar-ad"):
         train_model(config, surfaces, tmp_path / "model", progress=False)
     assert (users / "notes.txt").read_text() == "mine" and not (tmp_path / "model").exists()
+    # an empty folder of the user's, a link to one, and one holding a file of the checkpoint's name: refused too
+    empty, linked, lookalike = tmp_path / "empty.checkpoint", tmp_path / "linked.checkpoint", users
+    empty.mkdir()
+    linked.symlink_to(empty, target_is_directory=True)
+    (users / CHECKPOINT_FILE).write_bytes(b"mine too")
+    for model in ("empty", "linked", "model"):
+        with pytest.raises(DataError, match="not made by radar-ad"):
+            train_model(config, surfaces, tmp_path / model, progress=False)
+    assert empty.is_dir() and not any(empty.iterdir()) and linked.is_symlink()
+    assert sorted(p.name for p in lookalike.iterdir()) == [CHECKPOINT_FILE, "notes.txt"]
+    assert remove_checkpoint_dir(users) is False and remove_checkpoint_dir(linked) is False and users.is_dir()
     train_model(config, surfaces, tmp_path / "other", progress=False)
     assert (tmp_path / "other" / CONFIG_FILE).is_file() and not (tmp_path / "other.checkpoint").exists()
 

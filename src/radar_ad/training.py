@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,15 +50,25 @@ CHECKPOINT_MARKER = ".radar-ad-checkpoint"
 
 
 def is_checkpoint_dir(directory: Path) -> bool:
-    """Whether ``directory`` is a checkpoint folder radar-ad training made."""
-    return (directory / CHECKPOINT_MARKER).is_file() or (directory / CHECKPOINT_FILE).is_file()
+    """Whether ``directory`` is a checkpoint folder radar-ad training made:
+    a folder (not a link) holding :data:`CHECKPOINT_MARKER`."""
+    return not directory.is_symlink() and (directory / CHECKPOINT_MARKER).is_file()
+
+
+def remove_checkpoint_dir(directory: Path) -> bool:
+    """Remove a checkpoint folder training made (:func:`is_checkpoint_dir`),
+    and nothing else. Returns whether it was."""
+    if not is_checkpoint_dir(directory):
+        return False
+    shutil.rmtree(directory, ignore_errors=True)
+    return True
 
 
 def check_checkpoint_dir(directory: Path) -> None:
-    """Refuse, before the first step, a checkpoint location that holds
-    something radar-ad did not write (it would be written into, then removed)."""
-    if directory.exists() and not (directory.is_dir() and (is_checkpoint_dir(directory)
-                                                           or not any(directory.iterdir()))):
+    """Refuse, before the first step, a checkpoint location that radar-ad
+    training did not make, even an empty folder (it would be written into,
+    then removed)."""
+    if (directory.exists() or directory.is_symlink()) and not is_checkpoint_dir(directory):
         raise DataError(f"{directory} exists and was not made by radar-ad training; refusing to write "
                         "checkpoints into it (move it, or choose another output)")
 

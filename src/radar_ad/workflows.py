@@ -5,7 +5,6 @@ the output while training, and the backup of the replaced conformal file."""
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 from .config import RadarConfig
@@ -13,7 +12,7 @@ from .data import list_images
 from .errors import ModelError
 from .persistence import check_model_target, checkpoint_dir, replace_conformal
 from .pipeline import Radar
-from .training import DeviceStrategy, check_checkpoint_dir, is_checkpoint_dir
+from .training import DeviceStrategy, check_checkpoint_dir, remove_checkpoint_dir
 
 
 def train_model(config: RadarConfig, data: str | Path, out: str | Path, *, resume: bool = False,
@@ -33,8 +32,7 @@ def train_model(config: RadarConfig, data: str | Path, out: str | Path, *, resum
                                              strategy=strategy)
     if strategy is None or strategy.is_main:
         radar.save(out)
-        if is_checkpoint_dir(checkpoint):  # ours (train_unet refused anything else before training)
-            shutil.rmtree(checkpoint, ignore_errors=True)
+        remove_checkpoint_dir(checkpoint)  # ours only (anything else was refused before training)
     if strategy is not None:
         strategy.wait()  # the others return once the model directory is in place
     return radar
