@@ -3,7 +3,8 @@ the per-patch network alone, run every way this machine offers, on the very
 batches the pipeline feeds it.
 
     python benchmarks/network_speed.py MODEL_DIR [--images DIR] [--count 16]
-                                       [--batches 64,256,1024] [--json network_speed.json]
+                                       [--batches 64,256,1024] [--variant NAME ...]
+                                       [--json network_speed.json]
 
 The patches are recorded from the pipeline scoring ``--count`` images (a
 folder, or generated 256 x 256 surfaces) at every level the model reads, so
