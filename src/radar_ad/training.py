@@ -64,10 +64,13 @@ def remove_checkpoint_dir(directory: Path) -> bool:
     return True
 
 
-def check_checkpoint_dir(directory: Path) -> None:
+def check_checkpoint_dir(directory: Path, removed_after: bool = True) -> None:
     """Refuse, before the first step, a checkpoint location that radar-ad
-    training did not make, even an empty folder (it would be written into,
-    then removed)."""
+    training did not make: with ``removed_after`` (the folder is removed
+    once the model is written) even an empty folder; else an empty folder
+    the caller named is written into, and kept."""
+    if directory.is_dir() and not directory.is_symlink() and not removed_after and not any(directory.iterdir()):
+        return
     if (directory.exists() or directory.is_symlink()) and not is_checkpoint_dir(directory):
         raise DataError(f"{directory} exists and was not made by radar-ad training; refusing to write "
                         "checkpoints into it (move it, or choose another output)")
@@ -288,8 +291,8 @@ def train_unet(
                 scheduler.config.num_train_timesteps)
     fingerprint = _training_fingerprint(config, channels, images, strategy.world_size)
 
-    if checkpoint_dir is not None:
-        check_checkpoint_dir(checkpoint_dir)
+    if checkpoint_dir is not None:  # written into, never removed here
+        check_checkpoint_dir(checkpoint_dir, removed_after=False)
     start, history = 0, list[float]()
     if resume and checkpoint_dir is not None and (checkpoint_dir / CHECKPOINT_FILE).is_file():
         start, history = _load_checkpoint(checkpoint_dir, unet, optimizer, ema, generator,
