@@ -90,6 +90,34 @@ def test_seeded_and_round_trips_through_json_and_tensors(response):
     assert torch.equal(_restored(legacy, {})(evidence).anomaly_map, response(evidence).anomaly_map)
 
 
+def test_each_normal_image_is_read_once_and_its_crops_are_cut_from_its_own_evidence():
+    images = [_texture(i) for i in range(6)]
+    calls = []
+
+    def counted(batch):
+        calls.append(len(batch))
+        return _evidence(batch)
+
+    brief = {**SETTINGS, "inference.responses.segmentation.steps": 1}  # the examples are what is checked
+    learned = SegmentationResponse(RadarConfig().updated(brief)).learn(images, counted)
+    examples = learned.examples_
+    n_normal = round(0.25 * 80)
+    # every one of the 6 images sets the input standardisation, and the 20 normal examples are drawn from
+    # them: 6 evaluations, then one per defective copy
+    assert sum(calls) == len(calls) == 6 + (80 - n_normal)
+    assert examples.kinds[:6 + n_normal] == ["normal"] * (6 + n_normal)
+    assert all(kind != "normal" for kind in examples.kinds[6 + n_normal:])
+    assert not examples.masks[:6 + n_normal].any()
+    # each normal crop is a crop of one of the images' own evidence stack
+    stacks = [learned._stack(_evidence([image]).select(learned.scales))[0].half() for image in images]
+    crop = examples.inputs.shape[-1]
+    for inputs in examples.inputs[:6 + n_normal]:
+        corner = inputs[0, 0, 0]  # the image channel's corner pixel, then the whole crop
+        assert any(torch.equal(stack[:, top:top + crop, left:left + crop], inputs)
+                   for stack in stacks for top, left in zip(*torch.nonzero(stack[0] == corner, as_tuple=True))
+                   if top + crop <= stack.shape[1] and left + crop <= stack.shape[2])
+
+
 @pytest.mark.parametrize("state, tensors, message", [
     (None, {}, "must be an object with channels"),
     ({"channels": 1}, {}, "cannot be read"),

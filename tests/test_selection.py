@@ -12,7 +12,9 @@ import pytest
 
 from radar_ad import Radar
 from radar_ad.config import AUTO
+from radar_ad.data import as_image_array
 from radar_ad.errors import ConfigError
+from radar_ad.evidence_passes import EvidencePasses
 from radar_ad.persistence import CONFIG_FILE
 from radar_ad.selection import (
     Candidate,
@@ -21,7 +23,9 @@ from radar_ad.selection import (
     candidates,
     choose_map,
     describe_record,
+    evaluate,
     map_auroc,
+    prepare,
 )
 
 from test_cli import radar as run_radar
@@ -188,3 +192,44 @@ def test_the_map_from_the_first_levels_and_the_features_from_all(pyramid_fitted,
     # only the first levels of those read
     with pytest.raises(ConfigError, match="inference.map_scales"):
         radar.config.updated({"inference.scales": [1, 2, 4], "inference.map_scales": [2]})
+
+
+def test_calibration_after_the_choice_is_what_a_calibration_of_the_named_choice_gives(pyramid_fitted, normal_images):
+    """Calibration reuses the evidence the self-validation computed, image
+    for image in order, and ends where calibrating the chosen settings
+    from scratch ends."""
+    radar, _ = pyramid_fitted
+    chosen = radar.with_settings({**OPEN, "inference.response": "two_sided"}).refit_calibration(
+        normal_images[:30], conformal=normal_images[30:42])
+    assert chosen.selection() is not None and len(chosen.selection()["candidates"]) == 9
+    named = radar.with_settings(chosen.selection()["chosen"]).refit_calibration(
+        normal_images[:30], conformal=normal_images[30:42])
+    assert named.selection() is None
+    np.testing.assert_allclose(chosen.decision_.calibration_features_, named.decision_.calibration_features_,
+                               rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(chosen.decision_.conformal_scores_, named.decision_.conformal_scores_,
+                               rtol=1e-5, atol=1e-8)
+    assert chosen.pixel_threshold_ == pytest.approx(named.pixel_threshold_, rel=1e-5)
+
+
+def test_held_evidence_scores_as_the_images_it_came_from(pyramid_fitted, normal_images):
+    """Every candidate scores an image the same whether its evidence is
+    given or computed, and the one-class model's scores of all images in
+    one call are each image's own."""
+    radar, _ = pyramid_fitted
+    config = radar.config.updated(OPEN)
+    options = [option for option in candidates(config) if option.response == "two_sided"]
+    passes = EvidencePasses(radar.backend_, radar.config)
+    arrays = [as_image_array(path, radar.config.data, radar.config.patch_size) for path in normal_images[:20]]
+    prepared = prepare(config, options, arrays[:12], passes.evidence_each, passes.evidence_of)
+    computed = evaluate(prepared, arrays[12:], passes.evidence_each, keep_maps=True)
+    held = evaluate(prepared, arrays[16:], passes.evidence_each, keep_maps=True,
+                    held=passes.evidence_each(arrays[12:16], "held"))
+    for option in options:
+        assert len(computed.scores[option]) == 8
+        np.testing.assert_allclose(held.scores[option], computed.scores[option], rtol=1e-5, atol=1e-8)
+    for key, maps in computed.maps.items():
+        np.testing.assert_allclose(np.stack(held.maps[key]), np.stack(maps), rtol=1e-5, atol=1e-6)
+    one = evaluate(prepared, arrays[12:13], passes.evidence_each)
+    for option in options:
+        assert one.scores[option][0] == pytest.approx(computed.scores[option][0], rel=1e-5)

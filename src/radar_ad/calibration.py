@@ -12,7 +12,7 @@ reader's terms.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -63,14 +63,16 @@ def fit_calibration(config: RadarConfig, backend: NoiseBackend, images: list[np.
     came from."""
     learned: EvidenceResponse | None = None
     record: dict[str, Any] | None = None
+    known: list[Evidence] | None = None
     if not config.inference.resolved:
         passes = EvidencePasses(backend, config)
         selection = choose(config, images, passes.evidence_each, passes.evidence_of, progress)
         config = config.updated(selection.settings())
-        learned, record = selection.response, selection.record()
+        learned, record, known = selection.response, selection.record(), selection.evidence
     passes = EvidencePasses(backend, config)
     response = learned or build_response(config).learn(images, passes.evidence_of, progress)
-    chunks: Iterable[Pass] = passes.chunks(images, response.scales, progress, "calibrating")
+    chunks: Iterable[Pass] = (passes.chunks(images, response.scales, progress, "calibrating") if known is None
+                              else held_passes(known, response.scales))
     held: list[Pass] = []
 
     def normal_evidence() -> list[Evidence]:
@@ -94,6 +96,12 @@ def fit_calibration(config: RadarConfig, backend: NoiseBackend, images: list[np.
         np.stack(features), conformal_features)
     return config, Calibration(response, decision, pixel_threshold(maps, config.decision.pixel_quantile),
                                {**stamp(info["source"]), **info}, record)
+
+
+def held_passes(evidence: Sequence[Evidence], scales: Sequence[int]) -> list[Pass]:
+    """Passes of images whose evidence (at least at ``scales``) is known
+    already, one image a group, in order."""
+    return [[([i], item.select(scales))] for i, item in enumerate(evidence)]
 
 
 def with_conformal(calibration: Calibration, config: RadarConfig, conformal_features: np.ndarray,

@@ -45,7 +45,7 @@ tried on all of them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,7 +104,9 @@ class Candidate:
 class Selection:
     """What the self-validation chose and how every candidate did.
     ``response``: the chosen response when it learned from images (reused,
-    not learned again), else ``None``."""
+    not learned again), else ``None``; ``evidence``: the calibration
+    images' evidence at every level of the network, in their order (for
+    calibration to reuse), or ``None`` when none was computed."""
 
     chosen: Candidate
     requested: dict[str, Any]
@@ -117,6 +119,7 @@ class Selection:
     response: EvidenceResponse | None = field(default=None, repr=False)
     map_scales: tuple[int, ...] | None = None
     maps: list[dict[str, Any]] = field(default_factory=list)
+    evidence: list[Evidence] | None = field(default=None, repr=False)
 
     @property
     def synthetic_auroc(self) -> float | None:
@@ -357,10 +360,13 @@ class Evaluated:
 
 
 def evaluate(prepared: Prepared, images: Sequence[np.ndarray], evidence_many: EvidenceMany,
-             keep_maps: bool = False, chunk: int = 16, desc: str = "candidates: scoring") -> Evaluated:
-    """Score ``images`` (``(C, H, W)`` in [0, 1]) with every candidate,
-    ``chunk`` images' evidence at a time (memory: one chunk's evidence, the
-    scores, and the kept maps)."""
+             keep_maps: bool = False, chunk: int = 16, desc: str = "candidates: scoring",
+             held: Sequence[Evidence] = ()) -> Evaluated:
+    """Score with every candidate the images whose evidence is ``held``,
+    then ``images`` (``(C, H, W)`` in [0, 1]), whose evidence is computed
+    ``chunk`` images at a time (memory: one chunk's evidence, the scores,
+    the features and the kept maps). A candidate that scores by the
+    one-class model scores all its images' features in one call."""
     config = prepared.config
     decisions = {}
     for option in prepared.options:
@@ -368,6 +374,7 @@ def evaluate(prepared: Prepared, images: Sequence[np.ndarray], evidence_many: Ev
             decisions[option] = ImageDecision(config.decision, config.seed).fit(
                 prepared.fit_features[(option.response, option.scales)])
     scores: dict[Candidate, list[float]] = {option: [] for option in prepared.options}
+    features: dict[Candidate, list[np.ndarray]] = {option: [] for option in decisions}
     maps: dict[tuple[str, tuple[int, ...]], list[np.ndarray]] = {}
     scale_sets = {}
     for name, response in prepared.responses.items():
@@ -376,21 +383,27 @@ def evaluate(prepared: Prepared, images: Sequence[np.ndarray], evidence_many: Ev
             widest = prepared.widest[name]
             sets += [widest[:k] for k in range(1, len(widest) + 1)]
         scale_sets[name] = list(dict.fromkeys(sets))
-    for start in range(0, len(images), chunk):
-        for item in evidence_many(images[start:start + chunk], desc):
-            for name in prepared.responses:
-                outputs = prepared.outputs(name, item)
-                for scales in scale_sets[name]:
-                    fused = _fused(outputs, prepared.keep(name, scales), item.size)
-                    if keep_maps:
-                        maps.setdefault((name, scales), []).append(fused.anomaly_map[0].float().cpu().numpy())
-                    for option in (o for o in prepared.options if o.response == name and o.scales == scales):
-                        if option.image_score == "features":
-                            value = float(decisions[option].score(fused.features.numpy())[0])
-                        else:
-                            value = float(map_scores(fused.anomaly_map, option.image_score,
-                                                     config.inference.score_window)[0, 0])
-                        scores[option].append(value)
+
+    def stream() -> Iterator[Evidence]:
+        yield from held
+        for start in range(0, len(images), chunk):
+            yield from evidence_many(images[start:start + chunk], desc)
+
+    for item in stream():
+        for name in prepared.responses:
+            outputs = prepared.outputs(name, item)
+            for scales in scale_sets[name]:
+                fused = _fused(outputs, prepared.keep(name, scales), item.size)
+                if keep_maps:
+                    maps.setdefault((name, scales), []).append(fused.anomaly_map[0].float().cpu().numpy())
+                for option in (o for o in prepared.options if o.response == name and o.scales == scales):
+                    if option in decisions:
+                        features[option].append(fused.features.numpy())
+                    else:
+                        scores[option].append(float(map_scores(fused.anomaly_map, option.image_score,
+                                                               config.inference.score_window)[0, 0]))
+    for option, rows in features.items():
+        scores[option] = decisions[option].score(np.concatenate(rows)).tolist() if rows else []
     return Evaluated({option: np.array(values) for option, values in scores.items()}, maps)
 
 
@@ -412,6 +425,8 @@ def choose(config: RadarConfig, images: Sequence[np.ndarray], evidence_many: Evi
     check = [images[i] for i in sorted(order[n_fit:].tolist())]
     defective, masks, kinds = synthetic_copies(check, fit, config.inference.selection_copies, rng)
     prepared = prepare(config, options, fit, evidence_many, evidence_of, progress)
+    # the check images' evidence serves every kind group, and then calibration
+    held = evidence_many(check, "self-validation: held-out images")
     image_aurocs: dict[Candidate, list[float]] = {option: [] for option in options}
     map_pooled: dict[tuple[str, tuple[int, ...]], list[float]] = {}
     map_images: dict[tuple[str, tuple[int, ...]], list[float]] = {}
@@ -422,8 +437,8 @@ def choose(config: RadarConfig, images: Sequence[np.ndarray], evidence_many: Evi
             continue
         group_sizes.append(len(picked))
         fold = prepared.without(group)
-        evaluated = evaluate(fold, check + [defective[i] for i in picked], evidence_many, keep_maps=True,
-                             desc="self-validation: held-out and defective images")
+        evaluated = evaluate(fold, [defective[i] for i in picked], evidence_many, keep_maps=True,
+                             desc="self-validation: defective images", held=held)
         labels = np.array([0] * len(check) + [1] * len(picked))
         for option in options:
             image_aurocs[option].append(auroc(labels, evaluated.scores[option]) or 0.0)
@@ -458,6 +473,8 @@ def choose(config: RadarConfig, images: Sequence[np.ndarray], evidence_many: Evi
         keys = [(chosen.response, chosen.scales[:k]) for k in range(1, len(chosen.scales) + 1)]
         pick, map_rows = choose_map(keys, pooled, {key: np.array(map_images[key]) for key in keys})
         map_scales = keys[pick][1]
+    evidence = dict(zip(sorted(order[:n_fit].tolist()), prepared.evidence))
+    evidence.update(zip(sorted(order[n_fit:].tolist()), held))
     return Selection(chosen, asked, table, len(fit), len(check), len(defective), note, error,
                      response=learned if learns_from_images(learned) else None, map_scales=map_scales,
-                     maps=map_rows)
+                     maps=map_rows, evidence=[evidence[i] for i in range(n)])

@@ -253,23 +253,35 @@ class SegmentationResponse(EvidenceResponse):
             masks.append(torch.from_numpy(mask[top:top + crop, left:left + crop]))
             kinds.append(kind)
 
-        # the input standardisation, from normal images' evidence
-        normal = [int(i) for i in rng.permutation(len(images))[:STATISTICS_IMAGES]]
-        sample = []
-        for i in normal:
-            stack = self._stack(self._evidence(evidence_of, images[i]))[0]
-            sample.append(stack.flatten(1)[:, ::7])
-            keep(stack, np.zeros(stack.shape[1:], bool), None, NORMAL)
-        pooled = torch.cat(sample, 1).double()
-        standardisation = pooled.mean(1).float(), pooled.std(1).clamp_min(1e-6).float()
+        # Normal crops first, the input standardisation's images' and then the
+        # normal examples' (every draw made in the order of one example at a
+        # time); an image drawn more than once has its evidence computed once.
+        statistics = [int(i) for i in rng.permutation(len(images))[:STATISTICS_IMAGES]]
         n_normal = round(NORMAL_SHARE * own.examples)
-        for index in progress_bar(range(own.examples), enabled=progress,
-                                  desc="synthetic defects", unit="img", leave=False):
+        normal = [(i, _crop_at(images[i].shape[1:], crop, rng)) for i in statistics]
+        for _ in range(n_normal):
+            i = int(rng.integers(len(images)))
+            normal.append((i, _crop_at(images[i].shape[1:], crop, rng)))
+        drawn: dict[int, list[int]] = {}
+        for position, (i, _) in enumerate(normal):
+            drawn.setdefault(i, []).append(position)
+        crops: dict[int, torch.Tensor] = {}
+        sample: dict[int, torch.Tensor] = {}
+        for i, positions in drawn.items():
+            stack = self._stack(self._evidence(evidence_of, images[i]))[0]
+            if i in statistics:
+                sample[i] = stack.flatten(1)[:, ::7]
+            for position in positions:
+                top, left = normal[position][1]
+                crops[position] = stack[:, top:top + crop, left:left + crop].half()
+        inputs += [crops[position] for position in range(len(normal))]
+        masks += [torch.zeros((crop, crop), dtype=torch.bool)] * len(normal)
+        kinds += [NORMAL] * len(normal)
+        pooled = torch.cat([sample[i] for i in statistics], 1).double()
+        standardisation = pooled.mean(1).float(), pooled.std(1).clamp_min(1e-6).float()
+        for _ in progress_bar(range(n_normal, own.examples), enabled=progress, initial=n_normal,
+                              total=own.examples, desc="synthetic defects", unit="img", leave=False):
             image = images[int(rng.integers(len(images)))]
-            if index < n_normal:
-                stack = self._stack(self._evidence(evidence_of, image))[0]
-                keep(stack, np.zeros(stack.shape[1:], bool), None, NORMAL)
-                continue
             other = images[int(rng.integers(len(images)))]
             kind = KINDS[int(rng.integers(len(KINDS)))]
             defective, mask = paste_into(image, other, rng, kind, visible=VISIBLE)
