@@ -2,8 +2,8 @@
 
 scikit-learn's ``IsolationForest`` fits it. Its scoring walks the trees
 one Python call per tree, a cost per call that dominates for the few rows
-a prediction scores, so the fitted trees are also laid side by side in arrays
-(:class:`ForestArrays`) and walked together, level by level, in a few
+a prediction scores, so the fitted trees are also laid side by side in
+arrays (:class:`ForestArrays`) and walked together, level by level, in a few
 NumPy operations: the same leaves, the same per-leaf path lengths added in
 the same order, so the same scores to the last bit.
 """
@@ -31,9 +31,9 @@ class ForestArrays:
     """A fitted ``IsolationForest``'s trees as ``(trees, nodes)`` arrays
     (padded with leaves): each node's column of the scored features
     (``column``), split threshold, children (flat indices into these
-    arrays; a leaf is its own child) and
-    its leaf's path length (sklearn's depth plus the average path length of
-    the samples left there, minus one). Built by :meth:`of`."""
+    arrays; a leaf is its own child) and its leaf's path length
+    (scikit-learn's depth plus the average path length of the samples left
+    there, minus one). Built by :meth:`of`."""
 
     column: np.ndarray
     threshold: np.ndarray
