@@ -28,18 +28,20 @@ WALKED_BELOW = 2048
 
 @dataclass(frozen=True)
 class ForestArrays:
-    """A fitted ``IsolationForest``'s trees as ``(trees, nodes)`` arrays
-    (padded with leaves): each node's column of the scored features
-    (``column``), split threshold, children (flat indices into these
-    arrays; a leaf is its own child) and its leaf's path length
-    (scikit-learn's depth plus the average path length of the samples left
-    there, minus one). Built by :meth:`of`."""
+    """A fitted ``IsolationForest``'s trees in flat arrays, ``nodes`` slots
+    per tree (padded with leaves): each node's column of the scored
+    features, split threshold, children (indices into these arrays; a leaf
+    is its own child) and its leaf's path length (scikit-learn's depth plus
+    the average path length of the samples left there, minus one). Built
+    by :meth:`of`."""
 
     column: np.ndarray
     threshold: np.ndarray
     left: np.ndarray
     right: np.ndarray
     leaf_length: np.ndarray
+    trees: int
+    nodes: int
     depth: int
     denominator: float
     n_features: int
@@ -57,24 +59,23 @@ class ForestArrays:
             features = forest.estimators_features_
         except (AttributeError, ImportError):
             return None
-        size = max(tree.node_count for tree in trees)
-        shape = (len(trees), size)
-        column, left, right = np.zeros(shape, np.intp), np.zeros(shape, np.intp), np.zeros(shape, np.intp)
+        nodes = max(tree.node_count for tree in trees)
+        shape = (len(trees), nodes)
+        column = np.zeros(shape, np.intp)
         threshold, leaf_length = np.zeros(shape), np.zeros(shape)
-        left[:], right[:] = np.arange(size), np.arange(size)  # padding: leaves
+        slots = np.arange(len(trees) * nodes).reshape(shape)
+        left, right = slots.copy(), slots.copy()  # padding: leaves
         for t, tree in enumerate(trees):
             n = tree.node_count
             split = tree.children_left[:n] >= 0
             columns = np.where(split, tree.feature[:n], 0)
             column[t, :n] = np.asarray(features[t])[columns] if subsampled else columns
             threshold[t, :n] = tree.threshold[:n]
-            left[t, :n] = np.where(split, tree.children_left[:n], np.arange(n))
-            right[t, :n] = np.where(split, tree.children_right[:n], np.arange(n))
+            left[t, :n] = np.where(split, t * nodes + tree.children_left[:n], slots[t, :n])
+            right[t, :n] = np.where(split, t * nodes + tree.children_right[:n], slots[t, :n])
             leaf_length[t, :n] = lengths[t] + averages[t] - 1.0
-        left += np.arange(len(trees))[:, None] * size  # flat indices into the (trees, nodes) arrays
-        right += np.arange(len(trees))[:, None] * size
-        return cls(column, threshold, left, right, leaf_length, max(tree.max_depth for tree in trees),
-                   denominator, int(forest.n_features_in_))
+        return cls(column.ravel(), threshold.ravel(), left.ravel(), right.ravel(), leaf_length.ravel(), len(trees),
+                   nodes, max(tree.max_depth for tree in trees), denominator, int(forest.n_features_in_))
 
     def score_samples(self, features: np.ndarray) -> np.ndarray:
         """scikit-learn's ``score_samples`` of finite ``(N, F)`` features."""
@@ -84,16 +85,15 @@ class ForestArrays:
                                for start in range(0, len(rows), WALKED_ROWS)] or [np.zeros(0)])
 
     def _walk(self, rows: np.ndarray) -> np.ndarray:
-        trees, size = self.column.shape
-        # flat indices into the (trees, nodes) arrays, one per tree and row
-        node = np.repeat(np.arange(trees) * size, len(rows)).reshape(trees, len(rows))
+        # one node per tree and row, each tree's walk starting at its root
+        node = np.repeat(np.arange(self.trees) * self.nodes, len(rows)).reshape(self.trees, len(rows))
         at_row = np.arange(len(rows)) * rows.shape[1]
         flat_rows = rows.ravel()
         for _ in range(self.depth):
-            goes_left = flat_rows[at_row + self.column.ravel()[node]] <= self.threshold.ravel()[node]
-            node = np.where(goes_left, self.left.ravel()[node], self.right.ravel()[node])
+            goes_left = flat_rows[at_row + self.column[node]] <= self.threshold[node]
+            node = np.where(goes_left, self.left[node], self.right[node])
         depths = np.zeros(len(rows))
-        for tree_paths in self.leaf_length.ravel()[node]:  # tree by tree, as scikit-learn adds them
+        for tree_paths in self.leaf_length[node]:  # tree by tree, as scikit-learn adds them
             depths += tree_paths
         ratio = np.divide(depths, self.denominator, out=np.ones_like(depths), where=self.denominator != 0)
         return -(2**-ratio)
