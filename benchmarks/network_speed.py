@@ -219,6 +219,23 @@ def nncf_int8(graph: bytes, calibration: list[Batch]) -> Any:
     return nncf.quantize(ov.Core().read_model(graph), nncf.Dataset(feeds(calibration)))
 
 
+#: What ``--variant`` may name, in the order they run; ``torch`` is the reference.
+VARIANTS = (
+    "torch",
+    "torch channels-last",
+    "torch compiled",
+    "torch bfloat16",
+    "onnx",
+    "onnx, optimised graph saved",
+    "openvino LATENCY",
+    "openvino THROUGHPUT",
+    "openvino bfloat16",
+    "onnx int8 (QDQ)",
+    "onnx int8 (QDQ, float ends)",
+    "openvino int8 (NNCF)",
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", type=Path, help="model directory from `radar train`")
@@ -232,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
                         "e.g. --variant torch --variant 'onnx int8 (QDQ, float ends)'; torch first: the reference")
     parser.add_argument("--json", type=Path, default=Path("network_speed.json"))
     args = parser.parse_args(argv)
+    if args.variant and (args.variant[0] != "torch" or any(name not in VARIANTS for name in args.variant)):
+        parser.error(f"--variant: torch first, then any of {'; '.join(VARIANTS)} (got {'; '.join(args.variant)})")
     radar = Radar.load(args.model)
     if radar.config.inference.precision != "float32":
         parser.error("MODEL must run in float32: every variant is compared with it")
@@ -276,10 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         "onnx int8 (QDQ, float ends)": lambda: onnx_runner(ort_int8(graph, calibration, float_ends=True)),
         "openvino int8 (NNCF)": lambda: openvino_runner(nncf_int8(graph, calibration), "LATENCY"),
     }
+    assert tuple(variants) == VARIANTS
     if args.variant:
-        unknown = [name for name in args.variant if name not in variants]
-        if unknown or args.variant[0] != "torch":
-            parser.error(f"--variant: torch first, then any of {'; '.join(variants)} (got {'; '.join(args.variant)})")
         variants = {name: variants[name] for name in args.variant}
     reference: torch.Tensor | None = None
     rows, runners = [], {}

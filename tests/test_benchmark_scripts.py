@@ -20,11 +20,11 @@ def test_the_benchmarks_are_found():
     assert SCRIPTS, f"no scripts in {BENCHMARKS}"
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda path: path.name)
-def test_a_benchmark_answers_help(script, monkeypatch, capsys):
-    # As `python benchmarks/NAME.py --help` runs it: its folder first on the path (siblings import each other).
+def run_script(script: Path, arguments: list[str], monkeypatch) -> pytest.ExceptionInfo[SystemExit]:
+    """Run ``script`` as `python benchmarks/NAME.py ARGUMENTS` does (its folder first on the path: siblings import
+    each other) until it exits."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))
-    monkeypatch.setattr(sys, "argv", [str(script), "--help"])
+    monkeypatch.setattr(sys, "argv", [str(script), *arguments])
     imported = set(sys.modules)
     try:
         with pytest.raises(SystemExit) as stopped:
@@ -33,6 +33,39 @@ def test_a_benchmark_answers_help(script, monkeypatch, capsys):
         for name in set(sys.modules) - imported:
             if Path(getattr(sys.modules[name], "__file__", None) or "").parent == BENCHMARKS:
                 del sys.modules[name]
+    return stopped
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda path: path.name)
+def test_a_benchmark_answers_help(script, monkeypatch, capsys):
+    stopped = run_script(script, ["--help"], monkeypatch)
     out = capsys.readouterr().out
     assert stopped.value.code == 0, out
     assert out.startswith(f"usage: {script.name}"), out
+
+
+@pytest.mark.parametrize("variants", [["torch", "onnx int9"], ["onnx"]], ids=["unknown", "torch not first"])
+def test_network_speed_refuses_a_variant_before_it_reads_the_model(variants, tmp_path, monkeypatch, capsys):
+    # The model folder does not exist: the usage error must come first, naming the variants there are.
+    arguments = [str(tmp_path / "no-model")] + [part for name in variants for part in ("--variant", name)]
+    stopped = run_script(BENCHMARKS / "network_speed.py", arguments, monkeypatch)
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2, err
+    assert "--variant: torch first, then any of torch; torch channels-last;" in err
+    assert "no-model" not in err
+
+
+@pytest.mark.parametrize(("arguments", "said"), [
+    (["--steps-factor", "0"], "--steps-factor: in (0, 100]"),
+    (["--widths", "32,x"], "comma-separated positive integers"),
+    (["--default-model", "{tmp}"], "--default-model: no model in"),
+    (["--set", "train.steps=0"], "--set: train.steps"),
+], ids=["steps factor", "widths", "default model", "setting"])
+def test_capacity_refuses_bad_arguments_before_it_trains(arguments, said, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    arguments = [str(tmp_path), "--out", str(out)] + [part.format(tmp=tmp_path) for part in arguments]
+    stopped = run_script(BENCHMARKS / "capacity.py", arguments, monkeypatch)
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2, err
+    assert said in err
+    assert not out.exists()
