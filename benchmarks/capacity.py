@@ -33,7 +33,6 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -56,14 +55,12 @@ def widths(text: str) -> list[int]:
     return values
 
 
-def run(command: list[str], what: str) -> float:
-    """Run ``command`` (its output to this terminal); its seconds, or exit
-    with one line naming ``what`` failed."""
+def run(command: list[str], what: str) -> None:
+    """Run ``command`` (its output to this terminal), or exit with one line
+    naming ``what`` failed."""
     print(f"{what}: {' '.join(command)}", flush=True)
-    began = time.perf_counter()
     if subprocess.run(command).returncode != 0:
         raise SystemExit(f"capacity.py: {what} failed (see its output above)")
-    return time.perf_counter() - began
 
 
 def trained_as(model: Path) -> tuple[list[int], int]:
