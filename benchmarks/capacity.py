@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from radar_ad.apps.commands.common import parse_set
+from radar_ad.bench.candidates import num
 from radar_ad.config import RadarConfig
 from radar_ad.errors import RadarError
 
@@ -95,10 +96,6 @@ def _candidate(row: dict[str, Any]) -> str:
             f"{row['inference.image_score']}")
 
 
-def _f(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", type=Path)
@@ -124,24 +121,24 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--set: {exc}")
     steps = max(1, round(recipe.train.steps * args.steps_factor))
     args.out.mkdir(parents=True, exist_ok=True)
+    # each model's widths and steps, beside the settings of both
+    recipes = {"default": (list(recipe.network.block_out_channels), recipe.train.steps),
+               "capacity": (args.widths, steps)}
     common = [part for pair in args.set for part in ("--set", pair)]
-    recipes = {"default": common,
-               "capacity": [*common, "--set", f"network.block_out_channels={json.dumps(args.widths).replace(' ', '')}",
-                            "--set", f"train.steps={steps}"]}
-    wanted = {"default": (list(recipe.network.block_out_channels), recipe.train.steps),
-              "capacity": (args.widths, steps)}
     rows: dict[str, dict[str, Any]] = {}
-    for name, settings in recipes.items():
+    for name, (widths_, steps_) in recipes.items():
         model = args.default_model if name == "default" and args.default_model else args.out / name
         if (model / "radar.json").is_file():
             held = trained_as(model)
-            if held != wanted[name]:
+            if held != (widths_, steps_):
                 raise SystemExit(f"capacity.py: {model} holds widths {held[0]} and {held[1]} steps, not the "
-                                 f"{name} recipe's {wanted[name][0]} and {wanted[name][1]}: name another --out")
+                                 f"{name} recipe's {widths_} and {steps_}: name another --out")
         else:
             run([sys.executable, "-m", "radar_ad", "train", str(args.dataset), "--out", str(model),
                  *(["--resize", str(args.resize)] if args.resize else []),
-                 *(["--device", args.device] if args.device else []), *settings], f"training {name}")
+                 *(["--device", args.device] if args.device else []), *common,
+                 "--set", f"network.block_out_channels={json.dumps(widths_).replace(' ', '')}",
+                 "--set", f"train.steps={steps_}"], f"training {name}")
         scored = args.out / f"{name}-leave-one-type-out.json"
         if not scored.is_file():
             run([sys.executable, str(LEAVE_ONE_TYPE_OUT), str(args.dataset), str(model), "--out", str(scored)],
@@ -155,10 +152,10 @@ def main(argv: list[str] | None = None) -> int:
         best, test = row["best_validation"], row["default_test"]
         seconds = "n/a" if row["training_seconds"] is None else f"{row['training_seconds']:.0f}"
         print(f"| {name} | {'/'.join(map(str, row['widths']))} | {row['steps']} | {seconds} | {row['chosen']} "
-              f"({_f(row['synthetic_image_auroc'])}) | {row['best_candidate']}: {_f(best['image_auroc'])} / "
-              f"{_f(best['pixel_auroc'])} / {_f(best['aupro'])} | {_f(row['left_out_mean_image_auroc'])} "
-              f"({_f(row['default_left_out_mean_image_auroc'])}) | {_f(test['image_auroc'])} / "
-              f"{_f(test['pixel_auroc'])} / {_f(test['aupro'])} |")
+              f"({num(row['synthetic_image_auroc'])}) | {row['best_candidate']}: {num(best['image_auroc'])} / "
+              f"{num(best['pixel_auroc'])} / {num(best['aupro'])} | {num(row['left_out_mean_image_auroc'])} "
+              f"({num(row['default_left_out_mean_image_auroc'])}) | {num(test['image_auroc'])} / "
+              f"{num(test['pixel_auroc'])} / {num(test['aupro'])} |")
     result = {"command": " ".join(sys.argv), "dataset": str(args.dataset), "rows": rows}
     temporary = args.out / "capacity.json.tmp"
     temporary.write_text(json.dumps(result, indent=2))

@@ -42,7 +42,7 @@ def test_rows_are_walked_in_parts_and_many_rows_go_to_scikit_learn(monkeypatch):
     probe = rng.normal(size=(50, 4))
     monkeypatch.setattr(isolation_forest, "WALKED_ROWS", 7)
     assert np.array_equal(model.arrays_.score_samples(probe), model.model_.score_samples(probe))
-    monkeypatch.setattr(isolation_forest, "WALKED_BELOW", 10)
+    monkeypatch.setattr(isolation_forest, "WALKED_ROWS", 10)
     calls = []
     monkeypatch.setattr(model.arrays_.__class__, "score_samples", lambda self, rows: calls.append(rows))
     assert np.array_equal(model.score(probe), -model.model_.score_samples(probe)) and not calls

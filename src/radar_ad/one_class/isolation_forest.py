@@ -21,9 +21,9 @@ from ..registry import ONE_CLASS_MODELS
 from ..settings import described, int_in, settings
 
 MAX_ESTIMATORS = 10_000
-WALKED_ROWS = 2048  # rows walked through every tree at once (memory: trees x rows node indices)
-# from this many rows on, scikit-learn's own walk (compiled, tree by tree) is the faster
-WALKED_BELOW = 2048
+# Rows walked through every tree at once (memory: trees x rows node indices). From
+# this many rows on, scikit-learn's own walk (compiled, tree by tree) is the faster.
+WALKED_ROWS = 2048
 
 
 @dataclass(frozen=True)
@@ -131,6 +131,6 @@ class IsolationForestModel(OneClassModel):
     def score(self, features: np.ndarray) -> np.ndarray:
         features = np.asarray(features)
         if self.arrays_ is None or features.ndim != 2 or features.shape[1] != self.arrays_.n_features \
-                or len(features) >= WALKED_BELOW or not np.isfinite(features).all():
+                or len(features) >= WALKED_ROWS or not np.isfinite(features).all():
             return -self.model_.score_samples(features)
         return -self.arrays_.score_samples(features)
