@@ -133,7 +133,10 @@ def local_energy(noise_map: torch.Tensor, window: int, size: tuple[int, int] | N
     height, width = size or squared.shape[-2:]
     wy, wx = min(window, height), min(window, width)
     padded = F.pad(squared, (wx // 2, wx - 1 - wx // 2, wy // 2, wy - 1 - wy // 2), mode="reflect")
-    return torch.log(F.avg_pool2d(padded, (wy, wx), stride=1) + 1e-12)[:, 0]
+    # the box mean, summed along rows then along columns (separable, and
+    # several times faster than a stride-1 average pooling on the CPU)
+    total = padded.unfold(-1, wx, 1).sum(-1).unfold(-2, wy, 1).sum(-1)
+    return torch.log(total / (wy * wx) + 1e-12)[:, 0]
 
 
 def smoothing_radius(sigma: float, size: tuple[int, int]) -> int:

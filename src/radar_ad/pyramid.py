@@ -77,6 +77,8 @@ def upsample_region(maps: torch.Tensor, size: tuple[int, int], rows: tuple[int, 
     height, width = int(maps.shape[-2]), int(maps.shape[-1])
     if (height, width) == tuple(size):
         return maps[..., rows[0]:rows[1], cols[0]:cols[1]]
+    if (rows, cols) == ((0, size[0]), (0, size[1])):
+        return upsample(maps, size)
     top, bottom, wy = _axis(height, size[0], *rows, maps.device)
     left, right, wx = _axis(width, size[1], *cols, maps.device)
     wy, wx = wy.to(maps.dtype)[:, None], wx.to(maps.dtype)
