@@ -118,7 +118,7 @@ class SegmentationHead(torch.nn.Module):
         self.up_half = block(4 * width, 2 * width)
         self.up_full = block(3 * width, width)
         self.out = torch.nn.Conv2d(width, 1, 1)
-        self.to(memory_format=torch.channels_last)
+        self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # documented, not in the stubs
 
     @staticmethod
     def _up(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
