@@ -169,6 +169,8 @@ def test_a_model_with_it_saves_loads_exports_and_gives_every_backend_the_same_ve
 def test_the_head_runs_channels_last_one_image_at_a_time_and_stores_plain_tensors(response):
     assert response.head_.down_full[0][0].weight.is_contiguous(memory_format=torch.channels_last)
     assert all(tensor.is_contiguous() for tensor in response.tensors().values())
+    restored = _restored(response.state(), load(save(response.tensors())))
+    assert restored.head_.down_full[0][0].weight.is_contiguous(memory_format=torch.channels_last)
     images = [_texture(40 + i) for i in range(3)]
     together = response(_evidence(images)).anomaly_map
     alone = torch.cat([response(_evidence([image])).anomaly_map for image in images])
