@@ -25,9 +25,10 @@ peak (4096 x 4096, best of three) measured in the same run. The network's
 cost is counted once (``torch.utils.flop_counter``, GFLOP per image at the
 model's levels), so each row gives the GFLOP/s the network achieves inside
 the pipeline, its share of the time per image (the backend's own calls,
-timed in place: the rest is tiling, stitching, the response, the features
-and the one-class score) and the latency of one image at a time (p50,
-p99 over --latency-images calls).
+timed in place), the response's share (its calls timed in place: a
+learned head's included; the rest is the pyramid, tiling, stitching, the
+features and the one-class score) and the latency of one image at a time
+(p50, p99 over --latency-images calls).
 
 A second table gives the network time of the pyramid: the one-step
 evidence of the same images at the finest level alone and at every level
@@ -38,6 +39,7 @@ of one level's network time).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -66,22 +68,22 @@ VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnn
                 "amx_bf16")
 
 
-class TimedNetwork:
-    """A backend that adds up the seconds of its own calls (the network's
-    share of the time per image), otherwise the backend it wraps."""
+class Timed:
+    """A stage (the backend, the response) that adds up the seconds of its
+    own calls (its share of the time per image), otherwise the stage it wraps."""
 
-    def __init__(self, backend: Callable[..., torch.Tensor]) -> None:
-        self.backend, self.seconds = backend, 0.0
+    def __init__(self, stage: Callable[..., Any]) -> None:
+        self.stage, self.seconds = stage, 0.0
 
-    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
+    def __call__(self, *args: Any) -> Any:
         start = time.perf_counter()
         try:
-            return self.backend(*args)
+            return self.stage(*args)
         finally:
             self.seconds += time.perf_counter() - start
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.backend, name)
+        return getattr(self.stage, name)
 
 
 def cpu_description() -> dict[str, Any]:
@@ -151,12 +153,16 @@ def untrained_default(data: Path, size: int, overrides: dict | None = None) -> R
     return Radar(config).fit(data, progress=False)
 
 
-def time_backend(radar: Radar, images: list[Path], batch: int, rounds: int) -> tuple[float, float, list]:
-    """Median seconds per image over ``rounds`` passes, the network's share
-    of them, and the last pass's predictions."""
+def time_backend(radar: Radar, images: list[Path], batch: int,
+                 rounds: int) -> tuple[float, float, float, list]:
+    """Median seconds per image over ``rounds`` passes, the network's and
+    the response's shares of them, and the last pass's predictions."""
     radar.predict_many(images[:batch])  # warm-up: allocations, ORT's first run
-    timed = TimedNetwork(radar.backend_)
-    radar.backend_ = timed  # type: ignore[assignment]  # duck-typed: the pipeline only calls it
+    timed, calibration = Timed(radar.backend_), radar.calibration_
+    response = Timed(calibration.response)
+    # duck-typed: the pipeline only calls the backend, and calls or reads the response
+    radar.backend_ = timed  # type: ignore[assignment]
+    radar.calibration_ = dataclasses.replace(calibration, response=response)  # type: ignore[arg-type]
     per_image, predictions = [], []
     try:
         for _ in range(rounds):
@@ -166,8 +172,9 @@ def time_backend(radar: Radar, images: list[Path], batch: int, rounds: int) -> t
                 predictions += radar.predict_many(images[i:i + batch])
             per_image.append((time.perf_counter() - start) / len(images))
     finally:
-        radar.backend_ = timed.backend  # type: ignore[assignment]
-    return statistics.median(per_image), timed.seconds / (sum(per_image) * len(images)), predictions
+        radar.backend_, radar.calibration_ = timed.stage, calibration
+    total = sum(per_image) * len(images)
+    return statistics.median(per_image), timed.seconds / total, response.seconds / total, predictions
 
 
 def time_evidence(radar: Radar, images: list[Path], scales: tuple[int, ...], rounds: int) -> float:
@@ -239,20 +246,21 @@ def main() -> int:
                 parser.error(f"stride {stride} needs --calibration: normal images to recalibrate at it")
             at_stride.refit_calibration(calibration)
         gflop = network_gflop(at_stride, images[0])
-        timings, shares, latencies, predictions = {}, {}, {}, {}
+        timings, shares, responses, latencies, predictions = {}, {}, {}, {}, {}
         for name in names:
             try:
                 radar = at_stride.with_backend(name)
             except RadarError as exc:
                 print(f"{name}: skipped ({exc})", file=sys.stderr)
                 continue
-            timings[name], shares[name], predictions[name] = time_backend(radar, images, args.batch, args.rounds)
+            timings[name], shares[name], responses[name], predictions[name] = time_backend(
+                radar, images, args.batch, args.rounds)
             latencies[name] = latency_ms(radar, images, args.latency_images)
         if torch.cuda.is_available() and not args.no_cuda:  # the same model on the GPU, in float32
             with tempfile.TemporaryDirectory() as folder:
                 on_gpu = Radar.load(at_stride.save(Path(folder) / "model"), device="cuda")
-            timings["torch-cuda"], shares["torch-cuda"], predictions["torch-cuda"] = time_backend(
-                on_gpu, images, args.batch, args.rounds)
+            (timings["torch-cuda"], shares["torch-cuda"], responses["torch-cuda"],
+             predictions["torch-cuda"]) = time_backend(on_gpu, images, args.batch, args.rounds)
             latencies["torch-cuda"] = latency_ms(on_gpu, images, args.latency_images)
         reference = predictions["torch"]
         height, width = reference[0].anomaly_map.shape
@@ -266,7 +274,8 @@ def main() -> int:
             got = predictions[name]
             row["backends"][name] = {
                 "images_per_s": 1 / seconds, "vs_torch": timings["torch"] / seconds,
-                "network_share": shares[name], "network_gflops": gflop / (seconds * shares[name]),
+                "network_share": shares[name], "response_share": responses[name],
+                "network_gflops": gflop / (seconds * shares[name]),
                 "latency_p50_ms": latencies[name][0], "latency_p99_ms": latencies[name][1],
                 "max_map_diff_rel": max(float(np.abs(a.anomaly_map - b.anomaly_map).max())
                                         for a, b in zip(reference, got)) / model.pixel_threshold_,
@@ -289,14 +298,15 @@ def main() -> int:
           f"vector extensions); float32 matmul peak {machine['matmul_peak_gflops']:.0f} GFLOP/s; "
           f"torch {machine['torch']}")
     print()
-    print("| stride | image | patches | GFLOP/img | backend | img/s | vs torch | network share | network GFLOP/s "
-          "| latency p50 / p99 (ms) | map diff / pixel thr | score diff | verdicts differing |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| stride | image | patches | GFLOP/img | backend | img/s | vs torch | network share | response share "
+          "| network GFLOP/s | latency p50 / p99 (ms) | map diff / pixel thr | score diff | verdicts differing |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         for name, b in r["backends"].items():
             print(f"| {r['stride']} | {r['image']} | {r['patches_per_image']} | {r['network_gflop_per_image']:.2f} "
                   f"| {name} | {b['images_per_s']:.2f} | {b['vs_torch']:.2f}x | {100 * b['network_share']:.0f} % "
-                  f"| {b['network_gflops']:.0f} | {b['latency_p50_ms']:.0f} / {b['latency_p99_ms']:.0f} "
+                  f"| {100 * b['response_share']:.0f} % | {b['network_gflops']:.0f} "
+                  f"| {b['latency_p50_ms']:.0f} / {b['latency_p99_ms']:.0f} "
                   f"| {b['max_map_diff_rel']:.1e} | {b['max_score_diff']:.1e} | {b['verdicts_differing']} of "
                   f"{len(images)} |")
     print()

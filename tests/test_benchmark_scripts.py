@@ -6,6 +6,7 @@ script: the imports they share are paid once."""
 
 from __future__ import annotations
 
+import importlib
 import runpy
 import sys
 from pathlib import Path
@@ -69,3 +70,21 @@ def test_capacity_refuses_bad_arguments_before_it_trains(arguments, said, tmp_pa
     assert stopped.value.code == 2, err
     assert said in err
     assert not out.exists()
+
+
+def test_speed_times_the_network_and_the_response_in_place_and_puts_them_back(fitted, surfaces, monkeypatch):
+    from radar_ad import Radar
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    speed = importlib.import_module("speed")
+    try:
+        radar = Radar.load(fitted[1])
+        images = sorted((surfaces / "test").rglob("*.png"))[:3]
+        backend, calibration = radar.backend_, radar.calibration_
+        seconds, network, response, predictions = speed.time_backend(radar, images, 2, 1)
+        assert radar.backend_ is backend and radar.calibration_ is calibration
+        assert seconds > 0 and network > 0 and response > 0 and network + response < 1
+        alone = radar.predict_many(images[:2]) + radar.predict_many(images[2:])  # the same batches of 2
+        assert [p.score for p in predictions] == [p.score for p in alone]
+    finally:
+        sys.modules.pop("speed", None)
