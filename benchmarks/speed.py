@@ -70,16 +70,23 @@ VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnn
 
 class Timed:
     """A stage (the backend, the response) that adds up the seconds of its
-    own calls (its share of the time per image), otherwise the stage it wraps."""
+    own calls (its share of the time per image), otherwise the stage it
+    wraps. ``synchronize`` (on a GPU: ``torch.cuda.synchronize``) waits for
+    queued work before and after each call, so that asynchronous kernels
+    count towards the stage that launched them."""
 
-    def __init__(self, stage: Callable[..., Any]) -> None:
-        self.stage, self.seconds = stage, 0.0
+    def __init__(self, stage: Callable[..., Any], synchronize: Callable[[], None] | None = None) -> None:
+        self.stage, self.synchronize, self.seconds = stage, synchronize, 0.0
 
     def __call__(self, *args: Any) -> Any:
+        if self.synchronize:
+            self.synchronize()
         start = time.perf_counter()
         try:
             return self.stage(*args)
         finally:
+            if self.synchronize:
+                self.synchronize()
             self.seconds += time.perf_counter() - start
 
     def __getattr__(self, name: str) -> Any:
@@ -158,8 +165,9 @@ def time_backend(radar: Radar, images: list[Path], batch: int,
     """Median seconds per image over ``rounds`` passes, the network's and
     the response's shares of them, and the last pass's predictions."""
     radar.predict_many(images[:batch])  # warm-up: allocations, ORT's first run
-    timed, calibration = Timed(radar.backend_), radar.calibration_
-    response = Timed(calibration.response)
+    synchronize = torch.cuda.synchronize if radar.backend_.device.type == "cuda" else None
+    timed, calibration = Timed(radar.backend_, synchronize), radar.calibration_
+    response = Timed(calibration.response, synchronize)
     # duck-typed: the pipeline only calls the backend, and calls or reads the response
     radar.backend_ = timed  # type: ignore[assignment]
     radar.calibration_ = dataclasses.replace(calibration, response=response)  # type: ignore[arg-type]

@@ -88,3 +88,15 @@ def test_speed_times_the_network_and_the_response_in_place_and_puts_them_back(fi
         assert [p.score for p in predictions] == [p.score for p in alone]
     finally:
         sys.modules.pop("speed", None)
+
+
+def test_a_timed_stage_waits_for_queued_work_before_and_after_each_call(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    speed = importlib.import_module("speed")
+    try:
+        events = []
+        timed = speed.Timed(lambda x: events.append("call") or x + 1, lambda: events.append("wait"))
+        assert timed(1) == 2 and timed(2) == 3
+        assert events == ["wait", "call", "wait"] * 2 and timed.seconds > 0
+    finally:
+        sys.modules.pop("speed", None)
