@@ -72,31 +72,31 @@ def test_capacity_refuses_bad_arguments_before_it_trains(arguments, said, tmp_pa
     assert not out.exists()
 
 
-def test_speed_times_the_network_and_the_response_in_place_and_puts_them_back(fitted, surfaces, monkeypatch):
+@pytest.fixture
+def speed(monkeypatch):
+    """benchmarks/speed.py as a module (its folder first on the path, as when it runs), forgotten afterwards."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    try:
+        yield importlib.import_module("speed")
+    finally:
+        sys.modules.pop("speed", None)
+
+
+def test_speed_times_the_network_and_the_response_in_place_and_puts_them_back(speed, fitted, surfaces):
     from radar_ad import Radar
 
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    speed = importlib.import_module("speed")
-    try:
-        radar = Radar.load(fitted[1])
-        images = sorted((surfaces / "test").rglob("*.png"))[:3]
-        backend, calibration = radar.backend_, radar.calibration_
-        seconds, network, response, predictions = speed.time_backend(radar, images, 2, 1)
-        assert radar.backend_ is backend and radar.calibration_ is calibration
-        assert seconds > 0 and network > 0 and response > 0 and network + response < 1
-        alone = radar.predict_many(images[:2]) + radar.predict_many(images[2:])  # the same batches of 2
-        assert [p.score for p in predictions] == [p.score for p in alone]
-    finally:
-        sys.modules.pop("speed", None)
+    radar = Radar.load(fitted[1])
+    images = sorted((surfaces / "test").rglob("*.png"))[:3]
+    backend, calibration = radar.backend_, radar.calibration_
+    seconds, network, response, predictions = speed.time_backend(radar, images, 2, 1)
+    assert radar.backend_ is backend and radar.calibration_ is calibration
+    assert seconds > 0 and network > 0 and response > 0 and network + response < 1
+    alone = radar.predict_many(images[:2]) + radar.predict_many(images[2:])  # the same batches of 2
+    assert [p.score for p in predictions] == [p.score for p in alone]
 
 
-def test_a_timed_stage_waits_for_queued_work_before_and_after_each_call(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    speed = importlib.import_module("speed")
-    try:
-        events = []
-        timed = speed.Timed(lambda x: events.append("call") or x + 1, lambda: events.append("wait"))
-        assert timed(1) == 2 and timed(2) == 3
-        assert events == ["wait", "call", "wait"] * 2 and timed.seconds > 0
-    finally:
-        sys.modules.pop("speed", None)
+def test_a_timed_stage_waits_for_queued_work_before_and_after_each_call(speed):
+    events = []
+    timed = speed.Timed(lambda x: events.append("call") or x + 1, lambda: events.append("wait"))
+    assert timed(1) == 2 and timed(2) == 3
+    assert events == ["wait", "call", "wait"] * 2 and timed.seconds > 0
