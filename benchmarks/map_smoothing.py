@@ -31,8 +31,9 @@ from radar_ad.bench.candidates import num, open_probe, probe_parser, write_resul
 from radar_ad.filters import gaussian_smooth, scale_space_max
 from radar_ad.metrics import pixel_metrics
 
-SINGLE = (0.0, 1.0, 2.0, 4.0, 8.0, 12.0, 16.0)
-SEVERAL = ((1.0, 2.0, 4.0), (1.0, 2.0, 4.0, 8.0), (1.0, 2.0, 4.0, 8.0, 16.0), (2.0, 4.0, 8.0, 16.0))
+SINGLE = (0.0, 1.0, 2.0, 4.0, 8.0, 12.0, 16.0, 32.0)
+SEVERAL = ((1.0, 2.0, 4.0), (1.0, 2.0, 4.0, 8.0), (1.0, 2.0, 4.0, 8.0, 16.0), (2.0, 4.0, 8.0, 16.0),
+           (1.0, 2.0, 4.0, 8.0, 16.0, 32.0))
 
 
 def as_inputs(images: list[np.ndarray]) -> list[np.ndarray]:
