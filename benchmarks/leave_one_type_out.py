@@ -1,6 +1,7 @@
 """Guard against tuning to seen defects: leave one defect type out.
 
     python benchmarks/leave_one_type_out.py DATASET MODEL_DIR [--out loto.json] [--validation-fraction 0.2]
+        [--also RESPONSE]
 
 ``DATASET`` is any MVTec-layout folder, ``MODEL_DIR`` a model trained on it
 (``radar train DATASET --out MODEL_DIR``). For each defect type T in turn:
@@ -9,7 +10,9 @@
   image score; :mod:`radar_ad.selection`) are scored on the validation
   images (the seeded share of each type set aside as ``radar benchmark``
   does, and a seeded half of the model's conformal normal images), and the
-  one with the best validation image AUROC on the OTHER types is chosen;
+  one with the best validation image AUROC on the OTHER types is chosen
+  (``--also repair``: the candidates of a response chosen only by name
+  compete too);
 - that choice is reported on the test images of T against the normal test
   images (image AUROC, pixel AUROC, AUPRO at the model's input size).
 
@@ -44,11 +47,11 @@ def model_scores(radar: Radar, images: list[np.ndarray]) -> tuple[np.ndarray, li
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = probe_parser(__doc__, "leave_one_type_out.json")
+    parser = probe_parser(__doc__, "leave_one_type_out.json", also=True)
     args = parser.parse_args(argv)
     began = time.perf_counter()
     radar, splits = open_probe(args)
-    config, options = candidate_options(radar)
+    config, options = candidate_options(radar, also=args.also)
     validation, test = score_sets(radar, config, options, splits.calibration, [splits.validation, splits.test])
     own_scores, own_maps = model_scores(radar, splits.test.images)
     types = splits.test.types

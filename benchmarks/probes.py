@@ -1,8 +1,9 @@
 """Probes of a trained model on VALIDATION images: every candidate the
 default chooses among (response x pyramid levels x image score), at one or
-more timesteps, on any MVTec-layout folder.
+more timesteps, on any MVTec-layout folder (``--also repair``: and every
+candidate of a response chosen only by name).
 
-    python benchmarks/probes.py DATASET MODEL_DIR [--timesteps 0,200] [--out probes.json]
+    python benchmarks/probes.py DATASET MODEL_DIR [--timesteps 0,200] [--out probes.json] [--also RESPONSE]
 
 The validation split is ``radar benchmark``'s (a seeded share of each
 defect type set aside, plus a seeded half of the model's conformal normal
@@ -38,7 +39,7 @@ from radar_ad.data import image_size
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = probe_parser(__doc__, "probes.json")
+    parser = probe_parser(__doc__, "probes.json", also=True)
     parser.add_argument("--timesteps", default=None, help="comma-separated (default: the model's)")
     args = parser.parse_args(argv)
     began = time.perf_counter()
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     for timestep in timesteps:
         model = radar if timestep == radar.config.inference.timestep else radar.with_settings(
             {"inference.timestep": timestep})
-        config, options = candidate_options(model)
+        config, options = candidate_options(model, also=args.also)
         (scored,) = score_sets(model, config, options, splits.calibration, [validation])
         for option in options:
             maps = scored.maps[(option.response, option.scales)]

@@ -231,7 +231,10 @@ class InferenceConfig:
     the largest of its Gaussian smoothings of ``map_sigmas`` px, each in
     units of its normal high quantile (one smoothing of ``map_sigma`` px
     when ``map_sigmas`` is empty). ``"sobel"`` is the paper's
-    response, ``"energy"`` the deficit part alone. ``"segmentation"`` is a
+    response, ``"energy"`` the deficit part alone. ``"repair"`` (never
+    chosen by ``"auto"``) measures how far the one-step repair moves each
+    pixel against its normal level, per level, with the map of
+    ``"two_sided"``. ``"segmentation"`` is a
     small convolutional head on the image and every level's noise and
     repair, trained on synthetic defective copies of calibration images.
     ``responses``: each response's own settings, under its name (e.g.
@@ -272,8 +275,10 @@ class InferenceConfig:
     response: str = described(AUTO, "\"auto\": chosen at calibration by self-validation on synthetic defects; or a "
                                     "registered response: \"two_sided\": Sobel response above and local noise energy "
                                     "below their normal levels, per pyramid level; \"sobel\": the paper's response "
-                                    "only; \"energy\": the noise-energy deficit only; \"segmentation\": a small head "
-                                    "on the image and every level's noise and repair, trained on synthetic defects.")
+                                    "only; \"energy\": the noise-energy deficit only; \"repair\" (by name only): the "
+                                    "one-step repair's magnitude above its normal level, per pyramid level; "
+                                    "\"segmentation\": a small head on the image and every level's noise and repair, "
+                                    "trained on synthetic defects.")
     scales: tuple[int, ...] | None = described(None, "The pyramid levels the response reads; null: chosen at "
                                                      "calibration (a per-level response: the first level, the first "
                                                      "two ... all; \"segmentation\": all).")
@@ -287,12 +292,13 @@ class InferenceConfig:
                                        " its own median and MAD; \"auto\": chosen with the response.")
     score_window: int = described(11, 'The square (px) of "max" and "robust_max".')
     energy_window: int = described(9, 'Window (px) of the local noise energy ("two_sided", "energy").')
-    map_sigma: float = described(8.0, 'Gaussian smoothing (px) of the pixel map ("energy"; "two_sided" when '
-                                      '`map_sigmas` is empty).')
+    map_sigma: float = described(8.0, 'Gaussian smoothing (px) of the pixel map ("energy"; "two_sided" and '
+                                      '"repair" when `map_sigmas` is empty).')
     map_sigmas: tuple[float, ...] = described(
-        MAP_SIGMAS, 'The pixel map of "two_sided" at several smoothings (px): each smoothed map in units of its own '
-                    'high quantile on the normal calibration images, and the map their maximum, so a small defect '
-                    'stays sharp and a large faint one fills in; empty: one smoothing of `map_sigma` px.')
+        MAP_SIGMAS, 'The pixel map of "two_sided" and "repair" at several smoothings (px): each smoothed map in '
+                    'units of its own high quantile on the normal calibration images, and the map their maximum, so '
+                    'a small defect stays sharp and a large faint one fills in; empty: one smoothing of `map_sigma` '
+                    'px.')
     selection_copies: int = described(2, "Self-validation: synthetic defective copies of each held-out calibration "
                                          "image.")
     precision: str = described("float32", "The number format of the network through PyTorch: \"bfloat16\" runs it "
@@ -456,6 +462,11 @@ class RadarConfig:
         require(self.stride <= self.patch_size, "inference.stride",
                  f"<= patch_size ({self.patch_size}) so patches cover the image",
                  self.inference.stride)
+        reads = "noise" if self.inference.response == AUTO else getattr(
+            RESPONSES.get(self.inference.response), "reads", "noise")
+        require(reads != "repair" or self.network.repair, "inference.response",
+                 "a response that reads the predicted noise: this network has no repair output (network.repair: "
+                 "false)", self.inference.response)
         return self
 
     @property

@@ -9,9 +9,10 @@ needs from normal calibration images. Responses are plug-ins
 ``radar_ad/responses/``) of two kinds:
 
 - a :class:`Response` reads one noise map (the paper's kind: blur + Sobel,
-  local noise energy ...); :class:`LevelFusion` runs one per pyramid level,
-  each with its own normal statistics, upsamples their maps to the finest
-  level and keeps the largest, and passes every level's features on;
+  local noise energy ...) or one repair map; :class:`LevelFusion` runs one
+  per pyramid level, each with its own normal statistics, upsamples their
+  maps to the finest level and keeps the largest, and passes every level's
+  features on;
 - an :class:`EvidenceResponse` reads the whole evidence at once (a head
   that sees the image and every level).
 
@@ -99,12 +100,15 @@ class Response:
     (:meth:`context`, :meth:`feature_maps`, :meth:`anomaly`,
     :meth:`features`). What :meth:`fit` learned round-trips through
     :meth:`state` (JSON numbers) and :meth:`load_state`.
-    ``candidate``: the ``"auto"`` response considers it.
+    ``candidate``: the ``"auto"`` response considers it. ``reads``: which
+    of a level's maps it is given (:class:`~radar_ad.noise_map.Evidence`'s
+    ``"noise"``, the predicted noise, or ``"repair"``, the one-step repair).
     """
 
     name: ClassVar[str] = ""
     feature_names: ClassVar[tuple[str, ...]] = ()
     candidate: ClassVar[bool] = False
+    reads: ClassVar[str] = "noise"
     Settings: ClassVar[type | None] = None
 
     def __init__(self, config: RadarConfig) -> None:
@@ -297,9 +301,10 @@ def reads_every_level(entry: Any) -> bool:
 
 
 class LevelFusion(EvidenceResponse):
-    """A :class:`Response` computed on each level's noise map with its own
-    normal statistics; the anomaly map is the largest of the maps of the
-    first ``inference.map_scales`` levels (each upsampled to the finest
+    """A :class:`Response` computed on each level's noise map (or repair,
+    as it :attr:`~Response.reads`) with its own normal statistics; the
+    anomaly map is the largest of the maps of the first
+    ``inference.map_scales`` levels (each upsampled to the finest
     level; all levels when it is null); the features are every level's,
     named ``name@scale`` beyond the first level, and a map statistic
     (``image_score``) reads the largest of every level's maps. Its levels
@@ -324,12 +329,17 @@ class LevelFusion(EvidenceResponse):
         if _implements(self.response, Response, "fit"):
             normal = evidence()
             for level, response in zip(self.scales, self.levels_):
-                response.fit([item.noise[item.level(level)] for item in normal])
+                response.fit([self._read(item, level) for item in normal])
         return self
+
+    def _read(self, evidence: Evidence, scale: int) -> torch.Tensor:
+        """The level's map the response reads (:attr:`Response.reads`)."""
+        maps: list[torch.Tensor] = getattr(evidence, self.response.reads)
+        return maps[evidence.level(scale)]
 
     def respond_levels(self, evidence: Evidence) -> list[ResponseOutput]:
         """Each level's output, its anomaly map at the level's resolution."""
-        return [respond_in_tiles(response, evidence.noise[evidence.level(level)])
+        return [respond_in_tiles(response, self._read(evidence, level))
                 for level, response in zip(self.scales, self.levels_)]
 
     @staticmethod

@@ -101,11 +101,18 @@ def open_probe(args: argparse.Namespace) -> tuple[Radar, Splits]:
     return radar, load_splits(radar, args.dataset, args.validation_fraction)
 
 
-def candidate_options(radar: Radar, overrides: dict[str, Any] | None = None) -> tuple[RadarConfig, list[Candidate]]:
+def candidate_options(radar: Radar, overrides: dict[str, Any] | None = None,
+                      also: Sequence[str] = ()) -> tuple[RadarConfig, list[Candidate]]:
     """The config the candidates are built from (the model's, with the
-    choices left open and ``overrides``) and the candidates."""
+    choices left open and ``overrides``) and the candidates, then those of
+    each response named in ``also`` (one the self-validation never
+    considers, chosen by name: its levels and image scores left open)."""
     config = radar.config.updated({**OPEN, **(overrides or {})})
-    return config, candidates(config)
+    found = candidates(config)
+    for name in also:
+        found += [option for option in candidates(config.updated({"inference.response": name}))
+                  if option not in found]
+    return config, found
 
 
 def score_sets(radar: Radar, config: RadarConfig, options: Sequence[Candidate], calibration: list[np.ndarray],
@@ -137,13 +144,19 @@ def metrics(labelled: LabelledSet, scores: np.ndarray, maps: list[np.ndarray] | 
     return result
 
 
-def probe_parser(doc: str | None, out: str, validation_fraction: bool = True) -> argparse.ArgumentParser:
+def probe_parser(doc: str | None, out: str, validation_fraction: bool = True,
+                 also: bool = False) -> argparse.ArgumentParser:
     """The command line every candidate probe shares: DATASET MODEL_DIR
-    [--out JSON] [--validation-fraction F]."""
+    [--out JSON] [--validation-fraction F] (and, where it scores the
+    candidates, [--also RESPONSE ...])."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", type=Path)
     parser.add_argument("model", type=Path)
     parser.add_argument("--out", type=Path, default=Path(out))
+    if also:
+        parser.add_argument("--also", action="append", default=[], metavar="RESPONSE",
+                            help="also every candidate of this response, one the self-validation never considers "
+                                 "(repeatable)")
     if validation_fraction:
         parser.add_argument("--validation-fraction", type=float, default=0.2)
     return parser

@@ -50,7 +50,8 @@ def radar_rows(config: RadarConfig | None = None) -> list[RadarRow]:
     """The RADAR rows for ``config`` (default: the default config), from the
     registries: the config's own first (the reference of the time ratios),
     then one per other registered one-class model on the config's response,
-    then one per other registered response with the config's one-class model."""
+    then one per other registered response with the config's one-class model
+    (one that reads the repair only where the network has a repair output)."""
     config = config or RadarConfig()
     own_model, own_response = config.decision.one_class_model, config.inference.response
     rows = [RadarRow(f"radar_{model.abbreviation or name}", f"RADAR ({one_class_label(model)})",
@@ -58,7 +59,8 @@ def radar_rows(config: RadarConfig | None = None) -> list[RadarRow]:
             for name, model in ONE_CLASS_MODELS.items()]
     rows.sort(key=lambda row: bool(row.settings))  # stable: the config's own first
     rows += [RadarRow(f"radar_{name}", f"RADAR ({name} response)", {"inference.response": name})
-             for name in RESPONSES.names() if name != own_response]
+             for name in RESPONSES.names() if name != own_response
+             and (config.network.repair or getattr(RESPONSES.get(name), "reads", "noise") != "repair")]
     return rows
 
 
