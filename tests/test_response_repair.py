@@ -3,11 +3,14 @@ against its normal level, on each pyramid level."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 
 from radar_ad import Radar, RadarConfig
+from radar_ad.bench.candidates import candidate_options
 from radar_ad.bench.methods import radar_rows
 from radar_ad.errors import ConfigError
 from radar_ad.registry import RESPONSES
@@ -63,6 +66,16 @@ def test_it_reads_the_repair_of_every_level_and_only_by_name():
     auto = RadarConfig().updated({"inference.response": "auto", "inference.scales": None,
                                   "inference.image_score": "auto"})
     assert "repair" not in {candidate.response for candidate in candidates(auto)}
+
+
+def test_a_probe_scores_it_beside_the_candidates_when_asked():
+    model = SimpleNamespace(config=RadarConfig())  # the probes read only the model's config here
+    _, plain = candidate_options(model)
+    _, both = candidate_options(model, also=["repair", "two_sided"])  # two_sided is a candidate already
+    assert both[:len(plain)] == plain
+    extra = both[len(plain):]
+    assert {option.response for option in extra} == {"repair"} and len(extra) == 9
+    assert {option.scales for option in extra} == {(1,), (1, 2), (1, 2, 4)}
 
 
 def test_a_network_without_a_repair_output_is_refused_before_training():

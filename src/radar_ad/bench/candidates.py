@@ -31,6 +31,7 @@ from ..files import json_ready
 from ..metrics import pixel_metrics
 from ..pipeline import Radar
 from ..progress import progress_bar
+from ..registry import RESPONSES
 from ..selection import Candidate, Evaluated, auroc, candidates, evaluate, prepare
 from ..splits import three_way_split
 from .splits import validation_split
@@ -154,7 +155,7 @@ def probe_parser(doc: str | None, out: str, validation_fraction: bool = True,
     parser.add_argument("model", type=Path)
     parser.add_argument("--out", type=Path, default=Path(out))
     if also:
-        parser.add_argument("--also", action="append", default=[], metavar="RESPONSE",
+        parser.add_argument("--also", action="append", default=[], choices=RESPONSES.names(), metavar="RESPONSE",
                             help="also every candidate of this response, one the self-validation never considers "
                                  "(repeatable)")
     if validation_fraction:
