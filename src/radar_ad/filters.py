@@ -172,3 +172,13 @@ def scale_space_max(x: torch.Tensor, sigmas: Sequence[float], quantiles: Sequenc
     one scale."""
     scale = torch.tensor([max(q, 1e-12) for q in quantiles], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     return (smoothings(x, sigmas, size) / scale).amax(1, keepdim=True)
+
+
+def smoothed_map(x: torch.Tensor, sigma: float, sigmas: Sequence[float] = (), quantiles: Sequence[float] = (),
+                 size: tuple[int, int] | None = None) -> torch.Tensor:
+    """``(N, 1, H, W)`` -> ``(N, H, W)`` float32 pixel map: with ``sigmas``
+    (and their normal high ``quantiles``) the :func:`scale_space_max`, else
+    one Gaussian of ``sigma`` px."""
+    if sigmas:
+        return scale_space_max(x, sigmas, quantiles, size)[:, 0].float()
+    return gaussian_smooth(x, sigma, size)[:, 0].float()

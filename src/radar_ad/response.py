@@ -87,6 +87,18 @@ class Statistics:
         return cls(**{k: tuple(float(x) for x in v) if k in lists else float(v) for k, v in data.items()})
 
 
+def map_statistics(cls: type[S], state: Any, map_sigmas: Sequence[float]) -> S:
+    """``cls.from_dict(state)`` for a response whose map is smoothed at
+    each of ``map_sigmas``: ``ValueError`` unless the statistics hold one
+    of their ``map_quantiles`` per smoothing."""
+    statistics = cls.from_dict(state)
+    quantiles = getattr(statistics, "map_quantiles", ())
+    if len(quantiles) != len(map_sigmas):
+        raise ValueError(f"response_statistics holds {len(quantiles)} map_quantiles for {len(map_sigmas)} "
+                         "inference.map_sigmas")
+    return statistics
+
+
 class Response:
     """Base of a response that reads one noise map (run on each pyramid
     level by :class:`LevelFusion`).

@@ -23,9 +23,9 @@ import torch
 
 from ..config import RadarConfig
 from ..features import SquareSums, window_max_features
-from ..filters import gaussian_smooth, scale_space_max, smoothing_radius, smoothings
+from ..filters import smoothed_map, smoothing_radius, smoothings
 from ..registry import RESPONSES
-from ..response import Response, RunningMoments, Statistics, strided_quantiles
+from ..response import Response, RunningMoments, Statistics, map_statistics, strided_quantiles
 
 
 @dataclass
@@ -91,11 +91,7 @@ class RepairResponse(Response):
         return self.statistics_.to_dict()
 
     def load_state(self, state: object) -> None:
-        statistics = RepairStatistics.from_dict(state)
-        if len(statistics.map_quantiles) != len(self.inference.map_sigmas):
-            raise ValueError(f"response_statistics holds {len(statistics.map_quantiles)} map_quantiles for "
-                             f"{len(self.inference.map_sigmas)} inference.map_sigmas")
-        self.statistics_ = statistics
+        self.statistics_ = map_statistics(RepairStatistics, state, self.inference.map_sigmas)
 
     def context(self, size: tuple[int, int]) -> tuple[int, int]:
         inference = self.inference
@@ -106,10 +102,8 @@ class RepairResponse(Response):
 
     def anomaly(self, maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         statistics, inference = self.statistics_, self.inference
-        scaled = maps / statistics.repair_scale
-        if inference.map_sigmas:
-            return scale_space_max(scaled, inference.map_sigmas, statistics.map_quantiles, size)[:, 0].float()
-        return gaussian_smooth(scaled, inference.map_sigma, size)[:, 0].float()
+        return smoothed_map(maps / statistics.repair_scale, inference.map_sigma, inference.map_sigmas,
+                            statistics.map_quantiles, size)
 
     def features(self, sums: SquareSums) -> torch.Tensor:
         return window_max_features(sums)

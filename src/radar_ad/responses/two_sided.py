@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import torch
 
 from ..features import SquareSums, window_max_features
-from ..filters import blur_sobel_map, gaussian_smooth, local_energy, scale_space_max, smoothing_radius, smoothings
+from ..filters import blur_sobel_map, local_energy, smoothed_map, smoothing_radius, smoothings
 from ..registry import RESPONSES
-from ..response import Response, RunningMoments, Statistics, strided_quantiles
+from ..response import Response, RunningMoments, Statistics, map_statistics, strided_quantiles
 from .energy import energy_deficit
 
 
@@ -90,10 +90,7 @@ def two_sided_map(parts: torch.Tensor, statistics: ResponseStatistics, sigma: fl
     the largest of its Gaussian smoothings of those px, each in units of
     its normal high quantile; else one Gaussian of ``sigma`` px. ``size``:
     the whole map's (H, W) when ``parts`` is a region of it."""
-    combined = combined_parts(parts, statistics)
-    if sigmas:
-        return scale_space_max(combined, sigmas, statistics.map_quantiles, size)[:, 0].float()
-    return gaussian_smooth(combined, sigma, size)[:, 0].float()
+    return smoothed_map(combined_parts(parts, statistics), sigma, sigmas, statistics.map_quantiles, size)
 
 
 @RESPONSES.register("two_sided")
@@ -122,11 +119,7 @@ class TwoSidedResponse(Response):
         return self.statistics_.to_dict()
 
     def load_state(self, state: object) -> None:
-        statistics = ResponseStatistics.from_dict(state)
-        if len(statistics.map_quantiles) != len(self.inference.map_sigmas):
-            raise ValueError(f"response_statistics holds {len(statistics.map_quantiles)} map_quantiles for "
-                             f"{len(self.inference.map_sigmas)} inference.map_sigmas")
-        self.statistics_ = statistics
+        self.statistics_ = map_statistics(ResponseStatistics, state, self.inference.map_sigmas)
 
     def context(self, size: tuple[int, int]) -> tuple[int, int]:
         inference = self.inference
